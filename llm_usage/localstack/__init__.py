@@ -1,0 +1,9 @@
+"""The local, Docker-free stack: a Tansu Kafka broker and a chdb-core ClickHouse server.
+
+Production talks to Apache Kafka and ClickHouse server; nothing outside this package knows
+which one it reaches.
+"""
+
+from llm_usage.localstack.stack import LocalStack, ServiceStatus
+
+__all__ = ["LocalStack", "ServiceStatus"]

@@ -1,0 +1,82 @@
+"""Process bookkeeping for the local stack: start detached, check, and stop by PID only."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def spawn(argv: list[str], *, cwd: Path, log_file: Path, env: dict[str, str] | None = None) -> int:
+    """Start ``argv`` in its own session so it outlives the CLI that started it."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+    return proc.pid
+
+
+def is_running(pid: int, marker: str) -> bool:
+    """True if ``pid`` is alive and its command line contains ``marker``.
+
+    The marker guards against a recycled PID: we never signal a process that is not ours.
+    """
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    state = stat.rpartition(")")[2].split()[0]
+    if state == "Z":  # a zombie is gone for our purposes; reap it if it is our child
+        _reap(pid)
+        return False
+    return marker in cmdline
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def stop(pid: int, marker: str, *, timeout: float = 15.0) -> bool:
+    """SIGTERM ``pid`` (if it is ours), wait, then SIGKILL. Returns True if it was running."""
+    if not is_running(pid, marker):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not is_running(pid, marker):
+            return True
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    while is_running(pid, marker):
+        _reap(pid)
+        time.sleep(0.05)
+    return True
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A currently free TCP port on ``host`` (for tests and ad-hoc stacks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

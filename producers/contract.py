@@ -1,0 +1,244 @@
+"""The event contract: the one definition of what enters the pipeline.
+
+Producers build these models and the stream processor validates incoming messages with the
+very same classes, so the two can never disagree. Changing a field is a public API change:
+bump ``SCHEMA_VERSION`` and keep the processor able to read the previous version.
+
+Wire format (UTF-8 JSON):
+- calls topic: a message value is a JSON array of call events (a small batch; producers batch
+  to amortise the per-message cost downstream) or a single call event object;
+- entities topic: one :class:`EntityRenamed` object per message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+
+MAX_TOKENS = 10_000_000  # per field per call; far above any model's context window
+MAX_DURATION_MS = 24 * 3600 * 1000
+MAX_METADATA_BYTES = 16 * 1024
+EARLIEST_OCCURRED_AT = datetime(2023, 1, 1, tzinfo=UTC)
+MAX_CLOCK_SKEW = timedelta(hours=1)
+
+
+class Source(StrEnum):
+    """Which service made the call."""
+
+    CHAT = "chat"
+    AGENT = "agent"
+    MEMORY = "memory"
+
+
+class Status(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
+_last_uuid7 = [0, 0]  # [millis, counter] of the previous id from this process
+
+
+def uuid7() -> uuid.UUID:
+    """A UUIDv7 (RFC 9562): 48-bit Unix ms, a 12-bit counter, then random bits.
+
+    The counter (RFC 9562 method 1) keeps ids from one process sorted within a millisecond.
+    """
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    if millis <= _last_uuid7[0] and _last_uuid7[1] < 0xFFF:
+        millis, counter = _last_uuid7[0], _last_uuid7[1] + 1
+    else:
+        counter = (rand >> 62) & 0x7FF  # random start, leaving room to count up
+    _last_uuid7[:] = [millis, counter]
+    value = (millis & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76  # version 7
+    value |= counter << 64  # rand_a (12 bits)
+    value |= 0b10 << 62  # RFC 4122 variant
+    value |= rand & ((1 << 62) - 1)  # rand_b (62 bits)
+    return uuid.UUID(int=value)
+
+
+TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
+ShortText = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def _check_occurred_at(value: datetime) -> datetime:
+    value = value.astimezone(UTC)
+    if value < EARLIEST_OCCURRED_AT:
+        raise ValueError(f"is before {EARLIEST_OCCURRED_AT.date()}: not a real call time")
+    if value > datetime.now(UTC) + MAX_CLOCK_SKEW:
+        raise ValueError("is more than 1 hour in the future")
+    return value
+
+
+class UsageEvent(BaseModel):
+    """One Claude (or other LLM) API call, as published by a service."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: uuid.UUID = Field(default_factory=uuid7, description="UUIDv7, the dedupe key")
+    tenant_id: Annotated[str, Field(min_length=1, max_length=128)]
+    occurred_at: AwareDatetime = Field(description="when the call was made (UTC)")
+    source: Source
+    source_id: ShortText = Field(description="conversation id or agent id")
+    source_name: Annotated[str, Field(max_length=512)] | None = Field(
+        None, description="conversation title or agent name; may arrive later via a rename"
+    )
+    model: Annotated[str, Field(min_length=1, max_length=128)]
+    input_tokens: TokenCount = 0
+    output_tokens: TokenCount = 0
+    cache_creation_input_tokens: TokenCount = 0
+    cache_creation_5m_input_tokens: TokenCount = 0
+    cache_creation_1h_input_tokens: TokenCount = 0
+    cache_read_input_tokens: TokenCount = 0
+    duration_ms: Annotated[StrictInt, Field(ge=0, le=MAX_DURATION_MS)] = 0
+    status: Status = Status.OK
+    request_id: Annotated[str, Field(max_length=256)] | None = None
+    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _sane_time(cls, value: datetime) -> datetime:
+        return _check_occurred_at(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(value, separators=(",", ":"))) > MAX_METADATA_BYTES:
+            raise ValueError(f"is larger than {MAX_METADATA_BYTES} bytes as JSON")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_cache_writes(cls, data: Any) -> Any:
+        """Keep the cache-write total and its 5m/1h split consistent.
+
+        The API reports a total and, for newer models, a split. A total without a split is
+        priced as 5-minute writes (the API's default TTL); a split without a total fills it.
+        """
+        if not isinstance(data, dict):
+            return data
+        total = data.get("cache_creation_input_tokens")
+        five = data.get("cache_creation_5m_input_tokens")
+        hour = data.get("cache_creation_1h_input_tokens")
+        if not all(v is None or type(v) is int for v in (total, five, hour)):
+            return data  # let field validation name the offending field
+        data = dict(data)
+        if five is None and hour is None:
+            data["cache_creation_5m_input_tokens"] = total or 0
+            data["cache_creation_1h_input_tokens"] = 0
+        elif total is None:
+            data["cache_creation_input_tokens"] = (five or 0) + (hour or 0)
+        elif total != (five or 0) + (hour or 0):
+            raise ValueError(
+                "cache_creation_input_tokens must equal cache_creation_5m_input_tokens "
+                "+ cache_creation_1h_input_tokens"
+            )
+        return data
+
+    @property
+    def partition_key(self) -> bytes:
+        """Kafka key: one tenant's conversation or agent always lands on one partition."""
+        return f"{self.tenant_id}:{self.source_id}".encode()
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_defaults=False).encode()
+
+
+class EntityRenamed(BaseModel):
+    """A conversation or agent got a (new) name; fills ``source_name`` after the fact."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: uuid.UUID = Field(default_factory=uuid7)
+    tenant_id: Annotated[str, Field(min_length=1, max_length=128)]
+    source: Source
+    source_id: ShortText
+    name: Annotated[str, Field(min_length=1, max_length=512)]
+    renamed_at: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @field_validator("renamed_at")
+    @classmethod
+    def _sane_time(cls, value: datetime) -> datetime:
+        return _check_occurred_at(value)
+
+    @property
+    def partition_key(self) -> bytes:
+        return f"{self.tenant_id}:{self.source}:{self.source_id}".encode()
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+def encode_calls(events: list[UsageEvent]) -> bytes:
+    """A calls-topic message value: a JSON array of events."""
+    return b"[" + b",".join(e.to_json() for e in events) + b"]"
+
+
+class ContractError(ValueError):
+    """A message or one of its events breaks the contract; ``reason`` names the field."""
+
+    def __init__(self, reason: str, index: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.index = index
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A one-line reason that names each failing field, for dead letters and callers."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in err["loc"]) or "event"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def decode_calls(value: bytes) -> list[Any]:
+    """Split a calls-topic message into raw (not yet validated) event objects.
+
+    Raises :class:`ContractError` when the message itself is unusable (not JSON, not an
+    object or array, unknown schema version on a single object).
+    """
+    try:
+        payload = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ContractError(f"not valid JSON: {exc}") from exc
+    if isinstance(payload, dict):
+        return [payload]
+    if isinstance(payload, list):
+        return payload
+    raise ContractError(f"expected a JSON object or array, got {type(payload).__name__}")
+
+
+def parse_call(raw: Any) -> UsageEvent:
+    """Validate one raw event object; :class:`ContractError` names the failing fields."""
+    if not isinstance(raw, dict):
+        raise ContractError(f"event must be a JSON object, got {type(raw).__name__}")
+    version = raw.get("schema_version", SCHEMA_VERSION)
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise ContractError(f"schema_version: unsupported version {version!r}")
+    try:
+        return UsageEvent.model_validate(raw)
+    except ValidationError as exc:
+        raise ContractError(describe_validation_error(exc)) from exc

@@ -1,0 +1,1 @@
+"""FastAPI application serving the usage dashboard: aggregations, records and the page."""

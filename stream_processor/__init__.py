@@ -1,0 +1,1 @@
+"""Faust worker: validate, dedupe, price, enrich and sink LLM usage events to ClickHouse."""

@@ -1,0 +1,73 @@
+"""Session-wide fixtures: one real broker and one real ClickHouse server for the whole run.
+
+They are started through the same code as ``llm-usage stack up`` on free loopback ports,
+in a temporary ``LLM_USAGE_HOME``, and stopped by PID when the session ends. Each test that
+writes gets its own database (and its own topics), so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llm_usage.clickhouse import apply_migrations, connect
+from llm_usage.localstack import LocalStack
+from llm_usage.localstack.processes import free_port
+from llm_usage.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The local broker + ClickHouse server, up for the whole test session."""
+    home = tmp_path_factory.mktemp("llm-usage-home")
+    settings = Settings(
+        home=home,
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        clickhouse_url=f"http://127.0.0.1:{free_port()}",
+    )
+    local = LocalStack(settings)
+    local.up()
+    try:
+        yield local
+    finally:
+        local.down()
+
+
+@pytest.fixture(scope="session")
+def base_settings(stack: LocalStack) -> Settings:
+    return stack.settings
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings(base_settings: Settings, tmp_path: Path) -> Settings:
+    """Settings for one test: its own database, topics and local state folder."""
+    return base_settings.model_copy(
+        update={
+            "clickhouse_database": unique("test"),
+            "topic_calls": unique("calls"),
+            "topic_entities": unique("entities"),
+            "topic_dead_letter": unique("dlq"),
+            "home": tmp_path / "home",
+        }
+    )
+
+
+@pytest.fixture
+def migrated(settings: Settings) -> Iterator[Settings]:
+    """``settings`` with its database created and every migration applied."""
+    client = connect(settings, database="")
+    apply_migrations(client, settings)
+    try:
+        yield settings
+    finally:
+        if not os.environ.get("LLM_USAGE_KEEP_TEST_DATABASES"):
+            client.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}` SYNC")
+        client.close()
