@@ -82,3 +82,12 @@ def migrate() -> None:
         console.print(f"usage_events TTL set to {settings.raw_retention_days} days")
     if not applied:
         console.print(f"database {settings.clickhouse_database} is up to date")
+
+
+# --- producers commands (issue 3) ----------------------------------------------------------
+
+# --- stream processor commands (issue 4) ---------------------------------------------------
+
+# --- query API commands (issue 5, 6) -------------------------------------------------------
+
+# --- demo, run and benchmark commands (issue 7) --------------------------------------------

@@ -38,8 +38,14 @@ class Settings(BaseSettings):
         10_000, ge=1, description="non_replicated_deduplication_window of ingest tables"
     )
 
-    # --- Local state and API -----------------------------------------------------------
+    # --- Local state -------------------------------------------------------------------
     home: Path = Field(Path(".llm-usage"), description="local state folder (stack data, spool)")
+
+    # --- Producers (producers/) ---------------------------------------------------------
+
+    # --- Stream processor (stream_processor/) -------------------------------------------
+
+    # --- Query API (query_api/) ---------------------------------------------------------
     api_keys: str = Field("", description="comma-separated key:tenant pairs")
 
     @field_validator("clickhouse_url")
