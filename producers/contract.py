@@ -95,7 +95,7 @@ class UsageEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     event_id: uuid.UUID = Field(default_factory=uuid7, description="UUIDv7, the dedupe key")
     tenant_id: Annotated[str, Field(min_length=1, max_length=128)]
     occurred_at: AwareDatetime = Field(description="when the call was made (UTC)")
@@ -170,7 +170,7 @@ class EntityRenamed(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     event_id: uuid.UUID = Field(default_factory=uuid7)
     tenant_id: Annotated[str, Field(min_length=1, max_length=128)]
     source: Source
