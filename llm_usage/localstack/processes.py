@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 
-def spawn(argv: list[str], *, cwd: Path, log_file: Path, env: dict[str, str] | None = None) -> int:
+def spawn(
+    argv: list[str], *, cwd: Path, log_file: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start ``argv`` in its own session so it outlives the CLI that started it."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
@@ -24,7 +26,7 @@ def spawn(argv: list[str], *, cwd: Path, log_file: Path, env: dict[str, str] | N
             start_new_session=True,
             env=env,
         )
-    return proc.pid
+    return proc
 
 
 def is_running(pid: int, marker: str) -> bool:
@@ -49,20 +51,28 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def _alive(pid: int) -> bool:
+    """True until the process is gone (a zombie counts as gone, and is reaped if ours)."""
+    return is_running(pid, "")
+
+
 def stop(pid: int, marker: str, *, timeout: float = 15.0) -> bool:
-    """SIGTERM ``pid`` (if it is ours), wait, then SIGKILL. Returns True if it was running."""
+    """SIGTERM ``pid`` (if it is ours), wait until it is gone, then SIGKILL if needed.
+
+    Returns True if it was running. The marker is checked once, before signalling: an
+    exiting process loses its command line before it is gone.
+    """
     if not is_running(pid, marker):
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _reap(pid)
-        if not is_running(pid, marker):
+        if not _alive(pid):
             return True
         time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    while is_running(pid, marker):
-        _reap(pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    while _alive(pid):
         time.sleep(0.05)
     return True
 

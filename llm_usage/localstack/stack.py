@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -107,13 +109,15 @@ class LocalStack:
         return processes.port_open(self.broker_host, self.broker_port)
 
     @staticmethod
-    def _wait(check: object, pid: int, marker: str, what: str, log: Path, timeout: float) -> None:
-        assert callable(check)
+    def _wait(
+        ready: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, log: Path,
+        timeout: float,
+    ) -> None:  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if check():
+            if ready():
                 return
-            if not processes.is_running(pid, marker):
+            if proc.poll() is not None:
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 raise StackError(f"{what} exited during start-up; log {log}:\n{tail}")
             time.sleep(0.05)
@@ -148,9 +152,9 @@ class LocalStack:
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
         self.home.mkdir(parents=True, exist_ok=True)
-        pid = processes.spawn(argv, cwd=self.home, log_file=log, env=env)
-        self._wait(self.broker_ready, pid, url, "Kafka broker (tansu)", log, timeout)
-        return {"pid": pid, "address": f"{self.broker_host}:{self.broker_port}",
+        proc = processes.spawn(argv, cwd=self.home, log_file=log, env=env)
+        self._wait(self.broker_ready, proc, "Kafka broker (tansu)", log, timeout)
+        return {"pid": proc.pid, "address": f"{self.broker_host}:{self.broker_port}",
                 "cluster_id": cluster_id, "log": str(log), "started_at": time.time()}  # fmt: skip
 
     def _start_clickhouse(self, timeout: float) -> dict[str, object]:
@@ -162,9 +166,9 @@ class LocalStack:
         self.ch_data.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / "clickhouse.log"
         argv = [sys.executable, "-m", _CH_MODULE, str(self.ch_data)]
-        pid = processes.spawn(argv, cwd=self.ch_workdir, log_file=log)
-        self._wait(self.clickhouse_ready, pid, _CH_MODULE, "ClickHouse (chdb-core)", log, timeout)
-        return {"pid": pid, "address": f"http://{self.ch_host}:{self.ch_port}",
+        proc = processes.spawn(argv, cwd=self.ch_workdir, log_file=log)
+        self._wait(self.clickhouse_ready, proc, "ClickHouse (chdb-core)", log, timeout)
+        return {"pid": proc.pid, "address": f"http://{self.ch_host}:{self.ch_port}",
                 "data": str(self.ch_data), "log": str(log), "started_at": time.time()}  # fmt: skip
 
     def status(self) -> list[ServiceStatus]:
