@@ -1,0 +1,325 @@
+"""Realistic demo traffic: tenants with conversations and agents calling Claude.
+
+:func:`generate` is deterministic for a seed and yields what services would publish: call
+events (with a few exact duplicates, as at-least-once producers do) and rename events.
+:class:`Manifest` totals each unique call once, priced with the same price book as the
+worker, so anyone can check the pipeline against it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from producers.contract import EntityRenamed, Source, Status, UsageEvent, uuid7
+
+# (model, weight) per source; the current Claude line-up, as services use it.
+MODEL_MIX: dict[Source, list[tuple[str, float]]] = {
+    Source.CHAT: [
+        ("claude-sonnet-4-5", 0.55),
+        ("claude-haiku-4-5", 0.25),
+        ("claude-opus-4-5", 0.12),
+        ("claude-sonnet-4-5-20250929", 0.08),
+    ],
+    Source.AGENT: [
+        ("claude-sonnet-4-5", 0.6),
+        ("claude-opus-4-1", 0.15),
+        ("claude-opus-4-5", 0.15),
+        ("claude-haiku-4-5", 0.1),
+    ],
+    Source.MEMORY: [("claude-haiku-4-5", 0.85), ("claude-3-5-haiku-20241022", 0.15)],
+}
+SOURCE_MIX = [(Source.CHAT, 0.62), (Source.AGENT, 0.28), (Source.MEMORY, 0.10)]
+
+CHAT_TOPICS = [
+    "Quarterly report draft", "Refactor the billing module", "Trip to Lisbon", "SQL help",
+    "Onboarding checklist", "Customer email reply", "Kubernetes upgrade plan", "Recipe ideas",
+    "Contract review", "Marketing copy", "Bug in checkout", "Interview questions",
+    "Release notes", "Data pipeline design", "Weekly planning", "Translate product page",
+]  # fmt: skip
+AGENT_NAMES = [
+    "Daily news digest", "Inbox triage", "Competitor watch", "Support ticket summariser",
+    "Sales lead enricher", "Code review bot", "Calendar assistant", "Invoice checker",
+    "Social media monitor", "Changelog writer", "Security advisory scanner", "Weekly KPI report",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    calls: int = 10_000
+    days: float = 7.0
+    seed: int = 42
+    tenants: int = 3
+    conversations_per_tenant: int = 60
+    agents_per_tenant: int = 8
+    duplicate_rate: float = 0.01
+    rename_rate: float = 0.25
+    spike: bool = True
+    end: datetime | None = None  # window end; now when None
+
+
+@dataclass
+class Entity:
+    tenant_id: str
+    source: Source
+    source_id: str
+    name: str
+    named: bool  # False: the first calls carry no name; a rename event fills it in
+    weight: float
+    every_hours: float = 0.0  # agents run on a schedule
+    offset_minutes: int = 0
+
+
+@dataclass(frozen=True)
+class Published:
+    """One thing a service publishes: a call event (maybe a duplicate) or a rename."""
+
+    call: UsageEvent | None = None
+    rename: EntityRenamed | None = None
+    duplicate: bool = False
+
+
+def _pick(rng: random.Random, weighted: list[tuple[Any, float]]) -> Any:
+    return rng.choices([w[0] for w in weighted], weights=[w[1] for w in weighted])[0]
+
+
+def _diurnal_weight(ts: datetime) -> float:
+    """Working-hours shaped activity (peak mid-afternoon UTC, quiet at night)."""
+    hour = ts.hour + ts.minute / 60
+    return 0.25 + math.exp(-(((hour - 14.5) / 4.5) ** 2))
+
+
+def _entities(cfg: SimulationConfig, rng: random.Random) -> list[Entity]:
+    entities: list[Entity] = []
+    for t in range(cfg.tenants):
+        tenant = f"tenant-{t + 1}"
+        for c in range(cfg.conversations_per_tenant):
+            topic = rng.choice(CHAT_TOPICS)
+            source = Source.MEMORY if c % 7 == 6 else Source.CHAT
+            entities.append(
+                Entity(
+                    tenant_id=tenant,
+                    source=source,
+                    source_id=f"conv-{t + 1}-{c + 1:04d}",
+                    name=f"{topic} #{c + 1}",
+                    named=rng.random() > cfg.rename_rate,
+                    weight=rng.paretovariate(1.6),
+                )
+            )
+        for a in range(cfg.agents_per_tenant):
+            entities.append(
+                Entity(
+                    tenant_id=tenant,
+                    source=Source.AGENT,
+                    source_id=f"agent-{t + 1}-{a + 1:03d}",
+                    name=AGENT_NAMES[a % len(AGENT_NAMES)],
+                    named=True,
+                    weight=rng.paretovariate(1.3),
+                    every_hours=rng.choice([1, 2, 4, 6, 12, 24]),
+                    offset_minutes=rng.randrange(60),
+                )
+            )
+    return entities
+
+
+def _tokens(rng: random.Random, source: Source, model: str) -> dict[str, int]:
+    """Token counts shaped like real traffic: long cached contexts, short outputs."""
+    if source is Source.MEMORY:
+        fresh, out, cached = rng.lognormvariate(7.3, 0.6), rng.lognormvariate(5.0, 0.6), 0.0
+    elif source is Source.AGENT:
+        fresh = rng.lognormvariate(8.0, 0.9)
+        out = rng.lognormvariate(6.5, 0.8)
+        cached = rng.lognormvariate(9.8, 0.7) if rng.random() < 0.8 else 0.0
+    else:
+        fresh = rng.lognormvariate(6.8, 1.0)
+        out = rng.lognormvariate(6.2, 0.7)
+        cached = rng.lognormvariate(8.6, 1.0) if rng.random() < 0.65 else 0.0
+    write_5m = int(rng.lognormvariate(7.0, 0.8)) if rng.random() < 0.2 else 0
+    write_1h = (
+        int(rng.lognormvariate(7.5, 0.8)) if source is Source.AGENT and rng.random() < 0.1 else 0
+    )
+    if "haiku" in model:
+        out *= 0.6
+    return {
+        "input_tokens": max(1, int(fresh)),
+        "output_tokens": max(1, min(int(out), 64_000)),
+        "cache_read_input_tokens": min(int(cached), 900_000),
+        "cache_creation_5m_input_tokens": write_5m,
+        "cache_creation_1h_input_tokens": write_1h,
+        "cache_creation_input_tokens": write_5m + write_1h,
+    }
+
+
+def _times(cfg: SimulationConfig, rng: random.Random, end: datetime) -> list[datetime | None]:
+    """``cfg.calls`` call times over the window, diurnally shaped; None means "now"."""
+    if cfg.days <= 0:
+        return [None] * cfg.calls
+    span = cfg.days * 86400.0
+    times: list[datetime | None] = []
+    while len(times) < cfg.calls:
+        ts = end - timedelta(seconds=rng.random() * span)
+        if rng.random() * 1.25 <= _diurnal_weight(ts):
+            times.append(ts)
+    return sorted(times)  # type: ignore[type-var]
+
+
+def _schedule(agent: Entity, ts: datetime) -> datetime:
+    """Snap an agent's call onto its schedule (every N hours at a fixed minute)."""
+    step = agent.every_hours * 3600
+    base = ts.replace(minute=0, second=0, microsecond=0) + timedelta(minutes=agent.offset_minutes)
+    slot = math.floor(base.timestamp() / step) * step
+    snapped = datetime.fromtimestamp(slot, UTC) + timedelta(
+        seconds=ts.second + ts.microsecond / 1e6
+    )
+    return snapped if snapped <= ts else ts
+
+
+def generate(cfg: SimulationConfig) -> Iterator[Published]:
+    """Yield the publications of ``cfg.calls`` unique calls, in time order."""
+    rng = random.Random(cfg.seed)
+    end = (cfg.end or datetime.now(UTC)).astimezone(UTC)
+    entities = _entities(cfg, rng)
+    by_source: dict[Source, list[Entity]] = {s: [] for s in Source}
+    for e in entities:
+        by_source[e.source].append(e)
+    chat_like = by_source[Source.CHAT] + by_source[Source.MEMORY]
+    spike_agent = by_source[Source.AGENT][0] if by_source[Source.AGENT] else None
+    spike_start = end - timedelta(days=cfg.days * 0.3, hours=2) if cfg.days > 0 else end
+    renamed: set[str] = set()
+    calls_seen: dict[str, int] = {}
+
+    for i, planned in enumerate(_times(cfg, rng, end)):
+        ts = planned or datetime.now(UTC)
+        source = _pick(rng, SOURCE_MIX)
+        pool = chat_like if source is not Source.AGENT else by_source[Source.AGENT]
+        if source is Source.MEMORY:
+            pool = by_source[Source.MEMORY] or chat_like
+        entity = rng.choices(pool, weights=[e.weight for e in pool])[0]
+        in_spike = (
+            cfg.spike
+            and spike_agent is not None
+            and spike_start <= ts < spike_start + timedelta(hours=1)
+            and rng.random() < 0.5
+        )
+        if in_spike:
+            assert spike_agent is not None
+            entity = spike_agent
+        elif entity.source is Source.AGENT and cfg.days > 0:
+            ts = _schedule(entity, ts)
+        model = _pick(rng, MODEL_MIX[entity.source])
+        tokens = _tokens(rng, entity.source, model)
+        if in_spike:
+            tokens["cache_read_input_tokens"] = 0
+            tokens["input_tokens"] = min(tokens["input_tokens"] * 8, 180_000)
+        seen = calls_seen.get(entity.source_id, 0)
+        calls_seen[entity.source_id] = seen + 1
+        carries_name = entity.named or entity.source_id in renamed
+        error = rng.random() < 0.015
+        if error:  # a failed call bills nothing here, but is still a call
+            tokens = dict.fromkeys(tokens, 0)
+        event = UsageEvent(
+            event_id=uuid7(),  # unique per run, even with the same seed
+            tenant_id=entity.tenant_id,
+            occurred_at=ts,
+            source=entity.source,
+            source_id=entity.source_id,
+            source_name=entity.name if carries_name else None,
+            model=model,
+            duration_ms=int(rng.lognormvariate(7.8, 0.6) + tokens["output_tokens"] * 12),
+            status=Status.ERROR if error else Status.OK,
+            request_id=f"req_{rng.getrandbits(64):016x}",
+            metadata={"sim": True, "seq": i},
+            input_tokens=tokens["input_tokens"],
+            output_tokens=tokens["output_tokens"],
+            cache_creation_input_tokens=tokens["cache_creation_input_tokens"],
+            cache_creation_5m_input_tokens=tokens["cache_creation_5m_input_tokens"],
+            cache_creation_1h_input_tokens=tokens["cache_creation_1h_input_tokens"],
+            cache_read_input_tokens=tokens["cache_read_input_tokens"],
+        )
+        yield Published(call=event)
+        if rng.random() < cfg.duplicate_rate:
+            yield Published(call=event, duplicate=True)
+        if not carries_name and seen >= 1 and rng.random() < 0.5:
+            renamed.add(entity.source_id)
+            yield Published(
+                rename=EntityRenamed(
+                    tenant_id=entity.tenant_id,
+                    source=entity.source,
+                    source_id=entity.source_id,
+                    name=entity.name,
+                    renamed_at=min(ts + timedelta(seconds=5), datetime.now(UTC)),
+                )
+            )
+
+
+@dataclass
+class Totals:
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    unpriced_calls: int = 0
+
+    def add(self, event: UsageEvent, cost: Decimal | None) -> None:
+        self.calls += 1
+        self.input_tokens += event.input_tokens
+        self.output_tokens += event.output_tokens
+        self.cache_creation_input_tokens += event.cache_creation_input_tokens
+        self.cache_read_input_tokens += event.cache_read_input_tokens
+        if cost is None:
+            self.unpriced_calls += 1
+        else:
+            self.cost_usd += cost
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cost_usd": str(self.cost_usd),
+            "unpriced_calls": self.unpriced_calls,
+        }
+
+
+@dataclass
+class Manifest:
+    """Totals of what was published, each unique valid call counted once."""
+
+    price: Callable[[UsageEvent], Decimal | None]
+    total: Totals = field(default_factory=Totals)
+    by_tenant: dict[str, Totals] = field(default_factory=dict)
+    by_source: dict[str, Totals] = field(default_factory=dict)
+    renames: int = 0
+    duplicates_published: int = 0
+
+    def record(self, item: Published) -> None:
+        if item.rename is not None:
+            self.renames += 1
+            return
+        assert item.call is not None
+        if item.duplicate:
+            self.duplicates_published += 1
+            return
+        event = item.call
+        cost = self.price(event)
+        self.total.add(event, cost)
+        self.by_tenant.setdefault(event.tenant_id, Totals()).add(event, cost)
+        self.by_source.setdefault(event.source.value, Totals()).add(event, cost)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            **self.total.as_json(),
+            "by_tenant": {k: v.as_json() for k, v in sorted(self.by_tenant.items())},
+            "by_source": {k: v.as_json() for k, v in sorted(self.by_source.items())},
+            "renames_published": self.renames,
+            "duplicates_published": self.duplicates_published,
+        }
