@@ -168,15 +168,13 @@ def _times(cfg: SimulationConfig, rng: random.Random, end: datetime) -> list[dat
     return sorted(times)  # type: ignore[type-var]
 
 
-def _schedule(agent: Entity, ts: datetime) -> datetime:
-    """Snap an agent's call onto its schedule (every N hours at a fixed minute)."""
+def _schedule(agent: Entity, ts: datetime, start: datetime) -> datetime:
+    """Snap an agent's call onto its schedule: every N hours, at a fixed minute."""
     step = agent.every_hours * 3600
-    base = ts.replace(minute=0, second=0, microsecond=0) + timedelta(minutes=agent.offset_minutes)
-    slot = math.floor(base.timestamp() / step) * step
-    snapped = datetime.fromtimestamp(slot, UTC) + timedelta(
-        seconds=ts.second + ts.microsecond / 1e6
-    )
-    return snapped if snapped <= ts else ts
+    offset = agent.offset_minutes * 60
+    slot = math.floor((ts.timestamp() - offset) / step) * step + offset
+    snapped = datetime.fromtimestamp(slot + (ts.timestamp() % 60), UTC)
+    return snapped if start <= snapped <= ts else ts
 
 
 def generate(cfg: SimulationConfig) -> Iterator[Published]:
@@ -210,7 +208,7 @@ def generate(cfg: SimulationConfig) -> Iterator[Published]:
             assert spike_agent is not None
             entity = spike_agent
         elif entity.source is Source.AGENT and cfg.days > 0:
-            ts = _schedule(entity, ts)
+            ts = _schedule(entity, ts, end - timedelta(days=cfg.days))
         model = _pick(rng, MODEL_MIX[entity.source])
         tokens = _tokens(rng, entity.source, model)
         if in_spike:
