@@ -1,0 +1,718 @@
+// The Usage page. Plain ES module, no build step: it reads the /v1/usage/* endpoints of the
+// origin that served it, with the API key the user entered once (kept in localStorage).
+// Chart.js (MIT) is loaded from our own origin by index.html before this module runs.
+
+import {
+  formatDuration,
+  formatInteger,
+  formatPercent,
+  formatRelativeTime,
+  formatTokens,
+  formatUsd,
+} from "./format.js";
+
+const STORAGE_KEY = "llmUsage.apiKey";
+const STORAGE_PERIOD = "llmUsage.period";
+const PERIODS = ["24h", "7d", "30d"];
+const PAGE_SIZE = 20;
+const TOP_LIMIT = 10;
+const SEARCH_DEBOUNCE_MS = 300;
+const EMPTY_MESSAGE = "No usage in this period";
+const SOURCES = {
+  chat: { label: "Chat", color: "#2563eb" },
+  agent: { label: "Agent", color: "#7c3aed" },
+  memory: { label: "Memory", color: "#0d9488" },
+};
+const TIME_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+
+const $ = (id) => document.getElementById(id);
+
+// --- storage (localStorage can be unavailable: private modes, blocked storage) ----------
+function loadSetting(name) {
+  try {
+    return window.localStorage.getItem(name);
+  } catch {
+    return null;
+  }
+}
+function saveSetting(name, value) {
+  try {
+    if (value == null) window.localStorage.removeItem(name);
+    else window.localStorage.setItem(name, value);
+  } catch {
+    /* the page still works for this visit */
+  }
+}
+
+// --- state ---------------------------------------------------------------------------
+const storedPeriod = loadSetting(STORAGE_PERIOD);
+const state = {
+  period: PERIODS.includes(storedPeriod) ? storedPeriod : "7d",
+  granularity: "day",
+  topBy: "cost",
+  source: "",
+  search: "",
+  page: 1,
+};
+state.granularity = defaultGranularity(state.period);
+
+function defaultGranularity(period) {
+  return period === "24h" ? "hour" : "day";
+}
+
+// --- API -----------------------------------------------------------------------------
+class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+  }
+}
+
+const isAuthError = (error) => error instanceof ApiError && (error.status === 401 || error.status === 403);
+
+async function api(path, params, signal) {
+  const key = loadSetting(STORAGE_KEY);
+  if (!key) throw new ApiError("An API key is needed to show usage.", 401);
+  const url = new URL(path, document.baseURI);
+  for (const [name, value] of Object.entries(params)) {
+    if (value !== "" && value != null) url.searchParams.set(name, String(value));
+  }
+  let response;
+  try {
+    response = await fetch(url, {
+      headers: { Authorization: `Bearer ${key}`, Accept: "application/json" },
+      cache: "no-store",
+      signal,
+    });
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new ApiError("The usage API could not be reached. Check your connection.", 0);
+  }
+  if (!response.ok) {
+    let detail = "";
+    try {
+      const body = await response.json();
+      if (typeof body.detail === "string") detail = body.detail;
+      else if (Array.isArray(body.detail)) detail = body.detail.map((d) => d.msg).join("; ");
+    } catch {
+      /* not JSON */
+    }
+    const prefix = `The usage API failed (HTTP ${response.status})`;
+    throw new ApiError(detail ? `${prefix}: ${detail}` : `${prefix}.`, response.status);
+  }
+  return response.json();
+}
+
+// --- panel states: loading / ready / empty / error ------------------------------------
+const inflight = new Map();
+
+function setPanelState(panel, panelState, message = "", retry = null) {
+  panel.dataset.state = panelState;
+  panel.setAttribute("aria-busy", String(panelState === "loading"));
+  const box = panel.querySelector(".state-message");
+  if (!box) return;
+  box.replaceChildren();
+  box.classList.toggle("error", panelState === "error");
+  box.hidden = !(panelState === "empty" || panelState === "error");
+  if (box.hidden) return;
+  box.append(document.createTextNode(message));
+  if (retry) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "link-button";
+    button.textContent = "Retry";
+    button.addEventListener("click", retry);
+    box.append(button);
+  }
+}
+
+/** Load one panel: abort its previous request, show loading, render, or show the error. */
+async function loadPanel(panelId, loader, render) {
+  const panel = $(panelId);
+  inflight.get(panelId)?.abort();
+  const controller = new AbortController();
+  inflight.set(panelId, controller);
+  setPanelState(panel, "loading");
+  try {
+    const data = await loader(controller.signal);
+    if (controller.signal.aborted) return;
+    const emptyMessage = render(data);
+    if (emptyMessage) setPanelState(panel, "empty", emptyMessage);
+    else setPanelState(panel, "ready");
+    // for load-time measurement (tests/browser/measure_page_load.py, real-user monitoring)
+    performance.mark(`usage-panel-done:${panelId}`);
+  } catch (error) {
+    if (controller.signal.aborted || error.name === "AbortError") return;
+    if (isAuthError(error)) {
+      setPanelState(panel, "error", "The API key was not accepted.");
+      // the other panels' requests fail the same way: ask once
+      if (!dialog.open) {
+        askForKey(
+          loadSetting(STORAGE_KEY)
+            ? `The API key was rejected (HTTP ${error.status}). Check it and enter it again.`
+            : "",
+        );
+      }
+      return;
+    }
+    console.error(`${panelId}:`, error);
+    const message = error instanceof ApiError ? error.message : `Could not show this: ${error.message}`;
+    setPanelState(panel, "error", message, () => loadPanel(panelId, loader, render));
+  } finally {
+    if (inflight.get(panelId) === controller) inflight.delete(panelId);
+  }
+}
+
+const windowParams = () => ({ period: state.period });
+
+// --- summary cards -------------------------------------------------------------------
+function setCard(id, display, raw, title, sub = "", warn = false) {
+  const card = $(id);
+  const value = card.querySelector(".value");
+  value.textContent = display;
+  value.dataset.value = raw == null ? "" : String(raw);
+  value.title = title;
+  const subline = card.querySelector(".sub");
+  subline.textContent = sub;
+  subline.classList.toggle("warn", warn);
+}
+
+function renderSummary(s) {
+  const unpriced = Number(s.unpriced_calls || 0);
+  setCard(
+    "card-total-cost",
+    formatUsd(s.total_cost_usd),
+    s.total_cost_usd,
+    `$${s.total_cost_usd} exactly`,
+    unpriced ? `${formatInteger(unpriced)} calls of unknown models not priced` : "",
+    unpriced > 0,
+  );
+  const cacheRead = Number(s.cache_read_input_tokens || 0);
+  const cacheWrite = Number(s.cache_creation_input_tokens || 0);
+  setCard(
+    "card-input-tokens",
+    formatTokens(s.input_tokens),
+    s.input_tokens,
+    `${formatInteger(s.input_tokens)} input tokens`,
+    cacheRead || cacheWrite
+      ? `+ ${formatTokens(cacheRead)} cache read · ${formatTokens(cacheWrite)} cache write`
+      : "",
+  );
+  setCard(
+    "card-output-tokens",
+    formatTokens(s.output_tokens),
+    s.output_tokens,
+    `${formatInteger(s.output_tokens)} output tokens`,
+  );
+  setCard("card-calls", formatInteger(s.calls), s.calls, `${formatInteger(s.calls)} API calls`, periodLabel());
+  setCard(
+    "card-avg-cost",
+    formatUsd(s.avg_cost_per_call_usd),
+    s.avg_cost_per_call_usd,
+    `$${s.avg_cost_per_call_usd} per call exactly`,
+    "total cost ÷ calls",
+  );
+  return Number(s.calls) === 0 ? EMPTY_MESSAGE : "";
+}
+
+function periodLabel() {
+  return { "24h": "last 24 hours", "7d": "last 7 days", "30d": "last 30 days" }[state.period];
+}
+
+const loadSummary = () =>
+  loadPanel("cards", (signal) => api("v1/usage/summary", windowParams(), signal), renderSummary);
+
+// --- cost over time ------------------------------------------------------------------
+let costChart = null;
+let costPoints = [];
+
+function chartLibrary() {
+  if (typeof window.Chart !== "function") throw new Error("the chart library did not load");
+  return window.Chart;
+}
+
+function bucketFormatter(granularity) {
+  const options =
+    granularity === "hour"
+      ? { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", hourCycle: "h23" }
+      : { weekday: "short", month: "short", day: "numeric" };
+  return new Intl.DateTimeFormat(undefined, { ...options, timeZone: TIME_ZONE });
+}
+
+const reducedMotion = () => window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+
+function axisUsd(value) {
+  const n = Number(value);
+  if (n === 0) return "$0";
+  return new Intl.NumberFormat("en-US", {
+    style: "currency",
+    currency: "USD",
+    maximumSignificantDigits: 3,
+  }).format(n);
+}
+
+function renderTimeseries(data) {
+  const Chart = chartLibrary();
+  const points = data.points || [];
+  costPoints = points;
+  const format = bucketFormatter(state.granularity);
+  const labels = points.map((p) => format.format(new Date(p.bucket_start)));
+  const values = points.map((p) => Number(p.cost_usd));
+  if (!costChart) {
+    costChart = new Chart($("cost-chart"), {
+      type: "bar",
+      data: {
+        labels,
+        datasets: [
+          {
+            label: "Cost (USD)",
+            data: values,
+            backgroundColor: "rgba(29, 78, 216, 0.78)",
+            hoverBackgroundColor: "#1d4ed8",
+            borderRadius: 3,
+            maxBarThickness: 42,
+          },
+        ],
+      },
+      options: {
+        responsive: true,
+        maintainAspectRatio: false,
+        animation: { duration: reducedMotion() ? 0 : 250 },
+        interaction: { mode: "index", intersect: false },
+        plugins: {
+          legend: { display: false },
+          tooltip: {
+            callbacks: {
+              label: (ctx) => {
+                const p = costPoints[ctx.dataIndex] || {};
+                return [
+                  `Cost: ${formatUsd(p.cost_usd)}`,
+                  `Calls: ${formatInteger(p.calls)}`,
+                  `Tokens: ${formatTokens(p.input_tokens)} in · ${formatTokens(p.output_tokens)} out`,
+                ];
+              },
+            },
+          },
+        },
+        scales: {
+          x: { grid: { display: false }, ticks: { autoSkip: true, maxRotation: 0, color: "#667085" } },
+          y: {
+            beginAtZero: true,
+            grid: { color: "#eef0f3" },
+            border: { display: false },
+            ticks: { callback: axisUsd, color: "#667085", maxTicksLimit: 6 },
+          },
+        },
+      },
+    });
+  } else {
+    costChart.data.labels = labels;
+    costChart.data.datasets[0].data = values;
+    costChart.update();
+  }
+  $("cost-chart").dataset.points = String(points.length);
+  $("tz-note").textContent =
+    `${state.granularity === "hour" ? "Hourly" : "Daily"} buckets in your time zone, ${TIME_ZONE}.`;
+  return points.some((p) => Number(p.calls) > 0) ? "" : EMPTY_MESSAGE;
+}
+
+const loadTimeseries = () =>
+  loadPanel(
+    "timeseries",
+    (signal) =>
+      api(
+        "v1/usage/timeseries",
+        { ...windowParams(), granularity: state.granularity, tz: TIME_ZONE },
+        signal,
+      ),
+    renderTimeseries,
+  );
+
+// --- cost by source ------------------------------------------------------------------
+let sourceChart = null;
+
+function renderBySource(data) {
+  const Chart = chartLibrary();
+  const bySource = new Map((data.sources || []).map((s) => [s.source, s]));
+  const rows = Object.keys(SOURCES).map((source) => ({
+    source,
+    cost: bySource.get(source)?.cost_usd ?? "0",
+    calls: Number(bySource.get(source)?.calls ?? 0),
+  }));
+  const total = rows.reduce((sum, r) => sum + Number(r.cost), 0);
+  const values = rows.map((r) => Number(r.cost));
+  const colors = rows.map((r) => SOURCES[r.source].color);
+  const labels = rows.map((r) => SOURCES[r.source].label);
+  if (!sourceChart) {
+    sourceChart = new Chart($("source-chart"), {
+      type: "doughnut",
+      data: { labels, datasets: [{ data: values, backgroundColor: colors, borderWidth: 2 }] },
+      options: {
+        responsive: true,
+        maintainAspectRatio: false,
+        cutout: "62%",
+        animation: { duration: reducedMotion() ? 0 : 250 },
+        plugins: {
+          legend: { display: false },
+          tooltip: {
+            callbacks: { label: (ctx) => ` ${ctx.label}: ${formatUsd(rows[ctx.dataIndex]?.cost)}` },
+          },
+        },
+      },
+    });
+  } else {
+    sourceChart.data.datasets[0].data = values;
+    sourceChart.options.plugins.tooltip.callbacks.label = (ctx) =>
+      ` ${ctx.label}: ${formatUsd(rows[ctx.dataIndex]?.cost)}`;
+    sourceChart.update();
+  }
+  const legend = $("source-legend");
+  legend.replaceChildren(
+    ...rows.map((r) => {
+      const li = document.createElement("li");
+      li.dataset.source = r.source;
+      li.innerHTML =
+        '<span class="swatch"></span><span class="label"></span>' +
+        '<span class="amount"></span><span class="share"></span>';
+      li.querySelector(".swatch").classList.add(r.source);
+      li.querySelector(".label").textContent = `${SOURCES[r.source].label} · ${formatInteger(r.calls)} calls`;
+      li.querySelector(".amount").textContent = formatUsd(r.cost);
+      li.querySelector(".amount").title = `$${r.cost}`;
+      li.querySelector(".share").textContent = formatPercent(Number(r.cost), total);
+      return li;
+    }),
+  );
+  const calls = rows.reduce((sum, r) => sum + r.calls, 0);
+  if (calls === 0) return EMPTY_MESSAGE;
+  return total > 0 ? "" : "No priced usage in this period";
+}
+
+const loadBySource = () =>
+  loadPanel("by-source", (signal) => api("v1/usage/by-source", windowParams(), signal), renderBySource);
+
+// --- top consumers -------------------------------------------------------------------
+const itemTokens = (item) =>
+  Number(item.total_tokens ?? item.tokens ?? Number(item.input_tokens || 0) + Number(item.output_tokens || 0));
+
+function badge(source) {
+  const span = document.createElement("span");
+  span.className = `badge ${source}`;
+  span.textContent = SOURCES[source]?.label ?? source;
+  return span;
+}
+
+function renderTop(data) {
+  const items = data.items || [];
+  const metric = (item) => (state.topBy === "cost" ? Number(item.cost_usd) : itemTokens(item));
+  const max = Math.max(...items.map(metric), 0);
+  $("top-list").replaceChildren(
+    ...items.map((item, index) => {
+      const li = document.createElement("li");
+      li.dataset.source = item.source;
+      li.dataset.sourceId = item.source_id;
+      const rank = document.createElement("span");
+      rank.className = "rank";
+      rank.textContent = String(index + 1);
+      const name = document.createElement("span");
+      name.className = "name";
+      const link = document.createElement("button");
+      link.type = "button";
+      link.textContent = item.name || item.source_id || "(unnamed)";
+      link.title = `Show the calls of ${link.textContent} (${item.source_id})`;
+      link.addEventListener("click", () => showRecordsOf(item));
+      name.append(link);
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      const fill = document.createElement("span");
+      fill.style.width = `${max > 0 ? Math.max(2, (metric(item) / max) * 100) : 0}%`;
+      bar.append(fill);
+      const value = document.createElement("span");
+      value.className = "metric";
+      value.textContent = state.topBy === "cost" ? formatUsd(item.cost_usd) : formatTokens(itemTokens(item));
+      value.title =
+        state.topBy === "cost" ? `$${item.cost_usd}` : `${formatInteger(itemTokens(item))} tokens`;
+      const calls = document.createElement("span");
+      calls.className = "calls";
+      calls.textContent = `${formatInteger(item.calls)} calls`;
+      li.append(rank, badge(item.source), name, bar, value, calls);
+      return li;
+    }),
+  );
+  return items.length ? "" : EMPTY_MESSAGE;
+}
+
+function showRecordsOf(item) {
+  $("source-filter").value = item.source;
+  $("search").value = item.name || "";
+  state.source = item.source;
+  state.search = item.name || "";
+  state.page = 1;
+  loadRecords();
+  $("records").scrollIntoView({ behavior: reducedMotion() ? "auto" : "smooth", block: "start" });
+}
+
+const loadTop = () =>
+  loadPanel(
+    "top",
+    (signal) => api("v1/usage/top", { ...windowParams(), by: state.topBy, limit: TOP_LIMIT }, signal),
+    renderTop,
+  );
+
+// --- records -------------------------------------------------------------------------
+const absoluteTime = new Intl.DateTimeFormat(undefined, {
+  dateStyle: "medium",
+  timeStyle: "medium",
+  timeZone: TIME_ZONE,
+});
+
+function cell(className, text, title) {
+  const td = document.createElement("td");
+  if (className) td.className = className;
+  if (text != null) td.textContent = text;
+  if (title) td.title = title;
+  return td;
+}
+
+function renderRecords(data) {
+  const items = data.items || [];
+  const now = Date.now();
+  $("records-body").replaceChildren(
+    ...items.map((r) => {
+      const tr = document.createElement("tr");
+      tr.dataset.eventId = r.event_id;
+      tr.dataset.source = r.source;
+      const source = cell("source");
+      source.append(badge(r.source));
+      const name = cell("name");
+      const title = document.createElement("span");
+      title.className = "title";
+      title.textContent = r.name || r.source_id || "(unnamed)";
+      const model = document.createElement("span");
+      model.className = "model";
+      model.textContent = r.model || "";
+      if (r.status === "error") {
+        const failed = document.createElement("span");
+        failed.className = "failed";
+        failed.textContent = "error";
+        failed.title = "The call failed; billed tokens, if any, are counted";
+        model.append(" ", failed);
+      }
+      name.append(title, model);
+      const when = new Date(r.occurred_at);
+      const time = cell("time");
+      const timeEl = document.createElement("time");
+      timeEl.dateTime = when.toISOString();
+      timeEl.title = absoluteTime.format(when);
+      timeEl.textContent = formatRelativeTime(when, now);
+      time.append(timeEl);
+      tr.append(
+        source,
+        name,
+        cell("num input", formatInteger(r.input_tokens)),
+        cell("num output", formatInteger(r.output_tokens)),
+        r.priced === false
+          ? cell("num cost unpriced", "unpriced", `${r.model} is not in the price book`)
+          : cell("num cost", formatUsd(r.cost_usd), `$${r.cost_usd}`),
+        cell("num duration", formatDuration(r.duration_ms)),
+        time,
+      );
+      return tr;
+    }),
+  );
+  renderPager(Number(data.page || state.page), Number(data.total_pages || 0), Number(data.total || 0));
+  if (items.length) return "";
+  return state.source || state.search ? "No calls match these filters in this period" : EMPTY_MESSAGE;
+}
+
+function pageWindow(page, pages) {
+  // 1 … 4 5 [6] 7 8 … 20
+  const wanted = new Set([1, pages, page - 2, page - 1, page, page + 1, page + 2]);
+  const list = [...wanted].filter((p) => p >= 1 && p <= pages).sort((a, b) => a - b);
+  const out = [];
+  for (const p of list) {
+    if (out.length && p - out[out.length - 1] > 1) out.push(null);
+    out.push(p);
+  }
+  return out;
+}
+
+function pagerButton(label, page, { current = false, disabled = false, aria } = {}) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.textContent = label;
+  button.disabled = disabled;
+  if (aria) button.setAttribute("aria-label", aria);
+  if (current) button.setAttribute("aria-current", "page");
+  button.dataset.page = String(page);
+  button.addEventListener("click", () => {
+    if (page === state.page) return;
+    state.page = page;
+    loadRecords();
+  });
+  return button;
+}
+
+function renderPager(page, pages, total) {
+  const pager = $("pager");
+  pager.hidden = pages <= 1;
+  const first = total ? (page - 1) * PAGE_SIZE + 1 : 0;
+  const last = Math.min(total, page * PAGE_SIZE);
+  $("pager-info").textContent = `${formatInteger(first)}–${formatInteger(last)} of ${formatInteger(total)} calls`;
+  const buttons = [pagerButton("‹ Prev", page - 1, { disabled: page <= 1, aria: "Previous page" })];
+  for (const p of pageWindow(page, pages)) {
+    if (p === null) {
+      const gap = document.createElement("span");
+      gap.className = "gap";
+      gap.textContent = "…";
+      buttons.push(gap);
+    } else {
+      buttons.push(pagerButton(String(p), p, { current: p === page, aria: `Page ${p}` }));
+    }
+  }
+  buttons.push(pagerButton("Next ›", page + 1, { disabled: page >= pages, aria: "Next page" }));
+  $("pager-buttons").replaceChildren(...buttons);
+}
+
+const loadRecords = () =>
+  loadPanel(
+    "records",
+    (signal) =>
+      api(
+        "v1/usage/records",
+        {
+          ...windowParams(),
+          source: state.source,
+          search: state.search,
+          page: state.page,
+          page_size: PAGE_SIZE,
+        },
+        signal,
+      ),
+    renderRecords,
+  );
+
+// keep "3 min ago" true while the page stays open
+setInterval(() => {
+  const now = Date.now();
+  for (const el of document.querySelectorAll("#records-body time")) {
+    el.textContent = formatRelativeTime(new Date(el.dateTime), now);
+  }
+}, 30_000);
+
+// --- API key -------------------------------------------------------------------------
+const dialog = $("key-dialog");
+
+function askForKey(message = "") {
+  const error = $("key-error");
+  error.textContent = message;
+  error.hidden = !message;
+  if (message) saveSetting(STORAGE_KEY, null); // a rejected key is not kept
+  $("key-input").value = "";
+  if (!dialog.open) dialog.showModal();
+  $("key-input").focus();
+}
+
+function showBanner(text) {
+  const banner = $("banner");
+  banner.hidden = !text;
+  banner.replaceChildren();
+  if (!text) return;
+  banner.append(document.createTextNode(`${text} `));
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "link-button";
+  button.textContent = "Enter API key";
+  button.addEventListener("click", () => askForKey());
+  banner.append(button);
+}
+
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const key = $("key-input").value.trim();
+  if (!key) return;
+  saveSetting(STORAGE_KEY, key);
+  dialog.close();
+  showBanner("");
+  loadAll();
+});
+
+function cancelKeyDialog() {
+  dialog.close();
+  if (!loadSetting(STORAGE_KEY)) showBanner("An API key is needed to show usage.");
+}
+$("key-cancel").addEventListener("click", cancelKeyDialog);
+dialog.addEventListener("cancel", (event) => {
+  event.preventDefault();
+  cancelKeyDialog();
+});
+$("change-key").addEventListener("click", () => askForKey());
+
+// --- controls ------------------------------------------------------------------------
+function markPressed(groupId, attribute, value) {
+  for (const button of $(groupId).querySelectorAll("button")) {
+    button.setAttribute("aria-pressed", String(button.dataset[attribute] === value));
+  }
+}
+
+$("period-switch").addEventListener("click", (event) => {
+  const period = event.target.closest("button")?.dataset.period;
+  if (!period || period === state.period) return;
+  state.period = period;
+  state.granularity = defaultGranularity(period);
+  state.page = 1;
+  saveSetting(STORAGE_PERIOD, period);
+  loadAll();
+});
+
+$("granularity-switch").addEventListener("click", (event) => {
+  const granularity = event.target.closest("button")?.dataset.granularity;
+  if (!granularity || granularity === state.granularity) return;
+  state.granularity = granularity;
+  markPressed("granularity-switch", "granularity", granularity);
+  loadTimeseries();
+});
+
+$("top-switch").addEventListener("click", (event) => {
+  const by = event.target.closest("button")?.dataset.by;
+  if (!by || by === state.topBy) return;
+  state.topBy = by;
+  markPressed("top-switch", "by", by);
+  loadTop();
+});
+
+$("source-filter").addEventListener("change", (event) => {
+  state.source = event.target.value;
+  state.page = 1;
+  loadRecords();
+});
+
+let searchTimer = 0;
+$("search").addEventListener("input", (event) => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => {
+    const search = event.target.value.trim();
+    if (search === state.search) return;
+    state.search = search;
+    state.page = 1;
+    loadRecords();
+  }, SEARCH_DEBOUNCE_MS);
+});
+
+function loadAll() {
+  markPressed("period-switch", "period", state.period);
+  markPressed("granularity-switch", "granularity", state.granularity);
+  markPressed("top-switch", "by", state.topBy);
+  if (!loadSetting(STORAGE_KEY)) {
+    askForKey();
+    return;
+  }
+  loadSummary();
+  loadTimeseries();
+  loadBySource();
+  loadTop();
+  loadRecords();
+}
+
+document.documentElement.dataset.timeZone = TIME_ZONE;
+loadAll();

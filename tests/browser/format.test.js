@@ -1,0 +1,88 @@
+// Unit tests of the page's pure formatters, run by node's built-in test runner
+// (`node --test tests/browser/`; tests/browser/test_page_format.py runs it under pytest).
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import {
+  formatDuration,
+  formatInteger,
+  formatPercent,
+  formatRelativeTime,
+  formatTokens,
+  formatUsd,
+} from "../../query_api/static/format.js";
+
+test("tokens are compact, as the spec's examples say", () => {
+  assert.equal(formatTokens(1_500_000), "1.5M");
+  assert.equal(formatTokens(45_000), "45.0K");
+});
+
+test("tokens: small, edges, rounding and unit promotion", () => {
+  assert.equal(formatTokens(0), "0");
+  assert.equal(formatTokens(999), "999");
+  assert.equal(formatTokens(1000), "1.0K");
+  assert.equal(formatTokens(1049), "1.0K");
+  assert.equal(formatTokens(1050), "1.1K"); // half up
+  assert.equal(formatTokens(999_949), "999.9K");
+  assert.equal(formatTokens(999_950), "1.0M"); // not "1000.0K"
+  assert.equal(formatTokens(2_345_678_901), "2.3B");
+  assert.equal(formatTokens(1_250_000_000_000), "1.3T");
+  assert.equal(formatTokens("45000"), "45.0K"); // API may send numbers as strings
+  assert.equal(formatTokens(-45_000), "-45.0K");
+  assert.equal(formatTokens(undefined), "–");
+  assert.equal(formatTokens("abc"), "–");
+});
+
+test("integers get thousands separators", () => {
+  assert.equal(formatInteger(1_234_567), "1,234,567");
+  assert.equal(formatInteger(0), "0");
+  assert.equal(formatInteger(null), "0");
+});
+
+test("money is rounded from the exact decimal string, half up", () => {
+  assert.equal(formatUsd("12.345678901"), "$12.35");
+  assert.equal(formatUsd("12.344999999"), "$12.34");
+  assert.equal(formatUsd("1234567.995"), "$1,234,568.00");
+  assert.equal(formatUsd("9.995"), "$10.00");
+  assert.equal(formatUsd("0.00345"), "$0.0035");
+  assert.equal(formatUsd("0.99996"), "$1.00");
+  assert.equal(formatUsd("0"), "$0.00");
+  assert.equal(formatUsd("0.000000000000"), "$0.00");
+  assert.equal(formatUsd("-1.005"), "-$1.01");
+  assert.equal(formatUsd("0.00000001"), "<$0.0001");
+  assert.equal(formatUsd("5"), "$5.00");
+  assert.equal(formatUsd("007.1"), "$7.10");
+  // beyond a double's precision: still exact
+  assert.equal(formatUsd("90071992547409931.005"), "$90,071,992,547,409,931.01");
+  assert.equal(formatUsd("not money"), "–");
+  assert.equal(formatUsd(null), "–");
+});
+
+test("durations", () => {
+  assert.equal(formatDuration(850), "850 ms");
+  assert.equal(formatDuration(1234), "1.2 s");
+  assert.equal(formatDuration(59_940), "59.9 s");
+  assert.equal(formatDuration(75_000), "1m 15s");
+  assert.equal(formatDuration(3_726_000), "1h 2m");
+  assert.equal(formatDuration(-1), "–");
+});
+
+test("relative time", () => {
+  const now = Date.parse("2026-11-25T12:00:00Z");
+  const ago = (seconds) => now - seconds * 1000;
+  assert.equal(formatRelativeTime(ago(5), now), "just now");
+  assert.equal(formatRelativeTime(ago(-30), now), "just now"); // clock skew
+  assert.equal(formatRelativeTime(ago(180), now), "3 min ago");
+  assert.equal(formatRelativeTime(ago(59 * 60 + 59), now), "59 min ago");
+  assert.equal(formatRelativeTime(ago(3600), now), "1 hour ago");
+  assert.equal(formatRelativeTime(ago(5 * 3600 + 10), now), "5 hours ago");
+  assert.equal(formatRelativeTime(ago(86400), now), "1 day ago");
+  assert.equal(formatRelativeTime(ago(29 * 86400), now), "29 days ago");
+  assert.equal(formatRelativeTime(ago(90 * 86400), now), "3 months ago");
+  assert.equal(formatRelativeTime(new Date(ago(180)), new Date(now)), "3 min ago");
+});
+
+test("percent", () => {
+  assert.equal(formatPercent(1, 3), "33.3%");
+  assert.equal(formatPercent(1, 0), "0%");
+});
