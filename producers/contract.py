@@ -121,6 +121,19 @@ class UsageEvent(BaseModel):
     def _sane_time(cls, value: datetime) -> datetime:
         return _check_occurred_at(value)
 
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _flat_metadata(cls, value: Any) -> Any:
+        """One clear reason instead of one per member of the value union."""
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not (item is None or isinstance(item, str | int | float | bool)):
+                    raise ValueError(
+                        f"value of {key!r} must be a string, number, boolean or null, "
+                        f"not {type(item).__name__}"
+                    )
+        return value
+
     @field_validator("metadata")
     @classmethod
     def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -141,8 +154,8 @@ class UsageEvent(BaseModel):
         total = data.get("cache_creation_input_tokens")
         five = data.get("cache_creation_5m_input_tokens")
         hour = data.get("cache_creation_1h_input_tokens")
-        if not all(v is None or type(v) is int for v in (total, five, hour)):
-            return data  # let field validation name the offending field
+        if not all(v is None or (type(v) is int and v >= 0) for v in (total, five, hour)):
+            return data  # let field validation name the offending field (and only that one)
         data = dict(data)
         if five is None and hour is None:
             data["cache_creation_5m_input_tokens"] = total or 0

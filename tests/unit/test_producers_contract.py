@@ -1,0 +1,194 @@
+"""The event contract rejects bad events with a reason naming the field."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from producers.contract import (
+    MAX_METADATA_BYTES,
+    ContractError,
+    EntityRenamed,
+    Source,
+    Status,
+    UsageEvent,
+    decode_calls,
+    describe_validation_error,
+    encode_calls,
+    parse_call,
+    uuid7,
+)
+
+
+def raw(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "tenant_id": "acme",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "source": "chat",
+        "source_id": "conv-1",
+        "model": "claude-sonnet-4-5",
+        "input_tokens": 100,
+        "output_tokens": 20,
+    }
+    base.update(overrides)
+    return base
+
+
+def reason(**overrides: Any) -> str:
+    with pytest.raises(ContractError) as info:
+        parse_call(raw(**overrides))
+    return info.value.reason
+
+
+def test_a_valid_event_round_trips_through_the_wire_format() -> None:
+    events = [parse_call(raw(source_id=f"c{i}")) for i in range(3)]
+    decoded = [parse_call(r) for r in decode_calls(encode_calls(events))]
+    assert decoded == events
+    assert decoded[0].schema_version == 1 and decoded[0].status is Status.OK
+    assert decode_calls(events[0].to_json()) == [json.loads(events[0].to_json())]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"input_tokens": -1}, "input_tokens"),
+        ({"output_tokens": -5}, "output_tokens"),
+        ({"cache_read_input_tokens": -1}, "cache_read_input_tokens"),
+        ({"duration_ms": -1}, "duration_ms"),
+        ({"input_tokens": 10_000_001}, "input_tokens"),
+        ({"input_tokens": "12"}, "input_tokens"),  # strict: no silent coercion
+        ({"input_tokens": 1.5}, "input_tokens"),
+        ({"source": "email"}, "source"),
+        ({"status": "maybe"}, "status"),
+        ({"tenant_id": ""}, "tenant_id"),
+        ({"tenant_id": "t" * 129}, "tenant_id"),
+        ({"source_id": "s" * 257}, "source_id"),
+        ({"source_name": "n" * 513}, "source_name"),
+        ({"model": "m" * 129}, "model"),
+        ({"request_id": "r" * 257}, "request_id"),
+        ({"metadata": {"blob": "x" * MAX_METADATA_BYTES}}, "metadata"),
+        ({"metadata": {"nested": {"a": 1}}}, "metadata"),
+        ({"occurred_at": "2001-01-01T00:00:00Z"}, "occurred_at"),
+        ({"occurred_at": "2999-01-01T00:00:00Z"}, "occurred_at"),
+        ({"occurred_at": "2025-01-01T00:00:00"}, "occurred_at"),  # naive: no time zone
+        ({"event_id": "not-a-uuid"}, "event_id"),
+        ({"unexpected": 1}, "unexpected"),
+    ],
+)
+def test_invalid_values_are_rejected_naming_the_field(
+    overrides: dict[str, Any], field: str
+) -> None:
+    text = reason(**overrides)
+    assert text.split(":")[0].split(".")[0] == field, text
+
+
+def test_nested_metadata_gets_one_clear_reason() -> None:
+    assert reason(metadata={"nested": {"a": 1}}) == (
+        "metadata: Value error, value of 'nested' must be a string, number, boolean or null, "
+        "not dict"
+    )
+
+
+def test_missing_required_fields_are_all_named() -> None:
+    with pytest.raises(ContractError) as info:
+        parse_call({"occurred_at": datetime.now(UTC).isoformat()})
+    for field in ("tenant_id", "source", "source_id", "model"):
+        assert f"{field}:" in info.value.reason
+
+
+def test_timestamps_are_normalised_to_utc_and_small_skew_is_allowed() -> None:
+    local = datetime.now(UTC).astimezone(__import__("zoneinfo").ZoneInfo("Asia/Kolkata"))
+    event = parse_call(raw(occurred_at=local.isoformat()))
+    assert event.occurred_at.utcoffset() == timedelta(0)
+    soon = datetime.now(UTC) + timedelta(minutes=30)
+    assert parse_call(raw(occurred_at=soon.isoformat())).occurred_at == soon
+
+
+def test_unsupported_schema_version_and_bad_messages() -> None:
+    assert reason(schema_version=2).startswith("schema_version:")
+    with pytest.raises(ContractError, match="not valid JSON"):
+        decode_calls(b"{nope")
+    with pytest.raises(ContractError, match="expected a JSON object or array"):
+        decode_calls(b"42")
+    with pytest.raises(ContractError, match="must be a JSON object"):
+        parse_call([1, 2])
+
+
+class TestCacheWriteSplit:
+    def test_total_without_split_counts_as_five_minute_writes(self) -> None:
+        event = parse_call(raw(cache_creation_input_tokens=300))
+        assert event.cache_creation_5m_input_tokens == 300
+        assert event.cache_creation_1h_input_tokens == 0
+
+    def test_split_without_total_fills_the_total(self) -> None:
+        event = parse_call(
+            raw(cache_creation_5m_input_tokens=100, cache_creation_1h_input_tokens=50)
+        )
+        assert event.cache_creation_input_tokens == 150
+
+    def test_consistent_total_and_split_are_kept(self) -> None:
+        event = parse_call(
+            raw(
+                cache_creation_input_tokens=150,
+                cache_creation_5m_input_tokens=100,
+                cache_creation_1h_input_tokens=50,
+            )
+        )
+        assert (event.cache_creation_5m_input_tokens, event.cache_creation_1h_input_tokens) == (
+            100,
+            50,
+        )
+
+    def test_inconsistent_split_is_rejected(self) -> None:
+        assert "cache_creation_input_tokens must equal" in reason(
+            cache_creation_input_tokens=10,
+            cache_creation_5m_input_tokens=100,
+            cache_creation_1h_input_tokens=50,
+        )
+
+    def test_no_cache_writes_at_all(self) -> None:
+        event = parse_call(raw())
+        assert event.cache_creation_input_tokens == 0 == event.cache_creation_5m_input_tokens
+
+    def test_negative_split_names_its_field(self) -> None:
+        assert reason(cache_creation_1h_input_tokens=-1).startswith(
+            "cache_creation_1h_input_tokens:"
+        )
+
+
+def test_uuid7_is_version_7_and_sorted_within_one_millisecond() -> None:
+    ids = [uuid7() for _ in range(5000)]
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    millis = ids[0].int >> 80
+    now = datetime.now(UTC).timestamp() * 1000
+    assert abs(millis - now) < 5000
+
+
+def test_event_ids_default_to_uuid7_and_partition_keys_group_a_conversation() -> None:
+    a = parse_call(raw())
+    b = parse_call(raw())
+    assert a.event_id.version == 7 and a.event_id < b.event_id
+    assert a.partition_key == b"acme:conv-1"
+    assert a.source is Source.CHAT
+
+
+def test_entity_renamed_validates_and_has_its_own_key() -> None:
+    renamed = EntityRenamed(tenant_id="acme", source=Source.AGENT, source_id="a1", name="Scout")
+    assert renamed.partition_key == b"acme:agent:a1"
+    assert EntityRenamed.model_validate_json(renamed.to_json()) == renamed
+    with pytest.raises(ValidationError) as info:
+        EntityRenamed(tenant_id="acme", source="agent", source_id="a1", name="")  # type: ignore[arg-type]
+    assert describe_validation_error(info.value).startswith("name:")
+
+
+def test_events_are_immutable() -> None:
+    event = UsageEvent.model_validate(raw())
+    with pytest.raises(ValidationError):
+        event.input_tokens = 5  # type: ignore[misc]
