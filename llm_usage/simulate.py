@@ -8,15 +8,21 @@ worker, so anyone can check the pipeline against it.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from llm_usage.settings import Settings
 from producers.contract import EntityRenamed, Source, Status, UsageEvent, uuid7
+
+if TYPE_CHECKING:
+    from stream_processor.pricing import PriceBook
 
 # (model, weight) per source; the current Claude line-up, as services use it.
 MODEL_MIX: dict[Source, list[tuple[str, float]]] = {
@@ -321,3 +327,59 @@ class Manifest:
             "renames_published": self.renames,
             "duplicates_published": self.duplicates_published,
         }
+
+
+def book_pricer(book: PriceBook) -> Callable[[UsageEvent], Decimal | None]:
+    """Price an event exactly as the worker does (same book, same model normalisation)."""
+
+    def price(event: UsageEvent) -> Decimal | None:
+        quote = book.quote(
+            book.resolve(event.model),
+            event.occurred_at,
+            event.input_tokens,
+            event.output_tokens,
+            event.cache_creation_5m_input_tokens,
+            event.cache_creation_1h_input_tokens,
+            event.cache_read_input_tokens,
+        )
+        return quote.cost_usd if quote.priced else None
+
+    return price
+
+
+async def publish(
+    settings: Settings,
+    cfg: SimulationConfig,
+    *,
+    rate: float | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> Manifest:
+    """Publish ``cfg``'s traffic through :class:`UsagePublisher`; return its manifest.
+
+    ``rate`` limits unique calls per second (None: as fast as the publisher takes them);
+    ``stop`` ends a live run early (the manifest then covers what was published).
+    """
+    from producers.publisher import UsagePublisher
+    from stream_processor.pricing import PriceBook
+
+    manifest = Manifest(price=book_pricer(PriceBook.load()))
+    started = time.monotonic()
+    async with UsagePublisher(settings) as publisher:
+        for item in generate(cfg):
+            if stop is not None and stop.is_set():
+                break
+            if item.rename is not None:
+                await publisher.publish_rename(item.rename)
+            elif item.call is not None:
+                await publisher.publish(item.call)
+            manifest.record(item)
+            if item.call is not None and not item.duplicate:
+                if on_progress is not None:
+                    on_progress(1)
+                if rate:
+                    ahead = manifest.total.calls / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+        await publisher.flush()
+    return manifest
