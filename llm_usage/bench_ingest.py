@@ -113,7 +113,7 @@ async def _baseline_consumer(settings: Settings, stop: asyncio.Event) -> None:
     consumer = AIOKafkaConsumer(
         settings.topic_calls,
         bootstrap_servers=settings.kafka_bootstrap,
-        group_id="bench-baseline",
+        group_id=f"bench-baseline-{settings.topic_calls}",  # a fresh group per phase
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         rebalance_timeout_ms=3000,
@@ -144,15 +144,43 @@ async def _baseline_consumer(settings: Settings, stop: asyncio.Event) -> None:
         await consumer.stop()
 
 
+def baseline_main() -> None:
+    """Entry point of the baseline child process: consume until SIGTERM."""
+    import signal
+
+    from llm_usage.settings import get_settings
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await _baseline_consumer(get_settings(), stop)
+
+    asyncio.run(main())
+
+
 async def _with_baseline(settings: Settings, body: Callable[[], Awaitable[Any]]) -> Any:
-    stop = asyncio.Event()
-    task = asyncio.create_task(_baseline_consumer(settings, stop))
-    await asyncio.sleep(4)  # first group join (rebalance timeout 3 s)
+    """Run ``body`` while a baseline consumer runs in its own process (like a worker)."""
+    import os
+    import subprocess
+    import sys
+
+    from stream_processor.harness import settings_env
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_USAGE_")}
+    env.update(settings_env(settings))
+    code = "from llm_usage.bench_ingest import baseline_main; baseline_main()"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
     try:
+        await asyncio.sleep(5)  # process start + first group join (rebalance timeout 3 s)
         return await body()
     finally:
-        stop.set()
-        await task
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 # --- the benchmark --------------------------------------------------------------------------
@@ -178,7 +206,8 @@ def run_bench(*, calls: int, workers: int, partitions: int) -> dict[str, Any]:
             baseline = base.model_copy(
                 update={"clickhouse_database": "bench_baseline", "topic_calls": "bench.baseline"}
             )
-            for s in (pipeline, baseline):
+            baseline_steady = baseline.model_copy(update={"topic_calls": "bench.baseline.steady"})
+            for s in (pipeline, baseline, baseline_steady):
                 apply_migrations(connect(s, database=""), s)
                 asyncio.run(ensure_topics(s))
 
@@ -209,7 +238,9 @@ def run_bench(*, calls: int, workers: int, partitions: int) -> dict[str, Any]:
             b_events = _events(int(b_rate * STEADY_SECONDS), 3)
             console.print(f"baseline: steady at {b_rate:,.0f} events/s …")
             b_std = asyncio.run(
-                _with_baseline(baseline, lambda: _run_phase(baseline, b_events, b_rate))
+                _with_baseline(
+                    baseline_steady, lambda: _run_phase(baseline_steady, b_events, b_rate)
+                )
             )
         finally:
             stack.down()
