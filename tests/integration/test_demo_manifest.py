@@ -1,0 +1,102 @@
+"""``llm-usage simulate --manifest`` against the API: the pipeline reports what was published.
+
+The whole path is real: the CLI publishes through producers/ to the broker, a worker
+process prices and writes to ClickHouse, and the API answers from the rollups and the raw
+table. Every tenant's summary and per-source split must equal the manifest exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from llm_usage.clickhouse import connect
+from llm_usage.localstack.processes import free_port
+from llm_usage.settings import Settings
+from producers.topics import ensure_topics
+from query_api.app import create_app
+from stream_processor.harness import WorkerProcess, settings_env
+
+CALLS = 1500
+
+
+def _wait_rows(settings: Settings, expected: int, timeout: float = 120.0) -> int:
+    client = connect(settings)
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline:
+        count = int(client.query("SELECT count() FROM usage_events").result_rows[0][0])
+        if count >= expected:
+            break
+        time.sleep(0.3)
+    return count
+
+
+def test_simulate_manifest_equals_api(migrated: Settings, tmp_path: Path) -> None:
+    settings = migrated.model_copy(
+        update={
+            "processor_web_port": free_port(),
+            "processor_rebalance_timeout_s": 3.0,
+            "processor_session_timeout_s": 10.0,
+            "api_keys": "key-one:tenant-1,key-two:tenant-2",
+        }
+    )
+    asyncio.run(ensure_topics(settings))
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        worker.wait_assigned(timeout=90)
+        manifest_path = tmp_path / "manifest.json"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_USAGE_")}
+        env.update(settings_env(settings))
+        subprocess.run(
+            [sys.executable, "-m", "llm_usage", "simulate", "--calls", str(CALLS),
+             "--days", "2", "--tenants", "2", "--seed", "11", "--manifest", str(manifest_path)],
+            env=env, check=True, timeout=300, capture_output=True,
+        )  # fmt: skip
+        manifest = json.loads(manifest_path.read_text())
+        assert manifest["calls"] == CALLS
+        assert manifest["duplicates_published"] >= 0
+        assert _wait_rows(settings, CALLS) == CALLS, worker.tail()
+        time.sleep(1.5)  # a duplicate arriving late must still not add a row
+        assert _wait_rows(settings, CALLS, timeout=0.1) == CALLS
+    finally:
+        worker.stop()
+
+    client = TestClient(create_app(settings))
+    now = datetime.now(UTC)
+    window = {
+        "from": (now - timedelta(days=3)).isoformat(),
+        "to": (now + timedelta(minutes=5)).isoformat(),
+    }
+    for key, tenant in settings.api_key_tenants.items():
+        expected = manifest["by_tenant"][tenant]
+        headers = {"Authorization": f"Bearer {key}"}
+        response = client.get("/v1/usage/summary", params=window, headers=headers)
+        assert response.status_code == 200, response.text
+        summary = response.json()
+        assert summary["calls"] == expected["calls"]
+        assert Decimal(summary["total_cost_usd"]) == Decimal(expected["cost_usd"])
+        for field in ("input_tokens", "output_tokens", "cache_read_input_tokens",
+                      "cache_creation_input_tokens", "unpriced_calls"):  # fmt: skip
+            assert summary[field] == expected[field], field
+        by_source = client.get("/v1/usage/by-source", params=window, headers=headers).json()
+        assert sum(s["calls"] for s in by_source["sources"]) == expected["calls"]
+    # and the manifest's own per-source split, across both tenants
+    totals: dict[str, Decimal] = {}
+    for key in settings.api_key_tenants:
+        body = client.get(
+            "/v1/usage/by-source", params=window, headers={"Authorization": f"Bearer {key}"}
+        ).json()
+        for s in body["sources"]:
+            totals[s["source"]] = totals.get(s["source"], Decimal(0)) + Decimal(s["cost_usd"])
+    for source, expected in manifest["by_source"].items():
+        assert totals[source] == Decimal(expected["cost_usd"]), source
