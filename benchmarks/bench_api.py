@@ -1,0 +1,342 @@
+"""Query API benchmark (not a test): latency over HTTP vs brute force over the raw table.
+
+Starts its own ClickHouse (the local stack's chdb-core server, in a temporary home on a
+free port), loads N generated events server-side (``INSERT ... SELECT FROM numbers()``, so
+the materialized views fill every rollup as the worker's inserts would), runs the API in a
+uvicorn subprocess and prints, per endpoint and window, p50/p99 latency over HTTP, the
+brute-force aggregate's p50 over ``usage_events``, their ratio, and whether the numbers match.
+
+    .venv/bin/python benchmarks/bench_api.py                # 10 million events
+    .venv/bin/python benchmarks/bench_api.py --events 1000000 --requests 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from clickhouse_connect.driver.client import Client
+
+from llm_usage.clickhouse import apply_migrations, connect
+from llm_usage.localstack import LocalStack
+from llm_usage.localstack.processes import free_port, stop
+from llm_usage.settings import Settings
+from query_api.window import to_ms
+
+TENANT, KEY = "bench", "bench-key"
+DAY_MS = 86_400_000
+PERIODS = {"24h": 1, "7d": 7, "30d": 30}
+
+# Server-side generator: 80% of calls belong to the benchmarked tenant, spread over the last
+# 35 days; 100 new conversations an hour (each lives within its hour, ~60 calls), 500 agents
+# that run all the time; costs with 12 decimals, 2% unpriced.
+LOAD_SQL = """
+INSERT INTO usage_events (event_id, tenant_id, occurred_at, source, source_id, source_name,
+    model, input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
+    cost_usd, priced, duration_ms, status, kafka_topic, kafka_partition, kafka_offset)
+SELECT * EXCEPT conversation FROM (SELECT
+    generateUUIDv4(number) AS event_id,
+    multiIf(h % 10 < 8, 'bench', h % 10 = 8, 'other-1', 'other-2') AS tenant_id,
+    fromUnixTimestamp64Milli(toInt64({end_ms:Int64} - cityHash64(number, 1) % {span_ms:UInt64}),
+                             'UTC') AS occurred_at,
+    multiIf(h2 % 10 < 6, 'chat', h2 % 10 < 9, 'agent', 'memory') AS source,
+    intDiv(toUnixTimestamp64Milli(occurred_at), 3600000) * 100 + h3 % 100 AS conversation,
+    if(source = 'agent', concat('agent-', toString(h3 % 500)),
+       concat('conv-', toString(conversation))) AS source_id,
+    if(source = 'agent', concat('Agent ', toString(h3 % 500)),
+       concat('Conversation about topic ', toString(conversation))) AS source_name,
+    ['claude-sonnet-4-5', 'claude-haiku-4-5', 'claude-opus-4-1'][1 + h % 3] AS model,
+    h % 20000 AS input_tokens,
+    h % 3000 AS output_tokens,
+    (h % 7 = 0) * (h % 5000) AS cache_creation_input_tokens,
+    (h % 3 = 0) * (h % 30000) AS cache_read_input_tokens,
+    if(h % 50 = 0, toDecimal128(0, 12),
+       CAST(cityHash64(number, 7) % 100000000 AS Decimal(38, 12)) / 1000000000000) AS cost_usd,
+    h % 50 != 0 AS priced,
+    toUInt32(h % 60000) AS duration_ms,
+    if(h % 97 = 0, 'error', 'ok') AS status,
+    'bench' AS kafka_topic,
+    0 AS kafka_partition,
+    number AS kafka_offset
+FROM (SELECT number, cityHash64(number, 2) AS h, cityHash64(number, 3) AS h2,
+             cityHash64(number, 4) AS h3
+      FROM numbers({first:UInt64}, {count:UInt64})))
+"""
+
+
+@dataclass
+class Case:
+    """One endpoint call and the brute-force SQL that computes the same thing from raw."""
+
+    name: str
+    path: str
+    params: dict[str, Any]
+    brute_sql: str
+    check: Callable[[dict[str, Any], list[tuple[Any, ...]]], bool]
+
+
+def _raw_where() -> str:
+    return (
+        "tenant_id = {t:String} AND occurred_at >= fromUnixTimestamp64Milli({a:Int64}, 'UTC')"
+        " AND occurred_at < fromUnixTimestamp64Milli({b:Int64}, 'UTC')"
+    )
+
+
+def cases() -> list[Case]:
+    where = _raw_where()
+    sums = "count(), sum(input_tokens), sum(output_tokens), sum(cost_usd)"
+    return [
+        Case(
+            "summary",
+            "/v1/usage/summary",
+            {},
+            f"SELECT {sums} FROM usage_events WHERE {where}",
+            lambda body, rows: (
+                (body["calls"], Decimal(body["total_cost_usd"])) == (rows[0][0], rows[0][3])
+            ),
+        ),
+        Case(
+            "timeseries hour UTC",
+            "/v1/usage/timeseries",
+            {"granularity": "hour"},
+            f"SELECT toStartOfHour(occurred_at) AS h, {sums} FROM usage_events WHERE {where}"
+            " GROUP BY h ORDER BY h",
+            lambda body, rows: sum(p["calls"] for p in body["points"]) == sum(r[1] for r in rows),
+        ),
+        Case(
+            "timeseries day Kolkata",
+            "/v1/usage/timeseries",
+            {"granularity": "day", "tz": "Asia/Kolkata"},
+            f"SELECT toDate(occurred_at, 'Asia/Kolkata') AS d, {sums} FROM usage_events"
+            f" WHERE {where} GROUP BY d ORDER BY d",
+            lambda body, rows: (
+                [p["cost_usd"] for p in body["points"] if p["calls"]]
+                == [f"{r[4]:.12f}" for r in rows]
+            ),
+        ),
+        Case(
+            "by-source",
+            "/v1/usage/by-source",
+            {},
+            f"SELECT toString(source), {sums} FROM usage_events WHERE {where} GROUP BY source",
+            lambda body, rows: (
+                {s["source"]: s["calls"] for s in body["sources"]} == {r[0]: r[1] for r in rows}
+            ),
+        ),
+        Case(
+            "top 10 by cost",
+            "/v1/usage/top",
+            {"by": "cost", "limit": 10},
+            f"SELECT toString(source), source_id, sum(cost_usd) AS c FROM usage_events"
+            f" WHERE {where} GROUP BY source, source_id ORDER BY c DESC, source, source_id"
+            " LIMIT 10",
+            lambda body, rows: (
+                [(i["source_id"], Decimal(i["cost_usd"])) for i in body["items"]]
+                == [(r[1], r[2]) for r in rows]
+            ),
+        ),
+        Case(
+            "records page 1",
+            "/v1/usage/records",
+            {"page": 1},
+            f"SELECT toString(event_id), (SELECT count() FROM usage_events WHERE {where})"
+            f" FROM usage_events WHERE {where} ORDER BY occurred_at DESC, event_id DESC LIMIT 20",
+            lambda body, rows: (
+                [i["event_id"] for i in body["items"]] == [r[0] for r in rows]
+                and body["total"] == rows[0][1]
+            ),
+        ),
+        Case(
+            "records page 500",
+            "/v1/usage/records",
+            {"page": 500},
+            f"SELECT toString(event_id) FROM usage_events WHERE {where}"
+            " ORDER BY occurred_at DESC, event_id DESC LIMIT 20 OFFSET 9980",
+            lambda body, rows: [i["event_id"] for i in body["items"]] == [r[0] for r in rows],
+        ),
+        Case(
+            "records search",
+            "/v1/usage/records",
+            {"search": "agent 12"},
+            "SELECT count() FROM usage_events WHERE "
+            + where
+            + " AND positionCaseInsensitiveUTF8(source_name, 'agent 12') > 0",
+            lambda body, rows: body["total"] == rows[0][0],
+        ),
+    ]
+
+
+def load(client: Client, events: int, end_ms: int, chunk: int) -> float:
+    started = time.perf_counter()
+    for first in range(0, events, chunk):
+        count = min(chunk, events - first)
+        client.command(
+            LOAD_SQL,
+            parameters={"end_ms": end_ms, "span_ms": 35 * DAY_MS, "first": first, "count": count},
+            settings={"max_insert_threads": 1},
+        )
+        done = first + count
+        print(f"  loaded {done:,} events ({time.perf_counter() - started:.0f}s)", flush=True)
+    return time.perf_counter() - started
+
+
+def start_api(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "LLM_USAGE_CLICKHOUSE_URL": settings.clickhouse_url,
+        "LLM_USAGE_CLICKHOUSE_DATABASE": settings.clickhouse_database,
+        "LLM_USAGE_API_KEYS": f"{KEY}:{TENANT}",
+    }
+    argv = [sys.executable, "-m", "uvicorn", "query_api.app:create_app", "--factory",
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+            "--no-access-log"]  # fmt: skip
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.terminate()
+    raise SystemExit(f"the API did not start; see {log}")
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+ROLLUPS = ("usage_hourly", "usage_daily", "usage_api_15m", "usage_api_daily", "source_names")
+
+
+def print_rollup_sizes(client: Client) -> None:
+    for table in ROLLUPS:
+        n = client.command(f"SELECT count() FROM {table}")
+        print(f"  {table}: {n:,} rows")
+
+
+def measure(http: httpx.Client, client: Client, args: argparse.Namespace) -> None:
+    """Per case and period: API p50/p99 over HTTP, brute-force p50, ratio, exactness."""
+    print(
+        f"{'endpoint':<24}{'window':>7}{'api p50 ms':>12}{'api p99 ms':>12}"
+        f"{'raw p50 ms':>12}{'raw/api':>9}  exact"
+    )
+    for case in cases():
+        for period, days in PERIODS.items():
+            latencies = []
+            body: dict[str, Any] = {}
+            for i in range(args.requests + 2):
+                started = time.perf_counter()
+                response = http.get(case.path, params={**case.params, "period": period})
+                elapsed = time.perf_counter() - started
+                if response.status_code != 200:
+                    raise SystemExit(f"{case.name} {period}: {response.text}")
+                if i >= 2:  # two warm-up calls
+                    latencies.append(elapsed * 1000)
+                body = response.json()
+            window_end = to_ms(datetime.fromisoformat(body["to"]))
+            params = {"t": TENANT, "a": window_end - days * DAY_MS, "b": window_end}
+            raw_times, raw_rows = [], []
+            for _ in range(args.brute):
+                started = time.perf_counter()
+                raw_rows = client.query(case.brute_sql, parameters=params).result_rows
+                raw_times.append((time.perf_counter() - started) * 1000)
+            p50 = statistics.median(latencies)
+            raw_p50 = statistics.median(raw_times)
+            exact = "yes" if case.check(body, [tuple(r) for r in raw_rows]) else "NO"
+            print(
+                f"{case.name:<24}{period:>7}{p50:>12.1f}{percentile(latencies, 0.99):>12.1f}"
+                f"{raw_p50:>12.1f}{raw_p50 / p50:>8.1f}x  {exact}",
+                flush=True,
+            )
+
+
+def run(args: argparse.Namespace) -> None:
+    home = Path(tempfile.mkdtemp(prefix="llm-usage-bench-"))
+    settings = Settings(
+        home=home,
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        clickhouse_url=f"http://127.0.0.1:{free_port()}",
+        clickhouse_database="bench",
+    )
+    stack = LocalStack(settings)
+    api: subprocess.Popen[bytes] | None = None
+    try:
+        stack.start_service("clickhouse")
+        apply_migrations(connect(settings, database=""), settings)
+        client = connect(settings, send_receive_timeout=3600)
+        end_ms = int(time.time() * 1000)
+        print(f"loading {args.events:,} events into {settings.clickhouse_url} ...", flush=True)
+        seconds = load(client, args.events, end_ms, args.chunk)
+        rows = client.command("SELECT count() FROM usage_events")
+        tenant_rows = client.command(
+            "SELECT count() FROM usage_events WHERE tenant_id = {t:String}",
+            parameters={"t": TENANT},
+        )
+        print(f"loaded {rows:,} events ({tenant_rows:,} for tenant {TENANT}) in {seconds:.0f}s")
+        print_rollup_sizes(client)
+
+        port = free_port()
+        api = start_api(settings, port, home / "api.log")
+        http = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=120,
+        )
+        print("\nas loaded (rollup parts not yet merged):")
+        measure(http, client, args)
+        if args.settle:
+            started = time.perf_counter()
+            for table in ROLLUPS:
+                client.command(f"OPTIMIZE TABLE {table} FINAL")
+            print(
+                f"\nafter merging the rollups ({time.perf_counter() - started:.0f}s, what"
+                " background merges do over time):"
+            )
+            print_rollup_sizes(client)
+            measure(http, client, args)
+        http.close()
+    finally:
+        if api is not None:
+            stop(api.pid, "uvicorn")
+            api.wait(timeout=10)
+        stack.stop_service("clickhouse")
+        if args.keep:
+            print(f"kept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000_000, help="events to generate")
+    parser.add_argument("--chunk", type=int, default=1_000_000, help="events per INSERT")
+    parser.add_argument("--requests", type=int, default=30, help="timed API calls per cell")
+    parser.add_argument("--brute", type=int, default=3, help="timed brute-force runs per cell")
+    parser.add_argument(
+        "--no-settle",
+        dest="settle",
+        action="store_false",
+        help="skip the second measurement after merging the rollups (OPTIMIZE FINAL)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary home")
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,462 @@
+"""All SQL of the API. User input only ever reaches ClickHouse as bound ``{pN:Type}`` values.
+
+Aggregates are one ``UNION ALL`` per request: each part reads one table for the ranges that
+:func:`query_api.window.plan` assigned to it (whole UTC days, hours or 15-minute slots from
+rollups, partial edges from ``usage_events``), and the outer query sums the parts. Without
+a name search the compact per-source rollups answer; with one (or for per-entity rankings)
+the rollups that keep ``source_id``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any, Literal
+
+from query_api.db import ClickHouse
+from query_api.window import (
+    DAY,
+    HOUR,
+    QUARTER,
+    RAW,
+    Bucket,
+    BucketIndex,
+    Range,
+    Window,
+    from_ms,
+    plan,
+    raw_resolution,
+)
+
+SOURCES = ("chat", "agent", "memory")
+TopBy = Literal["cost", "tokens"]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A rollup grain: its table, time column and how that column is compared."""
+
+    name: str
+    column: str
+    kind: Literal["date", "datetime"]
+
+
+# Largest grain first; each divides the one before (see window.decompose).
+COMPACT: dict[int, Table] = {
+    DAY: Table("usage_api_daily", "day", "date"),
+    QUARTER: Table("usage_api_15m", "slot", "datetime"),
+}
+DETAILED: dict[int, Table] = {
+    DAY: Table("usage_daily", "day", "date"),
+    HOUR: Table("usage_hourly", "hour", "datetime"),
+}
+
+METRICS = (
+    "calls",
+    "unpriced_calls",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "cost_usd",
+)
+_RAW_METRICS = {"calls": "count()", "unpriced_calls": "countIf(NOT priced)"}
+
+
+# A search matching at most this many entities is sent as a bound list (one lookup per
+# request, and the raw table's source_id bloom filter applies); beyond it, as a subquery.
+MAX_BOUND_MATCHES = 1_000
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Who asks (tenant) and what they narrowed the data to.
+
+    ``matches`` is the search resolved to (source, source_id) pairs by
+    :meth:`UsageRepository.resolve_search`; None means "not resolved, use a subquery".
+    """
+
+    tenant: str
+    source: str | None = None
+    search: str | None = None
+    matches: tuple[tuple[str, str], ...] | None = None
+
+
+@dataclass
+class Totals:
+    """Summed metrics of a set of calls; money stays a Decimal end to end."""
+
+    calls: int = 0
+    unpriced_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cost_usd: Decimal = field(default_factory=lambda: Decimal(0))
+
+    @classmethod
+    def from_row(cls, values: Sequence[Any]) -> Totals:
+        calls, unpriced, inp, out, cache_write, cache_read, cost = values[:7]
+        return cls(
+            calls=int(calls),
+            unpriced_calls=int(unpriced),
+            input_tokens=int(inp),
+            output_tokens=int(out),
+            cache_creation_input_tokens=int(cache_write),
+            cache_read_input_tokens=int(cache_read),
+            cost_usd=Decimal(cost),
+        )
+
+    def add(self, other: Totals) -> None:
+        for name in METRICS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def total_tokens(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_creation_input_tokens
+            + self.cache_read_input_tokens
+        )
+
+
+@dataclass(frozen=True)
+class TopItem:
+    source: str
+    source_id: str
+    name: str
+    totals: Totals
+
+
+@dataclass(frozen=True)
+class Record:
+    event_id: str
+    source: str
+    source_id: str
+    name: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    cost_usd: Decimal
+    priced: bool
+    status: str
+    duration_ms: int
+    occurred_at_ms: int
+
+
+class _Params:
+    """Collects bound parameters; names are generated here, values never enter the SQL."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self._shared: dict[str, str] = {}
+
+    def bind(self, value: Any, ch_type: str, *, share: str | None = None) -> str:
+        """A ``{pN:Type}`` placeholder; ``share`` names a value bound once per statement."""
+        if share is not None and share in self._shared:
+            return self._shared[share]
+        name = f"p{len(self.values)}"
+        self.values[name] = value
+        placeholder = f"{{{name}:{ch_type}}}"
+        if share is not None:
+            self._shared[share] = placeholder
+        return placeholder
+
+
+def _span_condition(table: Table | None, span: Range, params: _Params) -> str:
+    a, b = span
+    if table is None:
+        lo = params.bind(a, "Int64")
+        hi = params.bind(b, "Int64")
+        return (
+            f"(occurred_at >= fromUnixTimestamp64Milli({lo}, 'UTC')"
+            f" AND occurred_at < fromUnixTimestamp64Milli({hi}, 'UTC'))"
+        )
+    if table.kind == "date":
+        lo = params.bind(from_ms(a).date(), "Date")
+        hi = params.bind(from_ms(b).date(), "Date")
+        return f"({table.column} >= {lo} AND {table.column} < {hi})"
+    lo = params.bind(a // 1000, "Int64")
+    hi = params.bind(b // 1000, "Int64")
+    return (
+        f"({table.column} >= toDateTime({lo}, 'UTC') AND {table.column} < toDateTime({hi}, 'UTC'))"
+    )
+
+
+def _filter_conditions(filters: Filters, params: _Params) -> list[str]:
+    tenant = params.bind(filters.tenant, "String", share="tenant")
+    conditions = [f"tenant_id = {tenant}"]
+    if filters.source:
+        conditions.append(f"source = {params.bind(filters.source, 'String')}")
+    if filters.search and filters.matches is not None:
+        if not filters.matches:
+            conditions.append("0")  # nothing matches: ClickHouse reads nothing
+        else:
+            ids = sorted({i for _, i in filters.matches})
+            ids_param = params.bind(ids, "Array(String)", share="ids")
+            pairs = params.bind(
+                list(filters.matches), "Array(Tuple(String, String))", share="pairs"
+            )
+            conditions.append(f"source_id IN {ids_param}")
+            conditions.append(f"(toString(source), source_id) IN {pairs}")
+    elif filters.search:
+        conditions.append(f"(source, source_id) IN ({_matching_sources(filters, params)})")
+    return conditions
+
+
+def _matching_sources(filters: Filters, params: _Params) -> str:
+    """(source, source_id) whose *latest* name contains the search, case-insensitively.
+
+    The inner set narrows to ids that ever had a matching name; the outer one keeps those
+    whose latest name still matches.
+    """
+    tenant = params.bind(filters.tenant, "String", share="tenant")
+    search = params.bind(filters.search, "String", share="search")
+    return (
+        "SELECT source, source_id FROM source_names"
+        f" WHERE tenant_id = {tenant} AND (source, source_id) IN ("
+        f"SELECT source, source_id FROM source_names WHERE tenant_id = {tenant}"
+        f" AND positionCaseInsensitiveUTF8(source_name, {search}) > 0)"
+        " GROUP BY source, source_id"
+        f" HAVING positionCaseInsensitiveUTF8(argMax(source_name, named_at), {search}) > 0"
+    )
+
+
+def _metrics(raw: bool) -> str:
+    exprs = []
+    for name in METRICS:
+        expr = _RAW_METRICS.get(name, f"sum({name})") if raw else f"sum({name})"
+        exprs.append(f"{expr} AS x_{name}")
+    return ", ".join(exprs)
+
+
+def _time_key(table: Table | None, resolution: str) -> str:
+    if table is None:
+        return f"intDiv(toUnixTimestamp64Milli(occurred_at), {resolution}) * {resolution} AS t"
+    if table.kind == "date":
+        return f"toInt64(toUnixTimestamp(toDateTime({table.column}, 'UTC'))) * 1000 AS t"
+    return f"toInt64(toUnixTimestamp({table.column})) * 1000 AS t"
+
+
+def _aggregate_sql(
+    ranges: Sequence[Range],
+    filters: Filters,
+    keys: Sequence[str],
+    *,
+    detailed: bool,
+    raw_grain: int,
+    params: _Params,
+) -> str:
+    """UNION ALL of one part per table; each part grouped by ``keys`` (``t`` = grain start)."""
+    tiers = DETAILED if detailed else COMPACT
+    resolution = params.bind(raw_grain, "Int64")
+    parts = []
+    for unit, spans in plan(ranges, list(tiers)).items():
+        table = None if unit == RAW else tiers[unit]
+        where = [*_filter_conditions(filters, params)]
+        where.append("(" + " OR ".join(_span_condition(table, s, params) for s in spans) + ")")
+        columns = [_time_key(table, resolution) if key == "t" else key for key in keys]
+        group = f" GROUP BY {', '.join(keys)}" if keys else ""
+        parts.append(
+            f"SELECT {', '.join([*columns, _metrics(raw=table is None)])}"
+            f" FROM {table.name if table else 'usage_events'}"
+            f" WHERE {' AND '.join(where)}{group}"
+        )
+    return " UNION ALL ".join(parts)
+
+
+def _outer_metrics() -> str:
+    return ", ".join(f"sum(x_{name}) AS {name}" for name in METRICS)
+
+
+class UsageRepository:
+    """Every query the API makes, for one tenant at a time (``Filters.tenant``)."""
+
+    def __init__(self, db: ClickHouse) -> None:
+        self._db = db
+        # Independent queries of one request (a page and its total) run side by side.
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="usage-query")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def records_page(
+        self,
+        window: Window,
+        filters: Filters,
+        *,
+        limit: int,
+        offset: int = 0,
+        after: tuple[int, str] | None = None,
+    ) -> tuple[list[Record], int]:
+        """A page of :meth:`records` and the window's total, queried concurrently."""
+        total = self._pool.submit(self.count, window, filters)
+        rows = self.records(window, filters, limit=limit, offset=offset, after=after)
+        return rows, total.result()
+
+    def _grouped(
+        self,
+        window: Window,
+        filters: Filters,
+        keys: Sequence[str],
+        *,
+        detailed: bool,
+        ranges: Sequence[Range] | None = None,
+        raw_grain: int = QUARTER,
+        tail: str = "",
+        params: _Params | None = None,
+    ) -> Sequence[Sequence[Any]]:
+        params = params or _Params()
+        inner = _aggregate_sql(
+            ranges or [(window.start_ms, window.end_ms)],
+            filters,
+            keys,
+            detailed=detailed or bool(filters.search),
+            raw_grain=raw_grain,
+            params=params,
+        )
+        group = f" GROUP BY {', '.join(keys)}" if keys else ""
+        sql = f"SELECT {', '.join([*keys, _outer_metrics()])} FROM ({inner}){group}{tail}"
+        return self._db.rows(sql, params.values)
+
+    def resolve_search(self, filters: Filters) -> Filters:
+        """``filters`` with the search resolved to its (source, source_id) matches, once."""
+        if not filters.search:
+            return filters
+        params = _Params()
+        rows = self._db.rows(
+            f"SELECT toString(source), source_id FROM ({_matching_sources(filters, params)})"
+            f" LIMIT {params.bind(MAX_BOUND_MATCHES + 1, 'UInt32')}",
+            params.values,
+        )
+        if len(rows) > MAX_BOUND_MATCHES:
+            return filters
+        matches = tuple(sorted((str(s), str(i)) for s, i in rows))
+        return replace(filters, matches=matches)
+
+    def summary(self, window: Window, filters: Filters) -> Totals:
+        rows = self._grouped(window, filters, [], detailed=False)
+        return Totals.from_row(rows[0]) if rows else Totals()
+
+    def by_source(self, window: Window, filters: Filters) -> dict[str, Totals]:
+        rows = self._grouped(window, filters, ["source"], detailed=False)
+        found = {str(row[0]): Totals.from_row(row[1:]) for row in rows}
+        wanted = [filters.source] if filters.source else list(SOURCES)
+        return {source: found.get(source, Totals()) for source in wanted}
+
+    def timeseries(
+        self, window: Window, buckets: Sequence[Bucket], filters: Filters
+    ) -> list[Totals]:
+        ranges = sorted(rng for bucket in buckets for rng in bucket.ranges)
+        rows = self._grouped(
+            window,
+            filters,
+            ["t"],
+            detailed=False,
+            ranges=ranges,
+            raw_grain=raw_resolution(buckets, window),
+        )
+        index = BucketIndex(buckets, window)
+        points = [Totals() for _ in buckets]
+        for row in rows:
+            points[index.find(int(row[0]))].add(Totals.from_row(row[1:]))
+        return points
+
+    def top(self, window: Window, filters: Filters, by: TopBy, limit: int) -> list[TopItem]:
+        params = _Params()
+        metric = (
+            "cost_usd"
+            if by == "cost"
+            else "input_tokens + output_tokens + cache_creation_input_tokens"
+            " + cache_read_input_tokens"
+        )
+        tail = f" ORDER BY {metric} DESC, source, source_id LIMIT {params.bind(limit, 'UInt32')}"
+        rows = self._grouped(
+            window, filters, ["source", "source_id"], detailed=True, tail=tail, params=params
+        )
+        names = self.latest_names(filters.tenant, [(str(r[0]), str(r[1])) for r in rows])
+        return [
+            TopItem(
+                source=str(row[0]),
+                source_id=str(row[1]),
+                name=names.get((str(row[0]), str(row[1])), ""),
+                totals=Totals.from_row(row[2:]),
+            )
+            for row in rows
+        ]
+
+    def latest_names(
+        self, tenant: str, ids: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """Latest name of each (source, source_id), from ``source_names``."""
+        if not ids:
+            return {}
+        params = _Params()
+        rows = self._db.rows(
+            "SELECT toString(source), source_id, argMax(source_name, named_at)"
+            f" FROM source_names WHERE tenant_id = {params.bind(tenant, 'String')}"
+            f" AND source_id IN {params.bind(sorted({i for _, i in ids}), 'Array(String)')}"
+            " GROUP BY source, source_id",
+            params.values,
+        )
+        return {(str(s), str(i)): str(n) for s, i, n in rows}
+
+    def count(self, window: Window, filters: Filters) -> int:
+        """Calls in the window: the records table's total, from rollups."""
+        return self.summary(window, filters).calls
+
+    def records(
+        self,
+        window: Window,
+        filters: Filters,
+        *,
+        limit: int,
+        offset: int = 0,
+        after: tuple[int, str] | None = None,
+    ) -> list[Record]:
+        """Calls newest first; ``after`` = (occurred_at ms, event_id) of the last row seen."""
+        params = _Params()
+        where = _filter_conditions(filters, params)
+        where.append(_span_condition(None, (window.start_ms, window.end_ms), params))
+        if after is not None:
+            at = params.bind(after[0], "Int64")
+            event_id = params.bind(after[1], "UUID")
+            where.append(f"occurred_at <= fromUnixTimestamp64Milli({at}, 'UTC')")
+            where.append(
+                f"(occurred_at, event_id) < (fromUnixTimestamp64Milli({at}, 'UTC'), {event_id})"
+            )
+        sql = (
+            "SELECT toString(event_id), toString(source), source_id, source_name, model,"
+            " input_tokens, output_tokens, cache_creation_input_tokens,"
+            " cache_read_input_tokens, cost_usd, priced, toString(status), duration_ms,"
+            " toUnixTimestamp64Milli(occurred_at)"
+            f" FROM usage_events WHERE {' AND '.join(where)}"
+            " ORDER BY occurred_at DESC, event_id DESC"
+            f" LIMIT {params.bind(limit, 'UInt32')} OFFSET {params.bind(offset, 'UInt64')}"
+        )
+        rows = self._db.rows(sql, params.values)
+        names = self.latest_names(filters.tenant, [(str(r[1]), str(r[2])) for r in rows])
+        return [
+            Record(
+                event_id=str(r[0]),
+                source=str(r[1]),
+                source_id=str(r[2]),
+                name=names.get((str(r[1]), str(r[2])), str(r[3])),
+                model=str(r[4]),
+                input_tokens=int(r[5]),
+                output_tokens=int(r[6]),
+                cache_creation_input_tokens=int(r[7]),
+                cache_read_input_tokens=int(r[8]),
+                cost_usd=Decimal(r[9]),
+                priced=bool(r[10]),
+                status=str(r[11]),
+                duration_ms=int(r[12]),
+                occurred_at_ms=int(r[13]),
+            )
+            for r in rows
+        ]

@@ -1,0 +1,188 @@
+"""Response bodies. Money is an exact decimal string with 12 places (the column's scale),
+never a binary float; times are ISO 8601 strings with their UTC offset."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from query_api.repository import Record, TopItem, Totals
+from query_api.window import Window, from_ms
+
+MONEY_PLACES = Decimal("1e-12")
+
+
+def money(value: Decimal) -> str:
+    """``Decimal`` -> ``"12.345678901000"``: exact at the storage scale (12 places)."""
+    with localcontext() as ctx:
+        ctx.prec = 80
+        return format(value.quantize(MONEY_PLACES, rounding=ROUND_HALF_EVEN), "f")
+
+
+def average(total: Decimal, count: int) -> str:
+    """``total / count`` rounded half-even to 12 places; ``"0.000000000000"`` for no calls."""
+    if count == 0:
+        return money(Decimal(0))
+    with localcontext() as ctx:
+        ctx.prec = 80
+        return money(total / count)
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 with milliseconds only when there are any, and always with an offset."""
+    spec = "milliseconds" if moment.microsecond else "seconds"
+    return moment.isoformat(timespec=spec)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class WindowBody(_Body):
+    from_: str = Field(serialization_alias="from", description="window start (inclusive), UTC")
+    to: str = Field(description="window end (exclusive), UTC")
+
+
+class TokenCounts(_Body):
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    calls: int
+
+
+def window_fields(window: Window) -> dict[str, Any]:
+    """Keyword arguments of :class:`WindowBody` for ``window``."""
+    return {"from_": iso(window.start), "to": iso(window.end)}
+
+
+def count_fields(totals: Totals) -> dict[str, Any]:
+    """Keyword arguments of :class:`TokenCounts` for ``totals``."""
+    return {
+        "input_tokens": totals.input_tokens,
+        "output_tokens": totals.output_tokens,
+        "cache_creation_input_tokens": totals.cache_creation_input_tokens,
+        "cache_read_input_tokens": totals.cache_read_input_tokens,
+        "calls": totals.calls,
+    }
+
+
+class Summary(WindowBody, TokenCounts):
+    total_cost_usd: str = Field(examples=["12.345678901000"])
+    avg_cost_per_call_usd: str = Field(description="total cost / calls, 12 places half-even")
+    unpriced_calls: int = Field(description="calls whose model had no price (cost counted 0)")
+
+    @classmethod
+    def build(cls, window: Window, totals: Totals) -> Summary:
+        return cls(
+            **window_fields(window),
+            **count_fields(totals),
+            total_cost_usd=money(totals.cost_usd),
+            avg_cost_per_call_usd=average(totals.cost_usd, totals.calls),
+            unpriced_calls=totals.unpriced_calls,
+        )
+
+
+class Point(TokenCounts):
+    bucket_start: str = Field(description="local start of the bucket, ISO 8601 with offset")
+    cost_usd: str
+
+
+class Timeseries(WindowBody):
+    granularity: str
+    tz: str
+    points: list[Point]
+
+
+class SourceUsage(TokenCounts):
+    source: str
+    cost_usd: str
+    unpriced_calls: int
+
+
+class BySource(WindowBody):
+    sources: list[SourceUsage]
+
+
+class TopEntry(TokenCounts):
+    source: str
+    source_id: str
+    name: str = Field(description="latest conversation title or agent name")
+    cost_usd: str
+    total_tokens: int = Field(description="input + output + cache writes + cache reads")
+
+    @classmethod
+    def build(cls, item: TopItem) -> TopEntry:
+        return cls(
+            source=item.source,
+            source_id=item.source_id,
+            name=item.name,
+            cost_usd=money(item.totals.cost_usd),
+            total_tokens=item.totals.total_tokens,
+            **count_fields(item.totals),
+        )
+
+
+class Top(WindowBody):
+    by: str
+    limit: int
+    items: list[TopEntry]
+
+
+class RecordItem(_Body):
+    event_id: str
+    source: str
+    source_id: str
+    name: str = Field(description="latest conversation title or agent name")
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    cost_usd: str
+    priced: bool
+    status: str
+    duration_ms: int
+    occurred_at: str
+
+    @classmethod
+    def build(cls, record: Record) -> RecordItem:
+        return cls(
+            event_id=record.event_id,
+            source=record.source,
+            source_id=record.source_id,
+            name=record.name,
+            model=record.model,
+            input_tokens=record.input_tokens,
+            output_tokens=record.output_tokens,
+            cache_creation_input_tokens=record.cache_creation_input_tokens,
+            cache_read_input_tokens=record.cache_read_input_tokens,
+            cost_usd=money(record.cost_usd),
+            priced=record.priced,
+            status=record.status,
+            duration_ms=record.duration_ms,
+            occurred_at=iso(from_ms(record.occurred_at_ms)),
+        )
+
+
+class Records(WindowBody):
+    items: list[RecordItem]
+    page: int | None = Field(description="page number; null when paging by cursor")
+    page_size: int
+    total: int
+    total_pages: int
+    next_cursor: str | None = Field(
+        description="pass as cursor= for the next page, fast at any depth"
+    )
+
+
+class Health(_Body):
+    status: str
+    detail: str | None = None
+
+
+class ErrorBody(_Body):
+    detail: str

@@ -1,0 +1,178 @@
+"""``/v1/usage/*``: thin handlers that validate parameters and shape responses.
+
+Window math lives in :mod:`query_api.window`, SQL in :mod:`query_api.repository`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+
+from query_api.auth import current_tenant
+from query_api.pagination import CursorError, decode_cursor, encode_cursor, total_pages
+from query_api.repository import Filters, UsageRepository
+from query_api.schemas import (
+    BySource,
+    ErrorBody,
+    Point,
+    RecordItem,
+    Records,
+    SourceUsage,
+    Summary,
+    Timeseries,
+    Top,
+    TopEntry,
+    count_fields,
+    money,
+    window_fields,
+)
+from query_api.window import Window, local_buckets, parse_zone, resolve_window
+
+Source = Literal["chat", "agent", "memory"]
+
+router = APIRouter(
+    prefix="/v1/usage",
+    tags=["usage"],
+    responses={
+        401: {"model": ErrorBody, "description": "missing or invalid API key"},
+        422: {"model": ErrorBody, "description": "invalid parameters"},
+        503: {"model": ErrorBody, "description": "ClickHouse unavailable"},
+    },
+)
+
+
+def get_window(
+    request: Request,
+    period: Annotated[
+        Literal["24h", "7d", "30d"] | None,
+        Query(description="rolling window ending now (default 24h)"),
+    ] = None,
+    start: Annotated[
+        datetime | None,
+        Query(alias="from", description="window start, ISO 8601 (UTC if no offset)"),
+    ] = None,
+    end: Annotated[
+        datetime | None, Query(alias="to", description="window end (exclusive); default now")
+    ] = None,
+) -> Window:
+    """The request's half-open UTC window (``period`` or ``from``/``to``)."""
+    now_ms = int(request.app.state.clock() * 1000)
+    max_days = request.app.state.settings.api_max_window_days
+    return resolve_window(period, start, end, now_ms=now_ms, max_days=max_days)
+
+
+def get_repository(request: Request) -> UsageRepository:
+    repository: UsageRepository = request.app.state.repository
+    return repository
+
+
+def get_filters(
+    tenant: Annotated[str, Depends(current_tenant)],
+    repo: Annotated[UsageRepository, Depends(get_repository)],
+    source: Annotated[Source | None, Query(description="only this source")] = None,
+    search: Annotated[
+        str | None,
+        Query(max_length=200, description="case-insensitive substring of the latest name"),
+    ] = None,
+) -> Filters:
+    """The caller's tenant and filters; a name search is resolved to entities once here."""
+    return repo.resolve_search(Filters(tenant=tenant, source=source, search=search or None))
+
+
+WindowDep = Annotated[Window, Depends(get_window)]
+FiltersDep = Annotated[Filters, Depends(get_filters)]
+RepoDep = Annotated[UsageRepository, Depends(get_repository)]
+
+
+@router.get("/summary", response_model=Summary)
+def summary(window: WindowDep, filters: FiltersDep, repo: RepoDep) -> Summary:
+    """The five cards: cost, tokens, calls and cost per call for the window."""
+    return Summary.build(window, repo.summary(window, filters))
+
+
+@router.get("/timeseries", response_model=Timeseries)
+def timeseries(
+    window: WindowDep,
+    filters: FiltersDep,
+    repo: RepoDep,
+    granularity: Annotated[Literal["hour", "day"], Query()] = "hour",
+    tz: Annotated[str, Query(description="IANA time zone of the viewer")] = "UTC",
+) -> Timeseries:
+    """Cost over time: one zero-filled point per local hour or day of the viewer's zone."""
+    zone = parse_zone(tz)
+    buckets = local_buckets(window, zone, granularity)
+    totals = repo.timeseries(window, buckets, filters)
+    points = [
+        Point(
+            bucket_start=bucket.start.isoformat(),
+            cost_usd=money(t.cost_usd),
+            **count_fields(t),
+        )
+        for bucket, t in zip(buckets, totals, strict=True)
+    ]
+    return Timeseries(**window_fields(window), granularity=granularity, tz=tz, points=points)
+
+
+@router.get("/by-source", response_model=BySource)
+def by_source(window: WindowDep, filters: FiltersDep, repo: RepoDep) -> BySource:
+    """Cost split into chat, agent and memory (always all three, unless filtered)."""
+    sources = [
+        SourceUsage(
+            source=name,
+            cost_usd=money(t.cost_usd),
+            unpriced_calls=t.unpriced_calls,
+            **count_fields(t),
+        )
+        for name, t in repo.by_source(window, filters).items()
+    ]
+    return BySource(**window_fields(window), sources=sources)
+
+
+@router.get("/top", response_model=Top)
+def top(
+    window: WindowDep,
+    filters: FiltersDep,
+    repo: RepoDep,
+    by: Annotated[Literal["cost", "tokens"], Query()] = "cost",
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> Top:
+    """Top consumers: the conversations or agents with the most cost or tokens."""
+    items = [TopEntry.build(item) for item in repo.top(window, filters, by, limit)]
+    return Top(**window_fields(window), by=by, limit=limit, items=items)
+
+
+@router.get("/records", response_model=Records)
+def records(
+    window: WindowDep,
+    filters: FiltersDep,
+    repo: RepoDep,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="next_cursor of the previous page")
+    ] = None,
+) -> Records:
+    """Every call, newest first; by page number, or by cursor for deep pages."""
+    after = None
+    if cursor:
+        try:
+            after = decode_cursor(cursor)
+        except CursorError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from exc
+    offset = 0 if after else (page - 1) * page_size
+    rows, total = repo.records_page(
+        window, filters, limit=page_size + 1, offset=offset, after=after
+    )
+    more, rows = len(rows) > page_size, rows[:page_size]
+    last = rows[-1] if rows else None
+    return Records(
+        **window_fields(window),
+        items=[RecordItem.build(r) for r in rows],
+        page=None if after else page,
+        page_size=page_size,
+        total=total,
+        total_pages=total_pages(total, page_size),
+        next_cursor=encode_cursor(last.occurred_at_ms, last.event_id) if more and last else None,
+    )
