@@ -6,7 +6,6 @@ operator sets one family of environment variables, all prefixed ``LLM_USAGE_``.
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,28 +24,133 @@ class Settings(BaseSettings):
     topic_entities: str = Field("llm-usage.entities", description="rename events")
     topic_dead_letter: str = Field("llm-usage.dead-letter", description="rejected events")
     topic_partitions: int = Field(6, ge=1, description="partitions of the calls topic")
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT",
+        pattern=r"^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$",
+        description="Kafka security protocol; see llm_usage.kafka.kafka_client_options",
+    )
+    kafka_sasl_mechanism: str = Field(
+        "SCRAM-SHA-512", pattern=r"^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$"
+    )
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = Field("", repr=False)
+    kafka_ssl_cafile: str = Field("", description="CA bundle of the brokers (empty: system CAs)")
+    kafka_ssl_certfile: str = Field("", description="client certificate (mutual TLS)")
+    kafka_ssl_keyfile: str = Field("", description="client key (mutual TLS)")
 
     # --- ClickHouse --------------------------------------------------------------------
     clickhouse_url: str = Field("http://127.0.0.1:8123", description="ClickHouse HTTP(S) URL")
     clickhouse_database: str = Field("llm_usage", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     clickhouse_user: str = "default"
-    clickhouse_password: str = ""
+    clickhouse_password: str = Field("", repr=False)
     raw_retention_days: int = Field(
         400, ge=1, description="TTL of usage_events rows, in days after occurred_at"
     )
     dedup_window: int = Field(
         10_000, ge=1, description="non_replicated_deduplication_window of ingest tables"
     )
+    clickhouse_cluster: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_.{}-]*$",
+        description="cluster name: Replicated + Distributed tables ON CLUSTER; empty = one node",
+    )
+    clickhouse_verify: bool = Field(True, description="verify the server's TLS certificate")
+    clickhouse_ca_cert: str = Field("", description="CA bundle for https (empty: system CAs)")
 
     # --- Local state -------------------------------------------------------------------
     home: Path = Field(Path(".llm-usage"), description="local state folder (stack data, spool)")
 
     # --- Producers (producers/) ---------------------------------------------------------
+    topic_replication_factor: int = Field(
+        1, ge=1, description="replication factor of topics created by ensure_topics"
+    )
+    producer_client_id: str = Field("llm-usage-producer", description="Kafka client id")
+    producer_idempotence: str = Field(
+        "auto",
+        pattern=r"^(auto|on|off)$",
+        description="idempotent producer: on | off | auto (falls back if the broker refuses)",
+    )
+    producer_compression: str = Field(
+        "zstd",
+        pattern=r"^(zstd|lz4|gzip|snappy|none)$",
+        description="zstd: 17x on usage JSON at ~0.6 us/event (aiokafka's lz4 is level 9: 4 us)",
+    )
+    producer_batch_events: int = Field(
+        200, ge=1, le=10_000, description="call events per Kafka message (JSON array)"
+    )
+    producer_batch_bytes: int = Field(
+        256 * 1024, ge=4096, le=900_000, description="max bytes of one batched message value"
+    )
+    producer_linger_ms: int = Field(20, ge=0, description="wait this long to fill a batch")
+    producer_buffer_events: int = Field(
+        10_000, ge=1, description="in-memory buffer; beyond it events go to the spool"
+    )
+    producer_enqueue_timeout_ms: int = Field(
+        50, ge=0, description="how long publish() may wait for buffer space before spooling"
+    )
+    producer_request_timeout_ms: int = Field(
+        15_000, ge=500, description="a send not acked within this goes to the spool"
+    )
+    producer_retry_backoff_ms: int = Field(
+        500, ge=10, description="first reconnect delay while offline (doubles up to 30 s)"
+    )
+    producer_spool_name: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="spool folder <home>/spool/<name>; one per publishing process",
+    )
+    producer_spool_max_bytes: int = Field(
+        1 << 30, ge=1 << 20, description="spool size cap; events beyond it are dropped+logged"
+    )
+    producer_spool_fsync: bool = Field(
+        False, description="fsync each spool write (survives power loss, costs throughput)"
+    )
+    producer_ensure_topics: bool = Field(
+        True, description="create missing topics (topic_partitions) before publishing"
+    )
 
     # --- Stream processor (stream_processor/) -------------------------------------------
+    processor_group: str = Field(
+        "llm-usage-processor",
+        description="Faust app id = consumer group; also prefixes its changelog topics",
+    )
+    processor_batch_max_events: int = Field(
+        5000, ge=1, description="a ClickHouse insert holds at most this many rows per partition"
+    )
+    processor_batch_max_seconds: float = Field(
+        1.0, gt=0, description="a buffered event waits at most this long before its insert"
+    )
+    processor_dedupe_window_seconds: int = Field(
+        3600, ge=60, description="how long an event_id is remembered for deduplication"
+    )
+    processor_default_tenant: str = Field(
+        "", description="tenant_id given to events that lack one (empty: dead-letter them)"
+    )
+    processor_web_host: str = Field("127.0.0.1", description="bind address of /metrics, /health")
+    processor_web_port: int = Field(
+        6066, ge=0, le=65535, description="port of /metrics and /health (0: web disabled)"
+    )
+    processor_session_timeout_s: float = Field(
+        30.0, gt=0, description="Kafka consumer session timeout (failure detection)"
+    )
+    processor_rebalance_timeout_s: float = Field(
+        30.0, gt=0, description="Kafka rebalance timeout (first join waits about this long)"
+    )
+    processor_retry_max_s: float = Field(
+        30.0, gt=0, description="cap of the backoff between ClickHouse insert retries"
+    )
+    processor_log_level: str = Field("info", description="worker log level")
 
     # --- Query API (query_api/) ---------------------------------------------------------
     api_keys: str = Field("", description="comma-separated key:tenant pairs")
+    api_host: str = Field("127.0.0.1", description="address `llm-usage api` binds")
+    api_port: int = Field(8000, ge=1, le=65535, description="port `llm-usage api` binds")
+    api_query_timeout_s: int = Field(
+        30, ge=1, description="ClickHouse max_execution_time of one API query, in seconds"
+    )
+    api_max_window_days: int = Field(
+        400, ge=1, description="longest from/to window the API accepts (default: raw TTL)"
+    )
 
     @field_validator("clickhouse_url")
     @classmethod
@@ -65,9 +169,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected key:tenant pairs, got {pair!r}")
         return value
 
-    @cached_property
+    @property
     def api_key_tenants(self) -> dict[str, str]:
-        """Map of API key -> tenant id parsed from ``api_keys``."""
+        """Map of API key -> tenant id parsed from ``api_keys``.
+
+        A plain property, not a cached one: ``model_copy(update=...)`` would copy a stale cache.
+        """
         pairs = (p.strip().partition(":") for p in self.api_keys.split(",") if p.strip())
         return {key: tenant for key, _, tenant in pairs}
 
