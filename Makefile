@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test lint fmt stack-up stack-down clean
+.PHONY: install run test lint fmt stack-up stack-down clean browser-deps vendor
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,9 +13,9 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The whole pipeline with a week of demo data; prints the page URL and API key. Ctrl-C stops it.
 run: install
-	$(BIN)/llm-usage stack up
-	$(BIN)/llm-usage migrate
+	$(BIN)/llm-usage run
 
 lint: install
 	$(BIN)/ruff check .
@@ -26,8 +26,19 @@ fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: install lint
+test: install lint browser-deps
 	$(BIN)/pytest
+
+# The browser tests drive Debian's Chromium (no browser download: `playwright install` is not used).
+browser-deps:
+	@test -x /usr/bin/chromium || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium; }
+
+# Refresh the committed Chart.js build (query_api/static/vendor/) from package-lock.json.
+vendor:
+	npm ci --no-audit --no-fund
+	npm run vendor
 
 stack-up: install
 	$(BIN)/llm-usage stack up
