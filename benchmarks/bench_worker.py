@@ -1,0 +1,137 @@
+"""Stream-processor throughput and memory: one worker, the local stack, real ClickHouse.
+
+    .venv/bin/python benchmarks/bench_worker.py [--events 200000] [--per-message 200]
+
+It starts its own Tansu broker and ClickHouse server on free ports (temporary
+LLM_USAGE_HOME), migrates a fresh database, and publishes ``--events`` call events
+through producers/ (``UsagePublisher``: up to ``--per-message`` events per Kafka
+message, lz4; ``--duplicates`` of them published a second time) BEFORE the worker
+starts. Then it starts one
+worker subprocess (``python -m stream_processor``) and measures the time from the first
+row in ClickHouse to the last: that is the worker's catch-up throughput, everything
+included (Kafka fetch, validation, dedupe, pricing, enrichment, the ledger, inserts and
+the materialized views). Peak RSS is the worker's VmHWM. Everything started is stopped by
+PID at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from llm_usage.clickhouse import apply_migrations, connect
+from llm_usage.localstack import LocalStack
+from llm_usage.localstack.processes import free_port
+from llm_usage.settings import Settings
+from producers.contract import Source, UsageEvent
+from producers.publisher import UsagePublisher
+from stream_processor.harness import WorkerProcess
+
+MODELS = ["claude-sonnet-4-5-20250929", "claude-opus-4-5", "claude-haiku-4-5", "gpt-4o"]
+
+
+def build_events(events: int) -> list[UsageEvent]:
+    """Realistic call events: 20 tenants, 5000 conversations, four models."""
+    now = datetime.now(UTC) - timedelta(hours=1)
+    return [
+        UsageEvent(
+            tenant_id=f"tenant-{i % 20}",
+            occurred_at=now - timedelta(seconds=i % 86_400),
+            source=(Source.CHAT, Source.AGENT, Source.MEMORY)[i % 3],
+            source_id=f"conv-{i % 5000}",
+            source_name="Quarterly planning" if i % 2 else None,
+            model=MODELS[i % len(MODELS)],
+            input_tokens=1200 + i % 1000,
+            output_tokens=350,
+            cache_read_input_tokens=5000 if i % 4 == 0 else 0,
+            duration_ms=900,
+            request_id=f"req_{i:012d}",
+        )
+        for i in range(events)
+    ]
+
+
+async def publish(settings: Settings, events: list[UsageEvent], duplicates: int) -> None:
+    """Through producers/ (per-partition JSON arrays, lz4), duplicates re-published last."""
+    async with UsagePublisher(settings) as publisher:
+        for event in [*events, *events[:duplicates]]:
+            await publisher.publish(event)
+        await publisher.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--per-message", type=int, default=200, help="producer_batch_events")
+    parser.add_argument("--duplicates", type=int, default=0)
+    parser.add_argument("--batch-max-events", type=int, default=5000)
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+    settings = Settings(
+        home=home,
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        clickhouse_url=f"http://127.0.0.1:{free_port()}",
+        clickhouse_database="bench_worker",
+        processor_group="bench-worker",
+        processor_web_port=free_port(),
+        processor_session_timeout_s=6.0,
+        processor_rebalance_timeout_s=3.0,
+        processor_batch_max_events=args.batch_max_events,
+        processor_log_level="warning",
+        producer_batch_events=args.per_message,
+    )
+    stack = LocalStack(settings)
+    stack.up()
+    worker = WorkerProcess(settings, home / "worker.log")
+    try:
+        client = connect(settings, database="")
+        apply_migrations(client, settings)
+        built = time.perf_counter()
+        asyncio.run(publish(settings, build_events(args.events), args.duplicates))
+        print(
+            f"published {args.events} events (+{args.duplicates} duplicates) through "
+            f"producers/ in {time.perf_counter() - built:.1f}s"
+        )
+        client = connect(settings)
+        started = time.perf_counter()
+        worker.start()
+        first_row = None
+        count = 0
+        while count < args.events:
+            count = int(client.command("SELECT count() FROM usage_events"))
+            if count and first_row is None:
+                first_row = time.perf_counter()
+            if not worker.running():
+                raise SystemExit(f"worker died:\n{worker.tail()}")
+            time.sleep(0.05)
+        done = time.perf_counter()
+        peak_kib = worker.peak_rss_kib()
+        metrics = worker.metrics()
+        assert first_row is not None
+        result = {
+            "events": args.events,
+            "events_per_message": args.per_message,
+            "duplicates_dropped": int(metrics["llm_usage_processor_events_deduped_total"]),
+            "batch_max_events": args.batch_max_events,
+            "startup_to_first_row_s": round(first_row - started, 2),
+            "first_to_last_row_s": round(done - first_row, 2),
+            "events_per_s": round(args.events / (done - first_row)),
+            "events_per_s_including_startup": round(args.events / (done - started)),
+            "worker_peak_rss_mib": round(peak_kib / 1024, 1),
+            "inserts": int(metrics["llm_usage_processor_insert_seconds_count"]),
+            "insert_seconds_total": round(metrics["llm_usage_processor_insert_seconds_sum"], 2),
+        }
+        print(json.dumps(result, indent=2))
+    finally:
+        worker.stop()
+        stack.down()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Turn accepted events into ``usage_events`` rows: model name, price, source name.
+
+``source_name`` comes from the event, else from the latest rename seen on the entities topic
+(a Faust table); model names are normalised through the price book's aliases so that
+"claude-sonnet-4-5-20250929" and "us.anthropic.claude-sonnet-4-5-20250929-v1:0" roll up as
+one model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from producers.contract import UsageEvent
+from stream_processor.pricing import PriceBook
+
+COLUMNS = (
+    "event_id", "tenant_id", "occurred_at", "source", "source_id", "source_name", "model",
+    "input_tokens", "output_tokens", "cache_creation_input_tokens",
+    "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens",
+    "cache_read_input_tokens", "cost_usd", "priced", "price_version", "duration_ms", "status",
+    "request_id", "metadata", "schema_version", "kafka_topic", "kafka_partition", "kafka_offset",
+)  # fmt: skip
+
+Row = tuple[Any, ...]
+
+
+def name_key(tenant_id: str, source: str, source_id: str) -> bytes:
+    """Key of the names table: one conversation or agent of one tenant."""
+    return f"{tenant_id}\x1f{source}\x1f{source_id}".encode()
+
+
+def encode_name(name: str, renamed_ms: int) -> bytes:
+    """Value of the names table: the latest name and when it was given (ms)."""
+    return json.dumps([name, renamed_ms], ensure_ascii=False).encode()
+
+
+def decode_name(value: bytes | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    name, renamed_ms = json.loads(value)
+    return str(name), int(renamed_ms)
+
+
+class Enricher:
+    """Prices events and fills names; ``unpriced`` counts calls of unknown models."""
+
+    def __init__(self, book: PriceBook, names: Mapping[bytes, Any]) -> None:
+        self.book = book
+        self.names = names
+        self.unpriced = 0
+        self.unknown_models: set[str] = set()
+
+    def rows(self, events: list[UsageEvent], topic: str, partition: int, offset: int) -> list[Row]:
+        book, names = self.book, self.names
+        rows: list[Row] = []
+        append = rows.append
+        for e in events:
+            model = book.resolve(e.model)
+            c5 = e.cache_creation_5m_input_tokens
+            c1h = e.cache_creation_1h_input_tokens
+            quote = book.quote(
+                model, e.occurred_at, e.input_tokens, e.output_tokens, c5, c1h,
+                e.cache_read_input_tokens,
+            )  # fmt: skip
+            if not quote.priced:
+                self.unpriced += 1
+                if len(self.unknown_models) < 1000:
+                    self.unknown_models.add(model)
+            source = e.source.value
+            name = e.source_name
+            if not name:
+                known = decode_name(names.get(name_key(e.tenant_id, source, e.source_id)))
+                name = known[0] if known else ""
+            append((
+                e.event_id, e.tenant_id, e.occurred_at, source, e.source_id, name, model,
+                e.input_tokens, e.output_tokens, e.cache_creation_input_tokens, c5, c1h,
+                e.cache_read_input_tokens, quote.cost_usd, quote.priced, quote.version,
+                e.duration_ms, e.status.value, e.request_id or "",
+                json.dumps(e.metadata, separators=(",", ":")) if e.metadata else "{}",
+                e.schema_version, topic, partition, offset,
+            ))  # fmt: skip
+        return rows

@@ -1,0 +1,354 @@
+"""Write rows to ClickHouse exactly once, rollups included.
+
+Each partition's messages are buffered into a batch, bounded by rows and by age. A batch is
+a contiguous offset range of one partition, and its ``insert_deduplication_token`` is a pure
+function of (cluster id, topic, partition, first, last offset); with
+``deduplicate_blocks_in_dependent_materialized_views=1`` a repeated insert is dropped in
+``usage_events`` and in every rollup. To make the ranges reproducible, each range is
+recorded in ``processor_batches`` *before* its insert; after a crash or a rebalance the
+partition's new owner reads the recorded ranges past its start offset and re-forms exactly
+those batches. Messages are acked (so Faust may commit their offsets) only after
+ClickHouse acknowledged the insert. While ClickHouse is down the insert is retried with
+backoff and the agent waits, so Faust's buffers fill and consumption pauses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from clickhouse_connect.driver.client import Client
+
+from llm_usage.clickhouse import connect
+from llm_usage.settings import Settings
+from stream_processor.enrich import COLUMNS, Row
+from stream_processor.metrics import Metrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+INSERT_SETTINGS = {
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+    "insert_deduplicate": 1,
+    "async_insert": 0,
+    # cluster mode writes through Distributed tables: acknowledged must mean stored
+    "distributed_foreground_insert": 1,
+}
+NAME_COLUMNS = ("tenant_id", "source", "source_id", "source_name", "named_at")
+
+
+class Ackable(Protocol):
+    def ack(self) -> bool: ...
+
+
+class Aborted(Exception):
+    """The partitions were revoked while a flush waited; its messages will be replayed."""
+
+
+def dedup_token(cluster_id: str, topic: str, partition: int, first: int, last: int) -> str:
+    """The insert token of a batch: changes with the broker's life, not with retries."""
+    return f"{cluster_id}:{topic}:{partition}:{first}-{last}"
+
+
+class ClickHouseWriter:
+    """The blocking ClickHouse calls of the sink; always run on the sink's one thread."""
+
+    def __init__(self, settings: Settings, factory: Callable[[Settings], Client] | None = None):
+        self.settings = settings
+        self._factory = factory or (
+            lambda s: connect(s, autogenerate_session_id=False, send_receive_timeout=30)
+        )
+        self._client: Client | None = None
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = self._factory(self.settings)
+        return self._client
+
+    def _reset_on_error(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except Exception:
+            client, self._client = self._client, None
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+            raise
+
+    def planned(
+        self, cluster_id: str, topic: str, partition: int, from_offset: int
+    ) -> list[tuple[int, int]]:
+        """Recorded ranges of a partition that end at or after ``from_offset``."""
+        sql = (
+            "SELECT first_offset, argMin(last_offset, recorded_at) FROM processor_batches"
+            " WHERE cluster_id = {c:String} AND topic = {t:String} AND partition = {p:UInt32}"
+            " AND last_offset >= {o:UInt64} GROUP BY first_offset ORDER BY first_offset"
+        )
+        params = {"c": cluster_id, "t": topic, "p": partition, "o": from_offset}
+        rows = self._reset_on_error(lambda: self.client.query(sql, parameters=params).result_rows)
+        return [(int(first), int(last)) for first, last in rows]
+
+    def record(self, cluster_id: str, topic: str, partition: int, first: int, last: int,
+               messages: int, rows: int, token: str) -> None:  # fmt: skip
+        data = [[cluster_id, topic, partition, first, last, messages, rows, token, self.worker]]
+        names = ["cluster_id", "topic", "partition", "first_offset", "last_offset", "messages",
+                 "rows", "dedup_token", "worker"]  # fmt: skip
+        settings = {"distributed_foreground_insert": 1}
+        self._reset_on_error(
+            lambda: self.client.insert(
+                "processor_batches", data, column_names=names, settings=settings
+            )
+        )
+
+    def insert(self, rows: Sequence[Row], token: str) -> float:
+        """Insert one batch under its token; returns the seconds ClickHouse took."""
+        settings = {**INSERT_SETTINGS, "insert_deduplication_token": token}
+        started = time.perf_counter()
+        self._reset_on_error(
+            lambda: self.client.insert(
+                "usage_events", rows, column_names=list(COLUMNS), settings=settings
+            )
+        )
+        return time.perf_counter() - started
+
+    def insert_names(self, rows: Sequence[Sequence[Any]]) -> None:
+        self._reset_on_error(
+            lambda: self.client.insert("source_names", rows, column_names=list(NAME_COLUMNS))
+        )
+
+
+@dataclass
+class _Buffer:
+    """The open batch of one partition, plus the recorded ranges still to re-form."""
+
+    generation: int
+    plan: deque[tuple[int, int]]
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    offsets: list[int] = field(default_factory=list)
+    acks: list[Ackable] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    started: float = 0.0
+    inflight: asyncio.Task[None] | None = None  # the partition's batch being written
+
+    def filling_plan(self) -> bool:
+        return bool(self.plan and self.offsets and self.offsets[0] >= self.plan[0][0])
+
+
+class Sink:
+    """Per-partition batches, recorded then inserted, then acked."""
+
+    def __init__(
+        self,
+        writer: ClickHouseWriter,
+        metrics: Metrics,
+        *,
+        cluster_id: str,
+        topic: str,
+        max_events: int,
+        max_seconds: float,
+        retry_max_s: float,
+    ) -> None:
+        self.writer = writer
+        self.metrics = metrics
+        self.cluster_id = cluster_id
+        self.topic = topic
+        self.max_events = max_events
+        self.max_seconds = max_seconds
+        self.retry_max_s = retry_max_s
+        self.generation = 0
+        self.buffers: dict[int, _Buffer] = {}
+        self.next_offsets: dict[int, int] = {}
+        self.last_error: str = ""
+        self.last_success = time.monotonic()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+
+    # --- ClickHouse calls on the sink thread, with retries ------------------------------
+    async def call(self, fn: Callable[..., T], *args: Any, generation: int | None = None) -> T:
+        """Run ``fn`` on the ClickHouse thread until it succeeds (or the partitions move)."""
+        delay = 0.1
+        loop = asyncio.get_running_loop()
+        while True:
+            if generation is not None and generation != self.generation:
+                raise Aborted()
+            try:
+                result = await loop.run_in_executor(self._executor, fn, *args)
+            except Exception as exc:
+                self.metrics.insert_failures.inc()
+                self.metrics.clickhouse_up.set(0)
+                if str(exc) != self.last_error:
+                    log.warning("ClickHouse call failed (retrying with backoff): %s", exc)
+                self.last_error = str(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+                continue
+            if self.last_error:
+                log.info("ClickHouse is reachable again")
+            self.last_error = ""
+            self.last_success = time.monotonic()
+            self.metrics.clickhouse_up.set(1)
+            return result
+
+    async def idle(self) -> None:
+        """Wait until the ClickHouse thread has finished whatever call it is in."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, lambda: None)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- partitions ------------------------------------------------------------------------
+    def is_open(self, partition: int) -> bool:
+        return partition in self.buffers
+
+    async def open_partition(self, partition: int, first_offset: int) -> None:
+        """Start a partition at ``first_offset``: load the ranges to re-form from there."""
+        generation = self.generation
+        plan = await self.call(
+            self.writer.planned, self.cluster_id, self.topic, partition, first_offset,
+            generation=generation,
+        )  # fmt: skip
+        if plan and plan[0][0] < first_offset:
+            log.warning(
+                "partition %d restarts at %d inside recorded batch %s: its rest is re-formed "
+                "under the recorded token", partition, first_offset, plan[0],
+            )  # fmt: skip
+        if plan:
+            log.info("partition %d: re-forming %d recorded batch(es) %s..%s",
+                     partition, len(plan), plan[0], plan[-1])  # fmt: skip
+        self.buffers[partition] = _Buffer(generation, deque(plan))
+
+    async def reset(self) -> None:
+        """Forget every open batch (partitions revoked); unacked messages are replayed."""
+        self.generation += 1
+        tasks = [b.inflight for b in self.buffers.values() if b.inflight is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.buffers.clear()
+        self.next_offsets.clear()
+        self.metrics.buffered_events.set(0)
+        await self.idle()
+
+    # --- batching --------------------------------------------------------------------------
+    async def add(self, partition: int, offset: int, ack: Ackable, rows: list[Row]) -> None:
+        """Buffer one message's rows; flush when a batch is complete."""
+        buf = self.buffers.get(partition)
+        if buf is None:  # revoked while the message was being prepared
+            raise Aborted()
+        async with buf.lock:
+            if buf.generation != self.generation:
+                raise Aborted()
+            plan = buf.plan
+            while plan and offset > plan[0][1]:  # past the end of a recorded range
+                if buf.filling_plan():
+                    await self._flush(partition, buf, planned=plan[0])
+                plan.popleft()
+            if plan and offset >= plan[0][0]:
+                if buf.offsets and buf.offsets[0] < plan[0][0]:
+                    await self._flush(partition, buf)
+                self._append(partition, buf, offset, ack, rows)
+                if offset == plan[0][1]:
+                    await self._flush(partition, buf, planned=plan.popleft())
+                return
+            self._append(partition, buf, offset, ack, rows)
+            if len(buf.rows) >= self.max_events:
+                await self._flush(partition, buf)
+
+    def _append(
+        self, partition: int, buf: _Buffer, offset: int, ack: Ackable, rows: list[Row]
+    ) -> None:
+        if not buf.offsets:
+            buf.started = time.monotonic()
+        buf.offsets.append(offset)
+        buf.acks.append(ack)
+        if rows:
+            buf.rows.extend(rows)
+            self.metrics.buffered_events.inc(len(rows))
+        self.next_offsets[partition] = offset + 1
+
+    async def flush_due(self, force: bool = False) -> None:
+        """Flush batches older than ``max_seconds`` (all of them with ``force``)."""
+        now = time.monotonic()
+        for partition, buf in list(self.buffers.items()):
+            if not buf.offsets or buf.filling_plan():
+                continue
+            if force or now - buf.started >= self.max_seconds:
+                async with buf.lock:
+                    if (
+                        buf.offsets
+                        and not buf.filling_plan()
+                        and buf is self.buffers.get(partition)
+                    ):
+                        await self._flush(partition, buf)
+        if force:
+            await self.drain()
+
+    async def drain(self) -> None:
+        """Wait until every batch handed to ClickHouse is written and acked."""
+        for buf in list(self.buffers.values()):
+            if buf.inflight is not None:
+                await _wait(buf.inflight)
+
+    async def _flush(
+        self, partition: int, buf: _Buffer, *, planned: tuple[int, int] | None = None
+    ) -> None:
+        """Hand the open batch to a background write once the partition's previous batch
+        is written: the agent keeps reading while ClickHouse inserts, batches of one
+        partition are still recorded, inserted and acked in offset order."""
+        if buf.inflight is not None:
+            previous, buf.inflight = buf.inflight, None
+            await _wait(previous)
+        offsets, acks, rows = buf.offsets, buf.acks, buf.rows
+        buf.offsets, buf.acks, buf.rows = [], [], []
+        buf.inflight = asyncio.create_task(
+            self._write(partition, buf.generation, offsets, acks, rows, planned)
+        )
+
+    async def _write(
+        self,
+        partition: int,
+        generation: int,
+        offsets: list[int],
+        acks: list[Ackable],
+        rows: list[Row],
+        planned: tuple[int, int] | None,
+    ) -> None:
+        """Record (unless re-forming a recorded range), insert, then ack one batch."""
+        first, last = planned or (offsets[0], offsets[-1])
+        if rows:
+            token = dedup_token(self.cluster_id, self.topic, partition, first, last)
+            if planned is None:
+                await self.call(
+                    self.writer.record, self.cluster_id, self.topic, partition, first, last,
+                    len(offsets), len(rows), token, generation=generation,
+                )  # fmt: skip
+            took = await self.call(self.writer.insert, rows, token, generation=generation)
+            self.metrics.insert_seconds.observe(took)
+            self.metrics.events_written.inc(len(rows))
+            self.metrics.batches.inc()
+            self.metrics.buffered_events.dec(len(rows))
+        if generation != self.generation:
+            raise Aborted()
+        for ack in acks:
+            ack.ack()
+
+
+async def _wait(task: asyncio.Task[None]) -> None:
+    """Await a batch write; its cancellation (by ``reset``) surfaces as :class:`Aborted`."""
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+        raise Aborted() from None

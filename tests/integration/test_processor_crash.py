@@ -1,0 +1,130 @@
+"""Crash safety: SIGKILL mid-stream, restart, and every total is still exact.
+
+Offsets committed late, batches inserted but not committed, dedupe state only in the
+changelog: after the restart the worker re-forms the recorded batches (same tokens, dropped
+by ClickHouse) and recovers the dedupe table, so raw rows and both rollups equal what was
+published, duplicates included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from llm_usage.settings import Settings
+from producers.contract import UsageEvent, encode_calls
+from producers.publisher import UsagePublisher
+from producers.topics import ensure_topics
+from stream_processor.harness import WorkerProcess
+from tests.integration.test_processor_e2e import (
+    cost_of,
+    expected_totals,
+    make_events,
+    totals,
+    wait_for,
+    worker_factory,  # noqa: F401  (fixture)
+    worker_settings,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_sigkill_mid_stream_then_restart_is_exact(
+    migrated: Settings,
+    worker_factory: Callable[[Settings], WorkerProcess],  # noqa: F811
+) -> None:
+    settings = worker_settings(
+        migrated,
+        processor_batch_max_events=100,
+        processor_batch_max_seconds=0.1,
+    )
+    events = make_events(
+        12_000, datetime.now(UTC) - timedelta(days=20), step=timedelta(seconds=100)
+    )
+    first = worker_factory(settings)
+    first.wait_assigned()
+
+    async def publish_slowly() -> None:
+        async with UsagePublisher(settings) as publisher:
+            for start in range(0, len(events), 200):
+                for event in events[start : start + 200]:
+                    await publisher.publish(event)
+                await publisher.flush()
+                await asyncio.sleep(0.1)
+
+    publishing = threading.Thread(target=lambda: asyncio.run(publish_slowly()))
+    publishing.start()
+    try:
+        wait_for(lambda: totals(settings)["raw"][0] >= 2500, 60, "the first rows")
+        first.kill()
+        assert publishing.is_alive(), "the stream must still be flowing at the kill"
+    finally:
+        publishing.join(120)
+    killed_at = totals(settings)["raw"][0]
+    assert killed_at < len(events)
+
+    second = worker_factory(settings)
+
+    # Duplicates of events the killed worker already wrote: only the dedupe table's
+    # changelog remembers them now.
+    async def republish() -> None:
+        async with UsagePublisher(settings) as publisher:
+            for event in events[:300]:
+                await publisher.publish(event)
+            await publisher.flush()
+
+    asyncio.run(republish())
+    expected = expected_totals(events, [cost_of(e) for e in events])
+    wait_for(lambda: totals(settings)["raw"][0] >= len(events), 90, "all rows after restart")
+    wait_for(lambda: second.metrics()["llm_usage_processor_events_deduped_total"] >= 300, 30,
+             "the republished duplicates to be dropped")  # fmt: skip
+    got = totals(settings)
+    assert got["raw"] == expected
+    assert got["hourly"] == expected
+    assert got["daily"] == expected
+    assert "re-forming" in second.tail(200_000), "the restart replayed recorded batches"
+
+
+async def _produce_to(settings: Settings, partitions: list[int], events: list[UsageEvent]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(0, len(events), 20):
+            chunk = events[i : i + 20]
+            await producer.send_and_wait(
+                settings.topic_calls, encode_calls(chunk), key=b"k",
+                partition=partitions[(i // 20) % len(partitions)],
+            )  # fmt: skip
+    finally:
+        await producer.stop()
+
+
+def test_partitions_never_committed_are_read_from_their_start_after_a_restart(
+    migrated: Settings,
+    worker_factory: Callable[[Settings], WorkerProcess],  # noqa: F811
+) -> None:
+    """One partition has committed offsets, the others none: a restart reads them all.
+
+    aiokafka leaves an uncommitted partition where Faust's recovery-time fetch (whose
+    messages Faust drops) left it; the worker seeks such partitions to their start.
+    """
+    settings = worker_settings(migrated)
+    ensure = asyncio.run(ensure_topics(settings))
+    assert settings.topic_calls in ensure
+    events = make_events(400, datetime.now(UTC) - timedelta(days=3), step=timedelta(minutes=5))
+    asyncio.run(_produce_to(settings, [1], events[:200]))
+    first = worker_factory(settings)
+    wait_for(lambda: totals(settings)["raw"][0] == 200, 60, "partition 1")
+    time.sleep(4)  # let Faust commit partition 1 (commit interval 2.8 s)
+    first.stop()
+    asyncio.run(_produce_to(settings, [0, 2, 1], events[200:]))
+    second = worker_factory(settings)
+    wait_for(lambda: totals(settings)["raw"][0] >= 400, 60, "every partition")
+    assert totals(settings)["raw"] == expected_totals(events, [cost_of(e) for e in events])
+    assert "no committed offset" in second.tail(200_000)

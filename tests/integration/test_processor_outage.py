@@ -1,0 +1,74 @@
+"""Two workers split the partitions; a ClickHouse outage pauses them, nothing is lost.
+
+While ClickHouse is down the workers retry with backoff, report it on /health, and stop
+taking new messages (their buffers fill); when it is back they catch up, and raw rows and
+both rollups equal what was published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from llm_usage.localstack import LocalStack
+from llm_usage.localstack.processes import free_port
+from llm_usage.settings import Settings
+from stream_processor.harness import WorkerProcess
+from tests.integration.test_processor_e2e import (
+    cost_of,
+    expected_totals,
+    make_events,
+    publish,
+    totals,
+    wait_for,
+    worker_factory,  # noqa: F401  (fixture)
+    worker_settings,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_two_workers_split_partitions_and_survive_a_clickhouse_outage(
+    stack: LocalStack,
+    migrated: Settings,
+    worker_factory: Callable[[Settings], WorkerProcess],  # noqa: F811
+) -> None:
+    settings = worker_settings(migrated, processor_batch_max_events=200)
+    events = make_events(4000, datetime.now(UTC) - timedelta(days=10), step=timedelta(minutes=3))
+    asyncio.run(publish(settings, events[:2000]))
+    one = worker_factory(settings)
+    two = worker_factory(settings.model_copy(update={"processor_web_port": free_port()}))
+
+    def split() -> bool:
+        a, b = one.health(), two.health()
+        return bool(a and b and a["assigned"] and b["assigned"])
+
+    wait_for(split, 60, "both workers to own partitions")
+    a, b = one.health()["assigned"], two.health()["assigned"]  # type: ignore[index]
+    assert sorted(a + b) == list(range(settings.topic_partitions)), (a, b)
+    wait_for(lambda: totals(settings)["raw"][0] == 2000, 60, "the first half")
+
+    stack.stop_service("clickhouse")
+    try:
+        asyncio.run(publish(settings, events[2000:]))
+        asyncio.run(publish(settings, events[1500:2500]))  # duplicates across the outage
+        time.sleep(3)
+        states = [w.health() for w in (one, two)]
+        assert all(s and s["clickhouse_error"] for s in states), states
+    finally:
+        stack.start_service("clickhouse")
+
+    expected = expected_totals(events, [cost_of(e) for e in events])
+    wait_for(lambda: totals(settings)["raw"][0] >= len(events), 90, "catching up")
+    time.sleep(1.0)
+    got = totals(settings)
+    assert got["raw"] == expected
+    assert got["hourly"] == expected
+    assert got["daily"] == expected
+    assert one.running() and two.running()
+    deduped = sum(w.metrics()["llm_usage_processor_events_deduped_total"] for w in (one, two))
+    assert deduped == 1000

@@ -1,0 +1,84 @@
+"""The Faust app is wired from settings; dedupe expiry writes tombstones to the changelog."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from llm_usage.settings import Settings
+from producers.contract import UsageEvent
+from stream_processor.app import Processor
+from stream_processor.dedupe import table_key
+
+
+def _processor(tmp_path: Path) -> Processor:
+    settings = Settings(home=tmp_path, processor_group="unit-proc", processor_web_port=7077,
+                        processor_session_timeout_s=6, topic_partitions=3)  # fmt: skip
+    return Processor(settings, cluster_id="cid")
+
+
+def test_app_configuration_comes_from_settings(tmp_path: Path) -> None:
+    processor = _processor(tmp_path)
+    conf = processor.app.conf
+    assert conf.id == "unit-proc"
+    assert conf.web_bind == "127.0.0.1" and conf.web_port == 7077
+    assert conf.broker_session_timeout == 6
+    assert conf.topic_partitions == 3 and conf.stream_wait_empty is False
+    assert processor.dedupe.partitions == 3
+    ok, body = processor.health()
+    assert ok and body["assigned"] == [] and body["cluster_id"] == "cid"
+
+
+def test_expired_dedupe_entries_leave_the_table_with_tombstones(tmp_path: Path) -> None:
+    processor = _processor(tmp_path)
+    clock = [1000.0]
+    processor.deduper.clock = lambda: clock[0]
+    processor.deduper.window_s = 60
+    sent: list[tuple[Any, ...]] = []
+    processor.dedupe.send_changelog = lambda *args, **kw: sent.append(args)  # type: ignore[method-assign]
+    store = processor.dedupe.data
+    processor.deduper.load(2, [])
+    event = UsageEvent(tenant_id="t", occurred_at=datetime.now(UTC), source="chat",
+                       source_id="c", model="m")  # fmt: skip
+    _, _, value = processor.deduper.admit(2, 41, [event])
+    assert value is not None
+    store[table_key(2, 41)] = value
+    asyncio.run(processor._expiry_timer())
+    assert sent == [] and table_key(2, 41) in store
+    clock[0] += 61
+    asyncio.run(processor._expiry_timer())
+    assert sent == [(2, table_key(2, 41), None)]
+    assert table_key(2, 41) not in store
+
+
+def test_post_recovery_seek_neither_skips_nor_rewinds() -> None:
+    from faust.types import TP
+
+    from stream_processor.app import patch_seek_to_committed
+
+    class FakeConsumer:
+        def __init__(self) -> None:
+            self.seeks: list[tuple[TP, int]] = []
+
+        async def seek_to_committed(self) -> dict[TP, int | None]:
+            return {TP("calls", 0): 5, TP("calls", 1): None, TP("calls", 2): 7,
+                    TP("entities", 0): None, TP("app-dedupe-changelog", 0): None}  # fmt: skip
+
+        async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+            return {tp: 2 for tp in tps}
+
+        async def _seek(self, tp: TP, offset: int) -> None:
+            self.seeks.append((tp, offset))
+
+    consumer = FakeConsumer()
+    already_read = {TP("calls", 0): 9}  # the agent took offsets 5..8 before the seek
+    patch_seek_to_committed(consumer, {"calls", "entities"}, already_read.get)
+    committed = asyncio.run(consumer.seek_to_committed())
+    assert committed[TP("calls", 0)] == 5
+    assert sorted(consumer.seeks) == sorted([
+        (TP("calls", 0), 9),  # continue, do not rewind to 5
+        (TP("calls", 1), 2),  # never committed: from its earliest offset
+        (TP("entities", 0), 2),
+    ])  # fmt: skip
