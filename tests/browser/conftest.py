@@ -178,9 +178,13 @@ def api(page_data: PageData) -> Iterator[Api]:
         thread.join(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium, headless, for the whole session (skips, with the reason, if absent)."""
+    """Debian's Chromium, headless, for the browser tests (skips, with the reason, if absent).
+
+    Package scope, not session: Playwright's sync API keeps an event loop running in the
+    main thread while it is open, and later tests call ``asyncio.run()``.
+    """
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         pytest.skip(
             f"Chromium not found at {CHROMIUM}: run `make browser-deps` "
