@@ -18,17 +18,29 @@ from llm_usage.clickhouse import apply_migrations, connect
 from llm_usage.localstack import LocalStack
 from llm_usage.localstack.processes import free_port
 from llm_usage.settings import Settings
+from tests.containers import containers_or_none
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """The local broker + ClickHouse server, up for the whole test session."""
+    """The local broker + ClickHouse server, up for the whole test session.
+
+    ``LLM_USAGE_TEST_INFRA=containers``: Apache Kafka and ClickHouse server containers
+    instead, where Docker runs (else a warning and the local stack; see tests/containers.py).
+    """
     home = tmp_path_factory.mktemp("llm-usage-home")
     settings = Settings(
         home=home,
         kafka_bootstrap=f"127.0.0.1:{free_port()}",
         clickhouse_url=f"http://127.0.0.1:{free_port()}",
     )
+    containers = containers_or_none(settings)
+    if containers is not None:
+        try:
+            yield containers  # type: ignore[misc]  # same surface as LocalStack
+        finally:
+            containers.down()
+        return
     local = LocalStack(settings)
     local.up()
     try:

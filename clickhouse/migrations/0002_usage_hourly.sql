@@ -2,7 +2,7 @@
 -- Query it with plain sum()/max(): the columns are SimpleAggregateFunction, so
 --   SELECT hour, sum(cost_usd) FROM usage_hourly WHERE tenant_id = 't1' GROUP BY hour
 -- is exact even before background merges have collapsed the rows.
-CREATE TABLE IF NOT EXISTS ${database}.usage_hourly
+CREATE TABLE IF NOT EXISTS ${database}.usage_hourly${local} ${on_cluster}
 (
     tenant_id LowCardinality(String) COMMENT 'Tenant',
     hour DateTime('UTC') COMMENT 'Start of the UTC hour',
@@ -22,13 +22,24 @@ CREATE TABLE IF NOT EXISTS ${database}.usage_hourly
     duration_ms SimpleAggregateFunction(sum, UInt64) COMMENT 'Sum of call durations (ms)',
     last_occurred_at SimpleAggregateFunction(max, DateTime64(3, 'UTC')) COMMENT 'Latest call in the bucket'
 )
-ENGINE = AggregatingMergeTree
+ENGINE = ${replicated}AggregatingMergeTree
 PARTITION BY toYYYYMM(hour)
 ORDER BY (tenant_id, hour, source, source_id, model)
-SETTINGS non_replicated_deduplication_window = ${dedup_window}
+SETTINGS non_replicated_deduplication_window = ${dedup_window},
+    replicated_deduplication_window = ${dedup_window}
 COMMENT 'Hourly (UTC) rollup of usage_events per tenant, source, source_id and model';
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS ${database}.usage_hourly_mv TO ${database}.usage_hourly AS
+-- @cluster-only
+-- Cluster mode only: the table that queries and inserts use, spread over the shards by
+-- cityHash64(tenant_id, source_id): a conversation or agent, its rollup rows and its names
+-- live on one shard.
+CREATE TABLE IF NOT EXISTS ${database}.usage_hourly ${on_cluster}
+AS ${database}.usage_hourly_local
+ENGINE = Distributed(${cluster}, ${database}, usage_hourly_local, cityHash64(tenant_id, source_id))
+COMMENT 'Hourly (UTC) rollup (Distributed over usage_hourly_local)';
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS ${database}.usage_hourly_mv ${on_cluster}
+TO ${database}.usage_hourly${local} AS
 SELECT
     tenant_id,
     toStartOfHour(occurred_at) AS hour,
@@ -47,5 +58,5 @@ SELECT
     sum(cost_usd) AS cost_usd,
     sum(duration_ms) AS duration_ms,
     max(occurred_at) AS last_occurred_at
-FROM ${database}.usage_events
+FROM ${database}.usage_events${local}
 GROUP BY tenant_id, hour, source, source_id, model;

@@ -2,7 +2,7 @@
 -- Query it with plain sum()/max(): the columns are SimpleAggregateFunction, so
 --   SELECT day, sum(cost_usd) FROM usage_daily WHERE tenant_id = 't1' GROUP BY day
 -- is exact even before background merges have collapsed the rows.
-CREATE TABLE IF NOT EXISTS ${database}.usage_daily
+CREATE TABLE IF NOT EXISTS ${database}.usage_daily${local} ${on_cluster}
 (
     tenant_id LowCardinality(String) COMMENT 'Tenant',
     day Date COMMENT 'UTC calendar day',
@@ -22,13 +22,24 @@ CREATE TABLE IF NOT EXISTS ${database}.usage_daily
     duration_ms SimpleAggregateFunction(sum, UInt64) COMMENT 'Sum of call durations (ms)',
     last_occurred_at SimpleAggregateFunction(max, DateTime64(3, 'UTC')) COMMENT 'Latest call in the bucket'
 )
-ENGINE = AggregatingMergeTree
+ENGINE = ${replicated}AggregatingMergeTree
 PARTITION BY toYear(day)
 ORDER BY (tenant_id, day, source, source_id, model)
-SETTINGS non_replicated_deduplication_window = ${dedup_window}
+SETTINGS non_replicated_deduplication_window = ${dedup_window},
+    replicated_deduplication_window = ${dedup_window}
 COMMENT 'Daily (UTC) rollup of usage_events per tenant, source, source_id and model';
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS ${database}.usage_daily_mv TO ${database}.usage_daily AS
+-- @cluster-only
+-- Cluster mode only: the table that queries and inserts use, spread over the shards by
+-- cityHash64(tenant_id, source_id): a conversation or agent, its rollup rows and its names
+-- live on one shard.
+CREATE TABLE IF NOT EXISTS ${database}.usage_daily ${on_cluster}
+AS ${database}.usage_daily_local
+ENGINE = Distributed(${cluster}, ${database}, usage_daily_local, cityHash64(tenant_id, source_id))
+COMMENT 'Daily (UTC) rollup (Distributed over usage_daily_local)';
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS ${database}.usage_daily_mv ${on_cluster}
+TO ${database}.usage_daily${local} AS
 SELECT
     tenant_id,
     toDate(occurred_at) AS day,
@@ -47,5 +58,5 @@ SELECT
     sum(cost_usd) AS cost_usd,
     sum(duration_ms) AS duration_ms,
     max(occurred_at) AS last_occurred_at
-FROM ${database}.usage_events
+FROM ${database}.usage_events${local}
 GROUP BY tenant_id, day, source, source_id, model;
