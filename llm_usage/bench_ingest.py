@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 
 from llm_usage.clickhouse import apply_migrations, connect
+from llm_usage.kafka import kafka_client_options
 from llm_usage.localstack import LocalStack
 from llm_usage.localstack.processes import free_port
 from llm_usage.settings import Settings
@@ -112,7 +113,7 @@ async def _baseline_consumer(settings: Settings, stop: asyncio.Event) -> None:
     client = connect(settings)
     consumer = AIOKafkaConsumer(
         settings.topic_calls,
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_client_options(settings),
         group_id=f"bench-baseline-{settings.topic_calls}",  # a fresh group per phase
         auto_offset_reset="earliest",
         enable_auto_commit=False,

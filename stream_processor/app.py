@@ -22,6 +22,7 @@ from faust.types import TP, EventT, StreamT
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
+from llm_usage.kafka import faust_broker_options
 from llm_usage.settings import Settings
 from producers.contract import EntityRenamed, describe_validation_error
 from stream_processor.dedupe import Deduper, table_key
@@ -52,13 +53,12 @@ CONSUMER_MAX_FETCH_BYTES = 4 * 1024 * 1024
 
 def faust_app(settings: Settings) -> faust.App:
     """A Faust app configured from settings; the web server binds where settings say."""
-    servers = [s.strip() for s in settings.kafka_bootstrap.split(",") if s.strip()]
     session = settings.processor_session_timeout_s
     datadir = settings.home / "processor" / settings.processor_group  # unused by memory://
     datadir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         settings.processor_group,
-        broker=[f"kafka://{server}" for server in servers],
+        **faust_broker_options(settings),  # brokers, and SASL/TLS credentials when set
         store="memory://",
         autodiscover=False,
         datadir=str(datadir),

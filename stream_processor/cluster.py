@@ -11,16 +11,13 @@ from __future__ import annotations
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.metadata import MetadataRequest
 
-
-async def fetch_cluster_id(bootstrap_servers: str) -> str:
-    """Ask any broker for the cluster id; raise if the broker does not report one."""
-    cluster_id, _ = await fetch_metadata(bootstrap_servers)
-    return cluster_id
+from llm_usage.kafka import kafka_client_options
+from llm_usage.settings import Settings
 
 
-async def fetch_metadata(bootstrap_servers: str) -> tuple[str, dict[str, int]]:
+async def fetch_metadata(settings: Settings) -> tuple[str, dict[str, int]]:
     """The cluster id and the partition count of every topic."""
-    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers)
+    client = AIOKafkaClient(**kafka_client_options(settings))
     await client.bootstrap()
     try:
         node_id = client.get_random_node()

@@ -23,7 +23,7 @@ async def _prepare(settings: Settings) -> str:
     from producers.topics import ensure_topics
 
     await ensure_topics(settings)
-    cluster_id, partitions = await fetch_metadata(settings.kafka_bootstrap)
+    cluster_id, partitions = await fetch_metadata(settings)
     found = partitions.get(settings.topic_calls)
     if found is not None and found != settings.topic_partitions:
         raise SystemExit(
