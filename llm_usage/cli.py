@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -84,10 +85,216 @@ def migrate() -> None:
         console.print(f"database {settings.clickhouse_database} is up to date")
 
 
+@app.command("settings")
+def show_settings() -> None:
+    """Every setting: its LLM_USAGE_ variable, current value (secrets hidden) and meaning."""
+    from pydantic import SecretStr
+
+    from llm_usage.settings import Settings
+
+    current = get_settings()
+    for name, field in Settings.model_fields.items():
+        value = getattr(current, name)
+        secret = isinstance(value, SecretStr) or "password" in name or name == "api_keys"
+        shown = ("***" if value else "") if secret else value
+        about = field.description or ""
+        console.print(f"LLM_USAGE_{name.upper():<36} {shown!s:<28} {about}", soft_wrap=True)
+
+
 # --- producers commands (issue 3) ----------------------------------------------------------
+@app.command()
+def topics() -> None:
+    """Create the pipeline's Kafka topics that are missing (LLM_USAGE_TOPIC_PARTITIONS)."""
+    import asyncio
+
+    from producers.topics import ensure_topics, pipeline_topics
+
+    settings = get_settings()
+    created = asyncio.run(ensure_topics(settings))
+    for topic in pipeline_topics(settings):
+        state = "created" if topic in created else "exists"
+        console.print(f"{topic:<32} {state}")
+
+
+@app.command("replay-spool")
+def replay_spool(
+    name: str = typer.Option("default", help="spool name (LLM_USAGE_PRODUCER_SPOOL_NAME)"),
+    timeout: float = typer.Option(300.0, help="give up after this many seconds"),
+) -> None:
+    """Send a stopped service's spooled events to Kafka now (services do it on start)."""
+    import asyncio
+
+    from producers.publisher import UsagePublisher
+
+    async def run() -> dict[str, object]:
+        async with UsagePublisher(get_settings(producer_spool_name=name)) as pub:
+            if not await pub.wait_replayed(timeout):
+                console.print(f"[red]spool not empty after {timeout:.0f}s[/red]")
+            return pub.snapshot()
+
+    stats = asyncio.run(run())
+    console.print(f"replayed {stats['replayed']} events; {stats['spool_bytes']} bytes left")
+    if stats["spool_bytes"]:
+        raise typer.Exit(1)
+
 
 # --- stream processor commands (issue 4) ---------------------------------------------------
 
+
+@app.command()
+def worker() -> None:
+    """Run one stream-processor worker (Faust) until SIGTERM; see README "Stream processor"."""
+    from stream_processor.worker import run
+
+    run(get_settings())
+
+
+@app.command()
+def prices(
+    model: str = typer.Option("", help="only models whose name or alias contains this"),
+    at: str = typer.Option("", help="YYYY-MM-DD: the entries in force that day (default today)"),
+    all_entries: bool = typer.Option(False, "--all", help="every dated entry, not just one"),
+) -> None:
+    """List the price book: USD per million tokens, by model and effective date."""
+    from datetime import UTC, date, datetime
+
+    from rich.table import Table
+
+    from stream_processor.pricing import PriceBook
+
+    book = PriceBook.load()
+    day = date.fromisoformat(at) if at else datetime.now(UTC).date()
+    moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    table = Table(title=f"price book {book.book_version} ({book.source}), USD per MTok")
+    for column in ("model", "provider", "from", "input", "output", "cache write 5m",
+                   "cache write 1h", "cache read", "long context", "aliases"):  # fmt: skip
+        table.add_column(column)
+    needle = model.lower()
+    for name in book.models():
+        aliases = book.aliases(name)
+        if needle and needle not in name and not any(needle in a for a in aliases):
+            continue
+        chosen = book.entry(name, moment)
+        for entry in book.entries[name] if all_entries else [chosen]:
+            if entry is None:
+                continue
+            r, lc = entry.base, entry.long_context
+            long_text = (
+                f">{entry.long_context_above:,}: {lc.input}/{lc.output}/{lc.cache_write_5m}/"
+                f"{lc.cache_write_1h}/{lc.cache_read}"
+                if lc is not None else ""
+            )  # fmt: skip
+            table.add_row(name, entry.provider, entry.version, str(r.input), str(r.output),
+                          str(r.cache_write_5m), str(r.cache_write_1h), str(r.cache_read),
+                          long_text, ", ".join(aliases))  # fmt: skip
+    console.print(table)
+
+
 # --- query API commands (issue 5, 6) -------------------------------------------------------
 
+
+@app.command()
+def api(
+    port: int = typer.Option(None, help="port (default LLM_USAGE_API_PORT, 8000)"),
+    host: str = typer.Option(None, help="address (default LLM_USAGE_API_HOST, 127.0.0.1)"),
+) -> None:
+    """Serve the query API (and the Usage page) with uvicorn."""
+    import uvicorn
+
+    from query_api.app import create_app
+
+    settings = get_settings()
+    if not settings.api_key_tenants:
+        console.print("[yellow]warning:[/yellow] LLM_USAGE_API_KEYS is empty: every call is 401")
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level="info",
+    )
+
+
 # --- demo, run and benchmark commands (issue 7) --------------------------------------------
+
+
+@app.command()
+def simulate(
+    calls: int = typer.Option(10_000, "--calls", min=1, help="unique calls to publish"),
+    days: float = typer.Option(0.0, "--days", min=0, help="backfill over the last D days (0: now)"),
+    rate: float = typer.Option(0.0, "--rate", min=0, help="calls per second (0: unlimited)"),
+    seed: int = typer.Option(42, "--seed", help="random seed of the traffic shape"),
+    tenants: int = typer.Option(3, "--tenants", min=1, help="number of tenants"),
+    manifest: Path | None = typer.Option(None, "--manifest", help="write the totals as JSON here"),
+) -> None:
+    """Publish realistic demo traffic through producers/ and print what was published."""
+    import asyncio
+    import json
+
+    from llm_usage.runner import progress_bar
+    from llm_usage.simulate import SimulationConfig, publish
+
+    cfg = SimulationConfig(calls=calls, days=days, seed=seed, tenants=tenants)
+    with progress_bar() as bar:
+        task = bar.add_task("publishing", total=calls)
+        result = asyncio.run(
+            publish(
+                get_settings(), cfg, rate=rate or None, on_progress=lambda n: bar.advance(task, n)
+            )
+        )
+    totals = result.as_json()
+    text = json.dumps(totals, indent=2)
+    if manifest is not None:
+        manifest.write_text(text + "\n")
+    console.print_json(text)
+
+
+@app.command()
+def run(
+    demo: bool = typer.Option(True, help="backfill demo data once and keep live traffic flowing"),
+    demo_calls: int = typer.Option(30_000, help="calls in the one-off demo backfill"),
+    demo_days: float = typer.Option(7.0, help="days the demo backfill spans"),
+    trickle_rate: float = typer.Option(0.5, help="live demo calls per second (0: none)"),
+) -> None:
+    """Run the whole pipeline locally (stack, migrations, worker, API) until Ctrl-C."""
+    from llm_usage.runner import RunOptions, run_pipeline
+
+    run_pipeline(
+        get_settings(),
+        RunOptions(
+            demo=demo, demo_calls=demo_calls, demo_days=demo_days,
+            trickle_rate=trickle_rate if demo else 0.0,
+        ),
+    )  # fmt: skip
+
+
+bench_app = typer.Typer(help="Benchmarks that print figures (not tests).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    calls: int = typer.Option(100_000, "--calls", min=1000, help="events to push through"),
+    workers: int = typer.Option(1, "--workers", min=1, help="stream-processor workers"),
+    partitions: int = typer.Option(6, "--partitions", min=1, help="partitions of the calls topic"),
+) -> None:
+    """End-to-end ingest throughput and publish→queryable latency, vs a plain baseline."""
+    from llm_usage.bench_ingest import run_bench
+
+    run_bench(calls=calls, workers=workers, partitions=partitions)
+
+
+@bench_app.command("api")
+def bench_api(
+    events: int = typer.Option(10_000_000, "--events", min=1000, help="events to generate"),
+    clients: int = typer.Option(16, "--clients", min=1, max=256, help="concurrent HTTP clients"),
+    requests: int = typer.Option(20_000, "--requests", min=1, help="stop after this many"),
+    seconds: float = typer.Option(60.0, "--seconds", min=1, max=3600, help="or after this long"),
+    chunk: int = typer.Option(1_000_000, "--chunk", min=1000, help="events per INSERT"),
+    api_workers: int = typer.Option(1, "--api-workers", min=1, max=16, help="uvicorn workers"),
+    keep: bool = typer.Option(False, "--keep", help="keep the temporary folder"),
+) -> None:
+    """Load the query API with concurrent clients (own ClickHouse, loopback): p50/p99."""
+    from llm_usage.bench_api import run_bench
+
+    run_bench(events=events, clients=clients, requests=requests, seconds=seconds, chunk=chunk,
+              api_workers=api_workers, keep=keep)  # fmt: skip

@@ -30,19 +30,23 @@ class Settings(BaseSettings):
         description="Kafka security protocol; see llm_usage.kafka.kafka_client_options",
     )
     kafka_sasl_mechanism: str = Field(
-        "SCRAM-SHA-512", pattern=r"^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$"
+        "SCRAM-SHA-512",
+        pattern=r"^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$",
+        description="SASL mechanism",
     )
-    kafka_sasl_username: str = ""
-    kafka_sasl_password: str = Field("", repr=False)
+    kafka_sasl_username: str = Field("", description="SASL user (SASL_PLAINTEXT / SASL_SSL)")
+    kafka_sasl_password: str = Field("", repr=False, description="SASL password")
     kafka_ssl_cafile: str = Field("", description="CA bundle of the brokers (empty: system CAs)")
     kafka_ssl_certfile: str = Field("", description="client certificate (mutual TLS)")
     kafka_ssl_keyfile: str = Field("", description="client key (mutual TLS)")
 
     # --- ClickHouse --------------------------------------------------------------------
     clickhouse_url: str = Field("http://127.0.0.1:8123", description="ClickHouse HTTP(S) URL")
-    clickhouse_database: str = Field("llm_usage", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    clickhouse_user: str = "default"
-    clickhouse_password: str = Field("", repr=False)
+    clickhouse_database: str = Field(
+        "llm_usage", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="database of our tables"
+    )
+    clickhouse_user: str = Field("default", description="ClickHouse user")
+    clickhouse_password: str = Field("", repr=False, description="ClickHouse password")
     raw_retention_days: int = Field(
         400, ge=1, description="TTL of usage_events rows, in days after occurred_at"
     )
