@@ -35,6 +35,9 @@ Source = Literal["chat", "agent", "memory"]
 router = APIRouter(
     prefix="/v1/usage",
     tags=["usage"],
+    # Authenticate before anything else runs: without a valid key every /v1 request is a
+    # 401, never a 422 that answers (and costs) on behalf of an unknown caller.
+    dependencies=[Depends(current_tenant)],
     responses={
         401: {"model": ErrorBody, "description": "missing or invalid API key"},
         422: {"model": ErrorBody, "description": "invalid parameters"},

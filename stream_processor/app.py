@@ -367,7 +367,10 @@ class Processor:
                 partition, next_offset, highwater,
             )  # fmt: skip
             with contextlib.suppress(Exception):
-                await consumer.seek(TP(self.settings.topic_calls, partition), next_offset)
+                # seek_wait runs on the consumer's own thread; consumer.seek() would call
+                # aiokafka from this loop while that thread drains records (a KeyError there
+                # crashed Faust's Fetcher, after a ClickHouse outage, and the worker stalled)
+                await consumer.seek_wait({TP(self.settings.topic_calls, partition): next_offset})
 
     async def _on_assigned(self, app: faust.App, assigned: set[TP], **_: Any) -> None:
         if not self._seek_patched:

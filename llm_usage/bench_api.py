@@ -1,0 +1,358 @@
+"""``llm-usage bench api``: load the query API with concurrent clients over loopback.
+
+Runs on its own throw-away ClickHouse (the local stack's chdb-core server on a free loopback
+port, in a temporary folder): N events are generated *server-side* with
+``INSERT ... SELECT FROM numbers()``, so the materialized views fill every rollup exactly as
+the worker's inserts would, without pushing 10 million events through Kafka. The API then
+runs as a real ``uvicorn`` child process, and C concurrent HTTP clients send a fixed mix of
+dashboard requests (every endpoint, rolling 24h / 7d / 30d windows) until either the request
+budget or the time budget is spent. Printed per endpoint and window: requests, errors,
+throughput, p50 / p99 / max latency; then the totals.
+
+Before the load, each endpoint's summary numbers are checked once against a brute-force
+aggregate over ``usage_events`` (a fast wrong answer is not a result). Everything started is
+stopped by PID at the end, and the folder is removed unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from clickhouse_connect.driver.client import Client
+from rich.console import Console
+from rich.table import Table
+
+from llm_usage.clickhouse import apply_migrations, connect
+from llm_usage.localstack import LocalStack
+from llm_usage.localstack.processes import free_port, stop
+from llm_usage.settings import Settings
+
+console = Console()
+
+TENANT, KEY = "bench", "bench-key"
+DAY_MS = 86_400_000
+SPAN_DAYS = 35
+
+# 80% of the calls belong to the benchmarked tenant (the rest to two others, so tenant
+# filtering is real work), spread uniformly over the last 35 days; 100 new conversations an
+# hour and 500 long-lived agents; costs with 12 decimals; 2% unpriced; 1% errors.
+LOAD_SQL = """
+INSERT INTO usage_events (event_id, tenant_id, occurred_at, source, source_id, source_name,
+    model, input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
+    cost_usd, priced, duration_ms, status, kafka_topic, kafka_partition, kafka_offset)
+SELECT * EXCEPT conversation FROM (SELECT
+    generateUUIDv4(number) AS event_id,
+    multiIf(h % 10 < 8, 'bench', h % 10 = 8, 'other-1', 'other-2') AS tenant_id,
+    fromUnixTimestamp64Milli(toInt64({end_ms:Int64} - cityHash64(number, 1) % {span_ms:UInt64}),
+                             'UTC') AS occurred_at,
+    multiIf(h2 % 10 < 6, 'chat', h2 % 10 < 9, 'agent', 'memory') AS source,
+    intDiv(toUnixTimestamp64Milli(occurred_at), 3600000) * 100 + h3 % 100 AS conversation,
+    if(source = 'agent', concat('agent-', toString(h3 % 500)),
+       concat('conv-', toString(conversation))) AS source_id,
+    if(source = 'agent', concat('Agent ', toString(h3 % 500)),
+       concat('Conversation about topic ', toString(conversation))) AS source_name,
+    ['claude-sonnet-4-5', 'claude-haiku-4-5', 'claude-opus-4-1'][1 + h % 3] AS model,
+    h % 20000 AS input_tokens,
+    h % 3000 AS output_tokens,
+    (h % 7 = 0) * (h % 5000) AS cache_creation_input_tokens,
+    (h % 3 = 0) * (h % 30000) AS cache_read_input_tokens,
+    if(h % 50 = 0, toDecimal128(0, 12),
+       CAST(cityHash64(number, 7) % 100000000 AS Decimal(38, 12)) / 1000000000000) AS cost_usd,
+    h % 50 != 0 AS priced,
+    toUInt32(h % 60000) AS duration_ms,
+    if(h % 97 = 0, 'error', 'ok') AS status,
+    'bench' AS kafka_topic,
+    0 AS kafka_partition,
+    number AS kafka_offset
+FROM (SELECT number, cityHash64(number, 2) AS h, cityHash64(number, 3) AS h2,
+             cityHash64(number, 4) AS h3
+      FROM numbers({first:UInt64}, {count:UInt64})))
+"""
+
+PERIODS = ("24h", "7d", "30d")
+# (name, path, extra parameters): what the Usage page asks for, plus the expensive corners.
+ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("summary", "/v1/usage/summary", {}),
+    ("timeseries hour", "/v1/usage/timeseries", {"granularity": "hour"}),
+    ("timeseries day Kolkata", "/v1/usage/timeseries", {"granularity": "day",
+                                                        "tz": "Asia/Kolkata"}),
+    ("by-source", "/v1/usage/by-source", {}),
+    ("top 10 by cost", "/v1/usage/top", {"by": "cost", "limit": 10}),
+    ("records page 1", "/v1/usage/records", {"page": 1}),
+    ("records page 200", "/v1/usage/records", {"page": 200}),
+    ("records search", "/v1/usage/records", {"search": "agent 12"}),
+]  # fmt: skip
+
+
+@dataclass
+class Cell:
+    """Latencies (ms) and errors of one endpoint x window."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    statuses: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..1); 0 for no samples."""
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 1))))
+    return ordered[rank - 1]
+
+
+def load(client: Client, events: int, end_ms: int, chunk: int) -> float:
+    """Generate ``events`` rows server-side in chunks; returns the seconds it took."""
+    started = time.perf_counter()
+    for first in range(0, events, chunk):
+        count = min(chunk, events - first)
+        client.command(
+            LOAD_SQL,
+            parameters={
+                "end_ms": end_ms, "span_ms": SPAN_DAYS * DAY_MS, "first": first, "count": count,
+            },
+            settings={"max_insert_threads": 1},
+        )  # fmt: skip
+        console.print(
+            f"  loaded {first + count:,} events ({time.perf_counter() - started:.0f}s)",
+            highlight=False,
+        )
+    return time.perf_counter() - started
+
+
+def start_api(settings: Settings, port: int, log: Path, workers: int) -> subprocess.Popen[bytes]:
+    """The API under uvicorn on loopback, configured by LLM_USAGE_* variables only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_USAGE_")}
+    env.update({
+        "LLM_USAGE_CLICKHOUSE_URL": settings.clickhouse_url,
+        "LLM_USAGE_CLICKHOUSE_DATABASE": settings.clickhouse_database,
+        "LLM_USAGE_API_KEYS": f"{KEY}:{TENANT}",
+    })  # fmt: skip
+    argv = [sys.executable, "-m", "uvicorn", "query_api.app:create_app", "--factory",
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+            "--no-access-log", "--workers", str(workers)]  # fmt: skip
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    _stop_api(proc)
+    raise SystemExit(f"the API did not become ready; see {log}")
+
+
+def _stop_api(proc: subprocess.Popen[bytes]) -> None:
+    stop(proc.pid, "uvicorn")
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def check_exact(http: httpx.Client, client: Client) -> list[str]:
+    """Each window's summary and by-source calls vs brute force over the raw table."""
+    problems = []
+    for period in PERIODS:
+        body = http.get("/v1/usage/summary", params={"period": period}).json()
+        params = {"t": TENANT, "a": body["from"], "b": body["to"]}
+        where = (
+            "tenant_id = {t:String} AND occurred_at >= parseDateTime64BestEffort({a:String}, 3)"
+            " AND occurred_at < parseDateTime64BestEffort({b:String}, 3)"
+        )
+        calls, cost, tokens = client.query(
+            f"SELECT count(), sum(cost_usd), sum(input_tokens) FROM usage_events WHERE {where}",
+            parameters=params,
+        ).result_rows[0]
+        got = (body["calls"], Decimal(body["total_cost_usd"]), body["input_tokens"])
+        if got != (calls, cost, tokens):
+            problems.append(f"summary {period}: API {got} != raw {(calls, cost, tokens)}")
+        # the same window, explicitly: a second rolling request would end a moment later
+        split = http.get(
+            "/v1/usage/by-source", params={"from": body["from"], "to": body["to"]}
+        ).json()
+        if sum(s["calls"] for s in split["sources"]) != calls:
+            problems.append(f"by-source {period}: calls do not add up to {calls}")
+    return problems
+
+
+async def drive(
+    base_url: str, clients: int, max_requests: int, seconds: float
+) -> tuple[dict[tuple[str, str], Cell], float, int]:
+    """``clients`` concurrent loops over the request mix until either budget is spent."""
+    cells: dict[tuple[str, str], Cell] = defaultdict(Cell)
+    mix = itertools.cycle(itertools.product(ENDPOINTS, PERIODS))
+    issued = 0
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async with httpx.AsyncClient(
+        base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60, limits=limits
+    ) as http:
+
+        async def one_client() -> None:
+            nonlocal issued
+            while issued < max_requests and time.monotonic() < deadline:
+                issued += 1
+                (name, path, params), period = next(mix)
+                cell = cells[(name, period)]
+                started = time.perf_counter()
+                try:
+                    response = await http.get(path, params={**params, "period": period})
+                    status = response.status_code
+                except httpx.HTTPError:
+                    status = 0
+                elapsed = (time.perf_counter() - started) * 1000
+                cell.statuses[status] += 1
+                if status == 200:
+                    cell.latencies.append(elapsed)
+                else:
+                    cell.errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        wall = time.perf_counter() - started
+    return cells, wall, issued
+
+
+def report(cells: dict[tuple[str, str], Cell], wall: float, events: int, clients: int) -> dict[
+    str, Any
+]:  # fmt: skip
+    table = Table(
+        title=f"API under load: {events:,} events, {clients} concurrent clients, {wall:.1f}s"
+    )
+    for column in ("endpoint", "window", "requests", "errors", "req/s", "p50 ms", "p99 ms",
+                   "max ms"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("endpoint", "window") else "right")
+    rows = []
+    per_endpoint: dict[str, Cell] = defaultdict(Cell)
+    for (name, _, _), period in itertools.product(ENDPOINTS, PERIODS):
+        cell = cells.get((name, period), Cell())
+        agg = per_endpoint[name]
+        agg.latencies.extend(cell.latencies)
+        agg.errors += cell.errors
+        n = len(cell.latencies) + cell.errors
+        row = {
+            "endpoint": name, "window": period, "requests": n, "errors": cell.errors,
+            "rps": n / wall if wall else 0.0, "p50_ms": percentile(cell.latencies, 0.5),
+            "p99_ms": percentile(cell.latencies, 0.99),
+            "max_ms": max(cell.latencies, default=0.0),
+        }  # fmt: skip
+        rows.append(row)
+        table.add_row(name, period, str(n), str(cell.errors), f"{row['rps']:.1f}",
+                      f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}",
+                      f"{row['max_ms']:.1f}")  # fmt: skip
+    table.add_section()
+    endpoint_rows = []
+    for name, agg in per_endpoint.items():
+        n = len(agg.latencies) + agg.errors
+        endpoint_rows.append({
+            "endpoint": name, "requests": n, "errors": agg.errors, "rps": n / wall,
+            "p50_ms": percentile(agg.latencies, 0.5), "p99_ms": percentile(agg.latencies, 0.99),
+        })  # fmt: skip
+        table.add_row(name, "all", str(n), str(agg.errors), f"{n / wall:.1f}",
+                      f"{percentile(agg.latencies, 0.5):.1f}",
+                      f"{percentile(agg.latencies, 0.99):.1f}",
+                      f"{max(agg.latencies, default=0.0):.1f}")  # fmt: skip
+    every = [ms for c in cells.values() for ms in c.latencies]
+    errors = sum(c.errors for c in cells.values())
+    total = len(every) + errors
+    table.add_section()
+    table.add_row("all endpoints", "all", str(total), str(errors), f"{total / wall:.1f}",
+                  f"{percentile(every, 0.5):.1f}", f"{percentile(every, 0.99):.1f}",
+                  f"{max(every, default=0.0):.1f}")  # fmt: skip
+    console.print(table, width=max(console.width, 110))
+    return {
+        "events": events, "clients": clients, "seconds": round(wall, 2), "requests": total,
+        "errors": errors, "requests_per_s": round(total / wall, 1) if wall else 0.0,
+        "p50_ms": round(percentile(every, 0.5), 1), "p99_ms": round(percentile(every, 0.99), 1),
+        "per_endpoint": [{k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()}
+                         for r in endpoint_rows],
+    }  # fmt: skip
+
+
+def run_bench(
+    *,
+    events: int = 10_000_000,
+    clients: int = 16,
+    requests: int = 20_000,
+    seconds: float = 60.0,
+    chunk: int = 1_000_000,
+    api_workers: int = 1,
+    keep: bool = False,
+) -> dict[str, Any]:
+    """Load ``events``, then drive the API; returns the figures (also printed as JSON)."""
+    home = Path(tempfile.mkdtemp(prefix="llm-usage-bench-api-"))
+    settings = Settings(
+        home=home,
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",  # unused: no broker is started
+        clickhouse_url=f"http://127.0.0.1:{free_port()}",
+        clickhouse_database="bench_api",
+    )  # type: ignore[call-arg]
+    stack = LocalStack(settings)
+    api: subprocess.Popen[bytes] | None = None
+    try:
+        stack.start_service("clickhouse")
+        apply_migrations(connect(settings, database=""), settings)
+        client = connect(settings, send_receive_timeout=3600)
+        console.print(f"generating {events:,} events in {settings.clickhouse_url} …")
+        load_s = load(client, events, int(time.time() * 1000), chunk)
+        rows = int(client.query("SELECT count() FROM usage_events").result_rows[0][0])
+        if rows != events:
+            raise SystemExit(f"expected {events:,} rows, found {rows:,}")
+        console.print(f"loaded {rows:,} events in {load_s:.0f}s ({rows / load_s:,.0f}/s)")
+
+        port = free_port()
+        api = start_api(settings, port, home / "api.log", api_workers)
+        base_url = f"http://127.0.0.1:{port}"
+        with httpx.Client(
+            base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120
+        ) as http:
+            problems = check_exact(http, client)
+            for (_, path, params), period in itertools.product(ENDPOINTS, PERIODS):
+                warm = http.get(path, params={**params, "period": period})  # one warm-up each
+                if warm.status_code != 200:
+                    problems.append(f"{path} {params} {period}: {warm.status_code} {warm.text}")
+        if problems:
+            raise SystemExit("the API is not exact or not healthy:\n" + "\n".join(problems))
+        console.print("summary and by-source equal brute force over usage_events (24h/7d/30d)")
+        console.print(
+            f"driving {base_url} with {clients} clients: at most {requests:,} requests"
+            f" or {seconds:.0f}s …"
+        )
+        cells, wall, _ = asyncio.run(drive(base_url, clients, requests, seconds))
+        result = report(cells, wall, events, clients)
+        result.update(load_seconds=round(load_s, 1), api_workers=api_workers)
+        print(json.dumps(result))
+        return result
+    finally:
+        if api is not None:
+            _stop_api(api)
+        stack.stop_service("clickhouse")
+        if keep:
+            console.print(f"kept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)

@@ -1,0 +1,115 @@
+"""Worker crashes mid-stream: SIGKILL (no flush, no commit, no goodbye), restart, exact totals.
+
+Traffic is the demo simulation (3 tenants, chat/agent/memory, renames, ~1% exact duplicates
+published again as at-least-once producers do), published at a steady pace while the worker
+consumes it. A kill can land anywhere: between recording a batch's range and inserting it,
+after the insert but before the offset commit, while the dedupe table's changelog lags. The
+raw table and both rollups must still equal the manifest exactly: every unique call once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import pytest
+
+from llm_usage.localstack.processes import free_port
+from llm_usage.settings import Settings
+from llm_usage.simulate import SimulationConfig
+from stream_processor.harness import WorkerProcess
+from tests.reliability.conftest import (
+    Stream,
+    assert_exact,
+    assert_never_crashed,
+    fast_worker,
+    raw_count,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+CALLS = 50_000
+
+
+def _busy(settings: Settings, worker: WorkerProcess, rows_before: int, timeout: float) -> int:
+    """Wait until ``worker`` owns partitions and has written rows; returns the row count."""
+    worker.wait_assigned(timeout=timeout)
+    wait_for(lambda: raw_count(settings) > rows_before, timeout, "the worker to write rows")
+    return raw_count(settings)
+
+
+@pytest.mark.timeout(300)
+def test_worker_sigkilled_three_times_mid_stream_totals_exact(
+    migrated: Settings,
+    workers: Callable[[Settings], WorkerProcess],
+    rng: random.Random,
+) -> None:
+    """Three SIGKILLs at random moments of a 50,000-call stream, each followed by a restart.
+
+    A restarted worker joins the group only once the killed member's session (10 s) has
+    expired, about 15-20 s after the kill; the stream is paced (~55 s) so that the kills land
+    while calls are still being published, not only while a backlog is drained.
+    """
+    settings = fast_worker(migrated)
+    cfg = SimulationConfig(calls=CALLS, days=3, seed=rng.randrange(1 << 30), tenants=3)
+    worker = workers(settings)
+    worker.wait_assigned(timeout=90)
+    stream = Stream(settings.model_copy(update={"producer_linger_ms": 100}), cfg, rate=900).start()
+    # Kill k happens once the restarted worker is busy again, after a random extra delay.
+    kills = []
+    rows = 0
+    for _ in range(3):
+        rows = _busy(settings, worker, rows, 90)  # never kill a worker that is still starting
+        time.sleep(rng.uniform(0.3, 4.0))
+        rows = raw_count(settings)
+        worker.kill()
+        kills.append((stream.published, rows))
+        assert rows < CALLS, "the kill must land before every call is written"
+        worker = workers(settings)
+    manifest = stream.join()
+    print(f"kills at (calls published, rows written): {kills}")
+    assert manifest.total.calls == CALLS and manifest.duplicates_published > 0
+    assert sum(1 for published, _ in kills if published < CALLS) >= 2, kills
+    want = assert_exact(settings, manifest, timeout=150)
+    assert worker.running()
+    metrics = worker.metrics()
+    print(f"expected = observed = {want}; last worker: written "
+          f"{metrics['llm_usage_processor_events_written_total']:.0f}, deduped "
+          f"{metrics['llm_usage_processor_events_deduped_total']:.0f}")  # fmt: skip
+
+
+@pytest.mark.timeout(180)
+def test_two_workers_one_sigkilled_survivor_takes_over_totals_exact(
+    migrated: Settings,
+    workers: Callable[[Settings], WorkerProcess],
+    rng: random.Random,
+) -> None:
+    settings = fast_worker(migrated)
+    one = workers(settings)
+    two = workers(settings.model_copy(update={"processor_web_port": free_port()}))
+
+    def split() -> bool:
+        a, b = one.health(), two.health()
+        return bool(a and b and a["assigned"] and b["assigned"])
+
+    wait_for(split, 90, "both workers to own partitions")
+    cfg = SimulationConfig(calls=20_000, days=2, seed=rng.randrange(1 << 30), tenants=3)
+    stream = Stream(settings, cfg, rate=2500).start()
+    wait_for(lambda: raw_count(settings) > 1000, 60, "both workers to write")
+    time.sleep(rng.uniform(0.5, 3.0))
+    victim, survivor = (one, two) if rng.random() < 0.5 else (two, one)
+    health = victim.health() or {}
+    taken = health.get("assigned") or []
+    victim.kill()
+    killed_at = (stream.published, raw_count(settings))
+    print(f"killed the owner of partitions {taken} at (published, rows) {killed_at}")
+    assert stream.running(), "the kill must land while the stream flows"
+    everything = list(range(settings.topic_partitions))
+    wait_for(lambda: (survivor.health() or {}).get("assigned") == everything, 60,
+             "the survivor to own every partition")  # fmt: skip
+    manifest = stream.join()
+    want = assert_exact(settings, manifest, timeout=120)
+    print(f"expected = observed = {want}")
+    assert_never_crashed(survivor)  # its recovery after the rebalance included
