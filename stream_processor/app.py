@@ -339,7 +339,10 @@ class Processor:
         for partition, next_offset in self.sink.next_offsets.items():
             with contextlib.suppress(Exception):
                 highwater = consumer.highwater(TP(self.settings.topic_calls, partition))
-                if highwater and highwater > next_offset + 1:  # +1: a transaction marker
+                # No "+ 1" for a transaction marker: nothing here produces transactionally,
+                # and that slack hid a partition stuck with exactly one message waiting. A
+                # false alarm costs only a seek to where the partition already stands.
+                if highwater and highwater > next_offset:
                     waiting[partition] = (next_offset, highwater)
         return waiting
 
