@@ -121,18 +121,28 @@ class LocalStack:
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 raise StackError(f"{what} exited during start-up; log {log}:\n{tail}")
             time.sleep(0.05)
+        proc.kill()  # not ready in time: do not leave it running unrecorded
+        proc.wait()
         raise StackError(f"{what} did not answer within {timeout:.0f}s; log {log}")
 
     # --- lifecycle ---------------------------------------------------------------------
     def up(self, timeout: float = 60.0) -> list[ServiceStatus]:
         """Start whatever is not running yet and wait until both services answer."""
         state = self._load_state()
-        if self._recorded_pid(BROKER, self._broker_marker()) is None:
-            state[BROKER] = self._start_broker(timeout)
-            self._save_state(state)
-        if self._recorded_pid(CLICKHOUSE, self._ch_marker()) is None:
-            state[CLICKHOUSE] = self._start_clickhouse(timeout)
-            self._save_state(state)
+        started: list[str] = []
+        try:
+            if self._recorded_pid(BROKER, self._broker_marker()) is None:
+                state[BROKER] = self._start_broker(timeout)
+                self._save_state(state)
+                started.append(BROKER)
+            if self._recorded_pid(CLICKHOUSE, self._ch_marker()) is None:
+                state[CLICKHOUSE] = self._start_clickhouse(timeout)
+                self._save_state(state)
+                started.append(CLICKHOUSE)
+        except BaseException:
+            for name in started:  # a half-started stack leaves nothing running behind
+                self.stop_service(name)
+            raise
         return self.status()
 
     def _start_broker(self, timeout: float) -> dict[str, object]:

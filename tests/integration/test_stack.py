@@ -60,3 +60,31 @@ def test_clickhouse_data_survives_restart(tmp_path) -> None:
         assert client.command("SELECT sum(x) FROM kept") == 7
     finally:
         local.down()
+
+
+def test_a_failed_start_leaves_nothing_running(tmp_path) -> None:
+    """If ClickHouse cannot start (its port is taken), the broker started with it is stopped."""
+    import socket
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    settings = Settings(
+        home=tmp_path / "home",
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        clickhouse_url=f"http://127.0.0.1:{taken}",
+    )
+    local = LocalStack(settings)
+    try:
+        try:
+            local.up()
+        except Exception as exc:
+            assert "taken" in str(exc)
+        else:
+            raise AssertionError("up() should fail while the ClickHouse port is taken")
+        assert not any(s.running for s in local.status())
+        assert not local.broker_ready()
+    finally:
+        local.down()
+        blocker.close()
