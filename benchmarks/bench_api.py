@@ -13,11 +13,9 @@ brute-force aggregate's p50 over ``usage_events``, their ratio, and whether the 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,51 +28,14 @@ from typing import Any
 import httpx
 from clickhouse_connect.driver.client import Client
 
+from llm_usage.bench_api import DAY_MS, KEY, TENANT, load, percentile, start_api
 from llm_usage.clickhouse import apply_migrations, connect
 from llm_usage.localstack import LocalStack
 from llm_usage.localstack.processes import free_port, stop
 from llm_usage.settings import Settings
 from query_api.window import to_ms
 
-TENANT, KEY = "bench", "bench-key"
-DAY_MS = 86_400_000
 PERIODS = {"24h": 1, "7d": 7, "30d": 30}
-
-# Server-side generator: 80% of calls belong to the benchmarked tenant, spread over the last
-# 35 days; 100 new conversations an hour (each lives within its hour, ~60 calls), 500 agents
-# that run all the time; costs with 12 decimals, 2% unpriced.
-LOAD_SQL = """
-INSERT INTO usage_events (event_id, tenant_id, occurred_at, source, source_id, source_name,
-    model, input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
-    cost_usd, priced, duration_ms, status, kafka_topic, kafka_partition, kafka_offset)
-SELECT * EXCEPT conversation FROM (SELECT
-    generateUUIDv4(number) AS event_id,
-    multiIf(h % 10 < 8, 'bench', h % 10 = 8, 'other-1', 'other-2') AS tenant_id,
-    fromUnixTimestamp64Milli(toInt64({end_ms:Int64} - cityHash64(number, 1) % {span_ms:UInt64}),
-                             'UTC') AS occurred_at,
-    multiIf(h2 % 10 < 6, 'chat', h2 % 10 < 9, 'agent', 'memory') AS source,
-    intDiv(toUnixTimestamp64Milli(occurred_at), 3600000) * 100 + h3 % 100 AS conversation,
-    if(source = 'agent', concat('agent-', toString(h3 % 500)),
-       concat('conv-', toString(conversation))) AS source_id,
-    if(source = 'agent', concat('Agent ', toString(h3 % 500)),
-       concat('Conversation about topic ', toString(conversation))) AS source_name,
-    ['claude-sonnet-4-5', 'claude-haiku-4-5', 'claude-opus-4-1'][1 + h % 3] AS model,
-    h % 20000 AS input_tokens,
-    h % 3000 AS output_tokens,
-    (h % 7 = 0) * (h % 5000) AS cache_creation_input_tokens,
-    (h % 3 = 0) * (h % 30000) AS cache_read_input_tokens,
-    if(h % 50 = 0, toDecimal128(0, 12),
-       CAST(cityHash64(number, 7) % 100000000 AS Decimal(38, 12)) / 1000000000000) AS cost_usd,
-    h % 50 != 0 AS priced,
-    toUInt32(h % 60000) AS duration_ms,
-    if(h % 97 = 0, 'error', 'ok') AS status,
-    'bench' AS kafka_topic,
-    0 AS kafka_partition,
-    number AS kafka_offset
-FROM (SELECT number, cityHash64(number, 2) AS h, cityHash64(number, 3) AS h2,
-             cityHash64(number, 4) AS h3
-      FROM numbers({first:UInt64}, {count:UInt64})))
-"""
 
 
 @dataclass
@@ -179,48 +140,6 @@ def cases() -> list[Case]:
     ]
 
 
-def load(client: Client, events: int, end_ms: int, chunk: int) -> float:
-    started = time.perf_counter()
-    for first in range(0, events, chunk):
-        count = min(chunk, events - first)
-        client.command(
-            LOAD_SQL,
-            parameters={"end_ms": end_ms, "span_ms": 35 * DAY_MS, "first": first, "count": count},
-            settings={"max_insert_threads": 1},
-        )
-        done = first + count
-        print(f"  loaded {done:,} events ({time.perf_counter() - started:.0f}s)", flush=True)
-    return time.perf_counter() - started
-
-
-def start_api(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "LLM_USAGE_CLICKHOUSE_URL": settings.clickhouse_url,
-        "LLM_USAGE_CLICKHOUSE_DATABASE": settings.clickhouse_database,
-        "LLM_USAGE_API_KEYS": f"{KEY}:{TENANT}",
-    }
-    argv = [sys.executable, "-m", "uvicorn", "query_api.app:create_app", "--factory",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-            "--no-access-log"]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.terminate()
-    raise SystemExit(f"the API did not start; see {log}")
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 ROLLUPS = ("usage_hourly", "usage_daily", "usage_api_15m", "usage_api_daily", "source_names")
 
 
@@ -292,7 +211,7 @@ def run(args: argparse.Namespace) -> None:
         print_rollup_sizes(client)
 
         port = free_port()
-        api = start_api(settings, port, home / "api.log")
+        api = start_api(settings, port, home / "api.log", workers=1)
         http = httpx.Client(
             base_url=f"http://127.0.0.1:{port}",
             headers={"Authorization": f"Bearer {KEY}"},
