@@ -166,7 +166,7 @@ async def _with_baseline(settings: Settings, body: Callable[[], Awaitable[Any]])
     import subprocess
     import sys
 
-    from stream_processor.harness import settings_env
+    from llm_usage.children import settings_env
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_USAGE_")}
     env.update(settings_env(settings))

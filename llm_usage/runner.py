@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -30,11 +27,12 @@ from clickhouse_connect.driver.client import Client
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+from llm_usage.children import ChildProcess
 from llm_usage.clickhouse import apply_migrations, connect
 from llm_usage.localstack import LocalStack
 from llm_usage.settings import Settings
 from llm_usage.simulate import SimulationConfig, publish
-from stream_processor.harness import WorkerProcess, settings_env
+from stream_processor.harness import WorkerProcess
 
 console = Console()
 
@@ -71,39 +69,21 @@ def demo_api_keys(home: Path, tenants: int) -> str:
     return keys
 
 
-class ApiProcess:
+class ApiProcess(ChildProcess):
     """``llm-usage api`` as a child process, stopped by its own PID."""
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
-        self.settings = settings
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(["llm_usage", "api"], settings, log_path)
 
     @property
     def base_url(self) -> str:
         return f"http://{self.settings.api_host}:{self.settings.api_port}"
 
-    def start(self) -> ApiProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_USAGE_")}
-        env.update(settings_env(self.settings))
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "llm_usage", "api"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"API exited; see {self.log_path}")
+            if not self.running():
+                raise RuntimeError(f"API exited; log {self.log_path}:\n{self.tail()}")
             try:
                 with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=2):
                     return
@@ -117,16 +97,6 @@ class ApiProcess:
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             return dict(json.loads(response.read()))
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 def _count(client: Client) -> int:
@@ -176,8 +146,7 @@ def run_pipeline(settings: Settings, options: RunOptions) -> None:
         cleanup.callback(api.stop)
         worker.wait_assigned(timeout=120)
         api.wait_ready()
-        api_pid = api.proc.pid if api.proc else "-"
-        console.print(f"worker pid {worker.pid}, API pid {api_pid}; logs in {logs}")
+        console.print(f"worker pid {worker.pid}, API pid {api.pid}; logs in {logs}")
 
         if options.demo:
             _backfill_once(settings, options, stack.home, api)
