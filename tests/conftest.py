@@ -8,8 +8,9 @@ writes gets its own database (and its own topics), so tests never see each other
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from llm_usage.clickhouse import apply_migrations, connect
 from llm_usage.localstack import LocalStack
 from llm_usage.localstack.processes import free_port
 from llm_usage.settings import Settings
+from stream_processor.harness import WorkerProcess
 from tests.containers import containers_or_none
 
 
@@ -83,3 +85,28 @@ def migrated(settings: Settings) -> Iterator[Settings]:
         if not os.environ.get("LLM_USAGE_KEEP_TEST_DATABASES"):
             client.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}` SYNC")
         client.close()
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``check`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
+    """Start worker subprocesses; each one is stopped by its own PID at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings) -> WorkerProcess:
+        worker = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log").start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -22,13 +22,12 @@ from producers.contract import UsageEvent, encode_calls
 from producers.publisher import UsagePublisher
 from producers.topics import ensure_topics
 from stream_processor.harness import WorkerProcess
+from tests.conftest import wait_for
 from tests.integration.test_processor_e2e import (
     cost_of,
     expected_totals,
     make_events,
     totals,
-    wait_for,
-    worker_factory,  # noqa: F401  (fixture)
     worker_settings,
 )
 
@@ -37,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 def test_sigkill_mid_stream_then_restart_is_exact(
     migrated: Settings,
-    worker_factory: Callable[[Settings], WorkerProcess],  # noqa: F811
+    worker_factory: Callable[[Settings], WorkerProcess],
 ) -> None:
     settings = worker_settings(
         migrated,
@@ -107,7 +106,7 @@ async def _produce_to(settings: Settings, partitions: list[int], events: list[Us
 
 def test_partitions_never_committed_are_read_from_their_start_after_a_restart(
     migrated: Settings,
-    worker_factory: Callable[[Settings], WorkerProcess],  # noqa: F811
+    worker_factory: Callable[[Settings], WorkerProcess],
 ) -> None:
     """One partition has committed offsets, the others none: a restart reads them all.
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from llm_usage.settings import Settings
 from producers.contract import EntityRenamed, UsageEvent, encode_calls
 from producers.publisher import UsagePublisher
 from stream_processor.harness import WorkerProcess
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -64,30 +64,6 @@ def worker_settings(settings: Settings, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return settings.model_copy(update=values)
-
-
-@pytest.fixture
-def worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
-    """Start worker subprocesses; every one is stopped by its PID at the end."""
-    started: list[WorkerProcess] = []
-
-    def start(settings: Settings) -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log").start()
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def totals(settings: Settings) -> dict[str, tuple[Any, ...]]:

@@ -18,14 +18,13 @@ from llm_usage.localstack import LocalStack
 from llm_usage.localstack.processes import free_port
 from llm_usage.settings import Settings
 from stream_processor.harness import WorkerProcess
+from tests.conftest import wait_for
 from tests.integration.test_processor_e2e import (
     cost_of,
     expected_totals,
     make_events,
     publish,
     totals,
-    wait_for,
-    worker_factory,  # noqa: F401  (fixture)
     worker_settings,
 )
 
@@ -35,7 +34,7 @@ pytestmark = pytest.mark.integration
 def test_two_workers_split_partitions_and_survive_a_clickhouse_outage(
     stack: LocalStack,
     migrated: Settings,
-    worker_factory: Callable[[Settings], WorkerProcess],  # noqa: F811
+    worker_factory: Callable[[Settings], WorkerProcess],
 ) -> None:
     settings = worker_settings(migrated, processor_batch_max_events=200)
     events = make_events(4000, datetime.now(UTC) - timedelta(days=10), step=timedelta(minutes=3))

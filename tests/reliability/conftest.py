@@ -12,7 +12,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -28,6 +28,7 @@ from llm_usage.simulate import Manifest, SimulationConfig, book_pricer, generate
 from producers.publisher import UsagePublisher
 from stream_processor.harness import WorkerProcess
 from stream_processor.pricing import PriceBook
+from tests.conftest import wait_for
 
 # (calls, input, output, cache writes 5m + 1h, cache reads, cost, unpriced calls)
 Totals = tuple[int, int, int, int, int, Decimal, int]
@@ -99,15 +100,6 @@ def expected(manifest: Manifest) -> Totals:
             t.cache_read_input_tokens, t.cost_usd, t.unpriced_calls)  # fmt: skip
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def assert_exact(settings: Settings, manifest: Manifest, timeout: float = 120.0) -> Totals:
     """Wait for every row, give late duplicates a chance, then compare all three tables."""
     want = expected(manifest)
@@ -124,21 +116,6 @@ def assert_never_crashed(worker: WorkerProcess) -> None:
     assert worker.running(), worker.tail()
     log = worker.tail(50_000_000)
     assert "Crashed reason=" not in log, log[log.find("Crashed reason=") - 200 :][:3000]
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
-    """Start worker subprocesses; each one is stopped by its own PID at the end."""
-    started: list[WorkerProcess] = []
-
-    def start(settings: Settings) -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log").start()
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 @pytest.fixture

@@ -156,11 +156,11 @@ def _key(payload: bytes) -> str:
 @pytest.mark.timeout(180)
 def test_bad_input_corpus_dead_lettered_with_reasons_good_counted_worker_survives(
     migrated: Settings,
-    workers: Callable[[Settings], WorkerProcess],
+    worker_factory: Callable[[Settings], WorkerProcess],
     rng: random.Random,
 ) -> None:
     settings = fast_worker(migrated)
-    worker = workers(settings)
+    worker = worker_factory(settings)
     worker.wait_assigned(timeout=90)
     stream = Stream(
         settings, SimulationConfig(calls=6000, days=2, seed=rng.randrange(1 << 30)), rate=2000

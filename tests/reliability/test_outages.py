@@ -60,7 +60,7 @@ def _summary_matches_manifest(client: TestClient, settings: Settings, stream: St
 @pytest.mark.timeout(240)
 def test_clickhouse_outage_20s_worker_backs_off_api_503_totals_exact(
     own_stack: LocalStack,
-    workers: Callable[[Settings], WorkerProcess],
+    worker_factory: Callable[[Settings], WorkerProcess],
     rng: random.Random,
 ) -> None:
     """ClickHouse is stopped for 20 s mid-stream, then started again on the same data.
@@ -71,7 +71,7 @@ def test_clickhouse_outage_20s_worker_backs_off_api_503_totals_exact(
     tenant's API summary equal the manifest exactly.
     """
     settings = fast_worker(own_stack.settings, api_keys=KEYS)
-    worker = workers(settings)
+    worker = worker_factory(settings)
     worker.wait_assigned(timeout=90)
     cfg = SimulationConfig(calls=25_000, days=3, seed=rng.randrange(1 << 30), tenants=3)
     stream = Stream(settings, cfg, rate=1000).start()
@@ -137,7 +137,7 @@ KNOWN_BROKER_OUTAGE_LOSS = pytest.mark.xfail(
 def test_broker_unreachable_10s_services_spool_and_replay_totals_exact(
     fault: str,
     tmp_path: Path,
-    workers: Callable[[Settings], WorkerProcess],
+    worker_factory: Callable[[Settings], WorkerProcess],
     rng: random.Random,
 ) -> None:
     """The broker is out of reach for 10 s while three services keep publishing.
@@ -178,7 +178,7 @@ def test_broker_unreachable_10s_services_spool_and_replay_totals_exact(
     try:
         clickhouse.start_service("clickhouse")
         apply_migrations(connect(settings, database=""), settings)
-        worker = workers(settings)
+        worker = worker_factory(settings)
         worker.wait_assigned(timeout=90)
         cfg = SimulationConfig(calls=15_000, days=2, seed=rng.randrange(1 << 30), tenants=3)
         stream = Stream(settings, cfg, rate=1000, publishers=3).start()

@@ -43,7 +43,7 @@ def _busy(settings: Settings, worker: WorkerProcess, rows_before: int, timeout: 
 @pytest.mark.timeout(300)
 def test_worker_sigkilled_three_times_mid_stream_totals_exact(
     migrated: Settings,
-    workers: Callable[[Settings], WorkerProcess],
+    worker_factory: Callable[[Settings], WorkerProcess],
     rng: random.Random,
 ) -> None:
     """Three SIGKILLs at random moments of a 50,000-call stream, each followed by a restart.
@@ -54,7 +54,7 @@ def test_worker_sigkilled_three_times_mid_stream_totals_exact(
     """
     settings = fast_worker(migrated)
     cfg = SimulationConfig(calls=CALLS, days=3, seed=rng.randrange(1 << 30), tenants=3)
-    worker = workers(settings)
+    worker = worker_factory(settings)
     worker.wait_assigned(timeout=90)
     stream = Stream(settings.model_copy(update={"producer_linger_ms": 100}), cfg, rate=900).start()
     # Kill k happens once the restarted worker is busy again, after a random extra delay.
@@ -67,7 +67,7 @@ def test_worker_sigkilled_three_times_mid_stream_totals_exact(
         worker.kill()
         kills.append((stream.published, rows))
         assert rows < CALLS, "the kill must land before every call is written"
-        worker = workers(settings)
+        worker = worker_factory(settings)
     manifest = stream.join()
     print(f"kills at (calls published, rows written): {kills}")
     assert manifest.total.calls == CALLS and manifest.duplicates_published > 0
@@ -83,12 +83,12 @@ def test_worker_sigkilled_three_times_mid_stream_totals_exact(
 @pytest.mark.timeout(180)
 def test_two_workers_one_sigkilled_survivor_takes_over_totals_exact(
     migrated: Settings,
-    workers: Callable[[Settings], WorkerProcess],
+    worker_factory: Callable[[Settings], WorkerProcess],
     rng: random.Random,
 ) -> None:
     settings = fast_worker(migrated)
-    one = workers(settings)
-    two = workers(settings.model_copy(update={"processor_web_port": free_port()}))
+    one = worker_factory(settings)
+    two = worker_factory(settings.model_copy(update={"processor_web_port": free_port()}))
 
     def split() -> bool:
         a, b = one.health(), two.health()
