@@ -31,6 +31,7 @@ from stream_processor.metrics import Metrics
 from stream_processor.pricing import PriceBook
 from stream_processor.sink import Aborted, ClickHouseWriter, Sink
 from stream_processor.validate import Rejected, validate_message
+from stream_processor.watchdog import StallDetector
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ DEAD_LETTER_MAX_BYTES = 512 * 1024
 # which would drop its good events silently. Faust's default (1 MiB) is below Kafka's default
 # message.max.bytes (1 MiB + 12 B); producers/ never writes more than 900 kB per message.
 CONSUMER_MAX_FETCH_BYTES = 4 * 1024 * 1024
+END_OFFSETS_TIMEOUT_S = 2.0  # the watchdog's ListOffsets request, once a second
 
 
 def faust_app(settings: Settings) -> faust.App:
@@ -157,8 +159,10 @@ class Processor:
         self._started = time.monotonic()
         self._progress: tuple[int, ...] = ()
         self._seek_patched = False
-        self._stall_ticks = 0
+        self.stalls = StallDetector(ticks=2)
         self._busy = False  # the calls agent is inside handle_call
+        self._handled = 0  # messages the calls agent has taken (watchdog: is it moving?)
+        self._handled_at_tick = 0
         self._progress_logged = 0.0
         self._wire()
 
@@ -185,6 +189,7 @@ class Processor:
     async def _calls_agent(self, stream: StreamT) -> None:
         async for event in stream.noack().events():  # type: ignore[attr-defined]
             self._busy = True
+            self._handled += 1
             try:
                 await self.handle_call(event)
             except Aborted:
@@ -310,14 +315,12 @@ class Processor:
         if time.monotonic() - self._progress_logged >= 10:
             self._progress_logged = time.monotonic()
             self._log_progress()
-        await self._unstall()
-        consumer = self.app.consumer
+        end_offsets = await self._end_offsets()
+        await self._unstall(end_offsets)
         for partition, next_offset in list(self.sink.next_offsets.items()):
-            with contextlib.suppress(Exception):
-                highwater = consumer.highwater(TP(self.settings.topic_calls, partition))
-                if highwater is not None:
-                    lag = max(0, highwater - next_offset)
-                    self.metrics.consumer_lag.labels(str(partition)).set(lag)
+            if partition in end_offsets:
+                lag = max(0, end_offsets[partition] - next_offset)
+                self.metrics.consumer_lag.labels(str(partition)).set(lag)
 
     def _log_progress(self) -> None:
         m = self.metrics
@@ -332,43 +335,38 @@ class Processor:
                      sum(len(b.rows) for b in self.sink.buffers.values()),
                      dict(sorted(self.sink.next_offsets.items())))  # fmt: skip
 
-    def _stalled(self) -> dict[int, tuple[int, int]]:
-        """Partitions with messages waiting (next offset, high watermark)."""
-        consumer = self.app.consumer
-        waiting = {}
-        for partition, next_offset in self.sink.next_offsets.items():
-            with contextlib.suppress(Exception):
-                highwater = consumer.highwater(TP(self.settings.topic_calls, partition))
-                # No "+ 1" for a transaction marker: nothing here produces transactionally,
-                # and that slack hid a partition stuck with exactly one message waiting. A
-                # false alarm costs only a seek to where the partition already stands.
-                if highwater and highwater > next_offset:
-                    waiting[partition] = (next_offset, highwater)
-        return waiting
+    async def _end_offsets(self) -> dict[int, int]:
+        """The broker's log end offset of every open calls partition ({} if it won't say)."""
+        tps = [TP(self.settings.topic_calls, p) for p in self.sink.next_offsets]
+        if not tps:
+            return {}
+        try:
+            async with asyncio.timeout(END_OFFSETS_TIMEOUT_S):
+                ends = await self.app.consumer.highwaters(*tps)
+        except Exception:  # broker away or rebalancing: no verdict this tick
+            return {}
+        return {tp.partition: int(end) for tp, end in ends.items() if end is not None}
 
-    async def _unstall(self) -> None:
-        """Re-seek partitions that stopped delivering although messages wait.
+    async def _unstall(self, end_offsets: dict[int, int]) -> None:
+        """Re-seek partitions that stopped delivering although messages wait (``watchdog``).
 
-        Faust's post-recovery seek can race with messages it already delivered, after which
-        aiokafka may stop returning records for the partition. Seeking to the next offset
-        the worker expects continues the stream exactly where it stands.
+        Seeking to the next offset the sink expects continues the stream exactly where it
+        stands. No verdict while ClickHouse fails or while the agent has sat in one message
+        since the last tick (a slow insert holds every partition back by design).
         """
-        # only an idle agent with messages waiting is a delivery stall (not an outage or a
-        # slow insert, which hold the agent inside handle_call by design)
-        stalled = {} if self._busy or self.sink.last_error else self._stalled()
-        if not stalled:
-            self._stall_ticks = 0
+        stuck = self._busy and self._handled == self._handled_at_tick
+        self._handled_at_tick = self._handled
+        if stuck or self.sink.last_error:
+            self.stalls.reset()
             return
-        self._stall_ticks += 1
-        if self._stall_ticks < 2:
-            return
-        self._stall_ticks = 0
+        stalled = self.stalls.observe(self.sink.next_offsets, end_offsets)
         consumer = self.app.consumer
-        for partition, (next_offset, highwater) in sorted(stalled.items()):
+        for partition, (next_offset, end) in sorted(stalled.items()):
             log.warning(
-                "partition %d delivers nothing at offset %d (high watermark %d): seeking there",
-                partition, next_offset, highwater,
+                "partition %d delivers nothing at offset %d (log end %d): seeking there",
+                partition, next_offset, end,
             )  # fmt: skip
+            self.metrics.stall_seeks.inc()
             with contextlib.suppress(Exception):
                 # seek_wait runs on the consumer's own thread; consumer.seek() would call
                 # aiokafka from this loop while that thread drains records (a KeyError there

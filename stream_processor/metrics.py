@@ -35,6 +35,9 @@ class Metrics:
         self.renames = counter("renames", "Rename events applied to the names table")
         self.batches = counter("batches", "Batches inserted into ClickHouse")
         self.insert_failures = counter("insert_failures", "Failed ClickHouse calls (retried)")
+        self.stall_seeks = counter(
+            "stall_seeks", "Seeks of a partition that delivered nothing while messages waited"
+        )
         self.insert_seconds = Histogram(
             _P + "insert_seconds",
             "Latency of one acknowledged ClickHouse batch insert",
@@ -43,7 +46,7 @@ class Metrics:
         )
         self.consumer_lag = Gauge(
             _P + "consumer_lag",
-            "Messages behind the partition end (high watermark - next offset)",
+            "Messages behind the partition end (broker log end offset - next offset)",
             ["partition"],
             registry=r,
         )

@@ -222,6 +222,7 @@ class Sink:
                 "partition %d restarts at %d inside recorded batch %s: its rest is re-formed "
                 "under the recorded token", partition, first_offset, plan[0],
             )  # fmt: skip
+        log.info("partition %d: reading from offset %d", partition, first_offset)
         if plan:
             log.info("partition %d: re-forming %d recorded batch(es) %s..%s",
                      partition, len(plan), plan[0], plan[-1])  # fmt: skip
