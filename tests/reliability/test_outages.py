@@ -120,19 +120,7 @@ def test_clickhouse_outage_20s_worker_backs_off_api_503_totals_exact(
     assert worker.metrics()["llm_usage_processor_clickhouse_up"] == 1.0
 
 
-# Known open bug, not hidden: in about one run in four or five, one or two of the 15,000
-# events never become rows after the broker comes back (seen as 14,999 and 14,998), with the
-# worker idle and no stall detected. Whether the publisher loses them across the timeout or
-# the consumer skips an offset is not yet known. Non-strict xfail: a pass shows as XPASS,
-# a failure as XFAIL with its message, never as a plain pass.
-KNOWN_BROKER_OUTAGE_LOSS = pytest.mark.xfail(
-    strict=False,
-    reason="open bug: rarely 1-2 events short after a broker outage (producer or consumer)",
-)
-
-
 @pytest.mark.timeout(200)
-@KNOWN_BROKER_OUTAGE_LOSS
 @pytest.mark.parametrize("fault", ["unreachable", "hung"])
 def test_broker_unreachable_10s_services_spool_and_replay_totals_exact(
     fault: str,
