@@ -31,10 +31,11 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
 
 MAX_TOKENS = 10_000_000  # per field per call; far above any model's context window
+MAX_TOOL_REQUESTS = 100_000  # server-tool requests per call
 MAX_DURATION_MS = 24 * 3600 * 1000
 MAX_METADATA_BYTES = 16 * 1024
 EARLIEST_OCCURRED_AT = datetime(2023, 1, 1, tzinfo=UTC)
@@ -52,6 +53,28 @@ class Source(StrEnum):
 class Status(StrEnum):
     OK = "ok"
     ERROR = "error"
+
+
+class ServiceTier(StrEnum):
+    """``usage.service_tier`` of the Anthropic API: batch is billed at half price."""
+
+    STANDARD = "standard"
+    PRIORITY = "priority"
+    BATCH = "batch"
+
+
+class Speed(StrEnum):
+    """``usage.speed``: fast mode is billed at the model's fast-mode prices."""
+
+    STANDARD = "standard"
+    FAST = "fast"
+
+
+# Fields that schema version 2 added; a version-1 event must not carry them.
+V2_FIELDS = (
+    "service_tier", "speed", "inference_geo", "web_search_requests", "web_fetch_requests",
+    "thinking_tokens",
+)  # fmt: skip
 
 
 _last_uuid7 = [0, 0]  # [millis, counter] of the previous id from this process
@@ -78,6 +101,7 @@ def uuid7() -> uuid.UUID:
 
 
 TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
+ToolRequests = Annotated[StrictInt, Field(ge=0, le=MAX_TOOL_REQUESTS)]
 ShortText = Annotated[str, Field(min_length=1, max_length=256)]
 
 
@@ -95,7 +119,7 @@ class UsageEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     event_id: uuid.UUID = Field(default_factory=uuid7, description="UUIDv7, the dedupe key")
     tenant_id: Annotated[str, Field(min_length=1, max_length=128)]
     occurred_at: AwareDatetime = Field(description="when the call was made (UTC)")
@@ -111,6 +135,23 @@ class UsageEvent(BaseModel):
     cache_creation_5m_input_tokens: TokenCount = 0
     cache_creation_1h_input_tokens: TokenCount = 0
     cache_read_input_tokens: TokenCount = 0
+    # v2: the billing dimensions of the SDK's ``Usage`` (same names and values)
+    service_tier: ServiceTier = Field(
+        ServiceTier.STANDARD, description="usage.service_tier: standard, priority or batch"
+    )
+    speed: Speed = Field(Speed.STANDARD, description="usage.speed: standard or fast")
+    inference_geo: Annotated[str, Field(max_length=32)] | None = Field(
+        None, description="usage.inference_geo, e.g. 'global' or 'us' (US-only inference)"
+    )
+    web_search_requests: ToolRequests = Field(
+        0, description="usage.server_tool_use.web_search_requests (billed per 1,000)"
+    )
+    web_fetch_requests: ToolRequests = Field(
+        0, description="usage.server_tool_use.web_fetch_requests (no fee of its own)"
+    )
+    thinking_tokens: TokenCount = Field(
+        0, description="usage.output_tokens_details.thinking_tokens: part of output_tokens"
+    )
     duration_ms: Annotated[StrictInt, Field(ge=0, le=MAX_DURATION_MS)] = 0
     status: Status = Status.OK
     request_id: Annotated[str, Field(max_length=256)] | None = None
@@ -143,14 +184,24 @@ class UsageEvent(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _split_cache_writes(cls, data: Any) -> Any:
-        """Keep the cache-write total and its 5m/1h split consistent.
+    def _consistent_counts(cls, data: Any) -> Any:
+        """Version-1 events carry no v2 fields; thinking is part of output; cache writes add up.
 
-        The API reports a total and, for newer models, a split. A total without a split is
-        priced as 5-minute writes (the API's default TTL); a split without a total fills it.
+        The API reports a cache-write total and, for newer models, a split. A total without
+        a split is priced as 5-minute writes (the API's default TTL); a split without a total
+        fills it.
         """
         if not isinstance(data, dict):
             return data
+        if data.get("schema_version") == 1:
+            extra = [name for name in V2_FIELDS if name in data]
+            if extra:
+                raise ValueError(
+                    f"schema_version 1 has no field {', '.join(extra)}: send schema_version 2"
+                )
+        thinking, output = data.get("thinking_tokens"), data.get("output_tokens", 0)
+        if type(thinking) is int and type(output) is int and thinking > output:
+            raise ValueError("thinking_tokens must not exceed output_tokens (they are part of it)")
         total = data.get("cache_creation_input_tokens")
         five = data.get("cache_creation_5m_input_tokens")
         hour = data.get("cache_creation_1h_input_tokens")
@@ -183,7 +234,7 @@ class EntityRenamed(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     event_id: uuid.UUID = Field(default_factory=uuid7)
     tenant_id: Annotated[str, Field(min_length=1, max_length=128)]
     source: Source

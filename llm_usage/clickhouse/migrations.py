@@ -30,7 +30,8 @@ cluster-mode migration runs, and by the unit tests for every file):
 * materialized views read from and write to ``...${local}`` tables (they fire on the shard
   that received the insert);
 * ``ALTER TABLE`` targets ``name${local}`` (indexes, projections, TTL, mutations); a
-  column change also alters the Distributed table (in a ``-- @cluster-only`` statement).
+  column change also alters the Distributed table (in a ``-- @cluster-only`` statement);
+  a materialized view is changed in place with ``ALTER TABLE name_mv MODIFY QUERY``.
 
 Queries and inserts always use the plain names (``usage_events`` ...): the table itself on
 one node, the Distributed table on a cluster. Why and how: ``deploy/README.md``.
@@ -181,6 +182,7 @@ def cluster_problems(statements: list[str], layout: Layout) -> list[str]:
             altered
             and not _table(altered.group(1)).endswith(LOCAL_SUFFIX)
             and not re.search(r"\bCOLUMN\b", statement, re.IGNORECASE)
+            and not re.search(r"\bMODIFY\s+QUERY\b", statement, re.IGNORECASE)  # a view
         ):
             problems.append(f"{head}: ALTER of a Distributed table; alter <name>${{local}}")
     for table in local_tables:

@@ -49,7 +49,7 @@ def test_a_valid_event_round_trips_through_the_wire_format() -> None:
     events = [parse_call(raw(source_id=f"c{i}")) for i in range(3)]
     decoded = [parse_call(r) for r in decode_calls(encode_calls(events))]
     assert decoded == events
-    assert decoded[0].schema_version == 1 and decoded[0].status is Status.OK
+    assert decoded[0].schema_version == 2 and decoded[0].status is Status.OK
     assert decode_calls(events[0].to_json()) == [json.loads(events[0].to_json())]
 
 
@@ -110,7 +110,7 @@ def test_timestamps_are_normalised_to_utc_and_small_skew_is_allowed() -> None:
 
 
 def test_unsupported_schema_version_and_bad_messages() -> None:
-    assert reason(schema_version=2).startswith("schema_version:")
+    assert reason(schema_version=3).startswith("schema_version:")
     with pytest.raises(ContractError, match="not valid JSON"):
         decode_calls(b"{nope")
     with pytest.raises(ContractError, match="expected a JSON object or array"):
@@ -192,3 +192,39 @@ def test_events_are_immutable() -> None:
     event = UsageEvent.model_validate(raw())
     with pytest.raises(ValidationError):
         event.input_tokens = 5  # type: ignore[misc]
+
+
+def test_v2_billing_fields_use_the_sdk_names_and_values() -> None:
+    event = parse_call(
+        raw(service_tier="batch", speed="fast", inference_geo="us", web_search_requests=3,
+            web_fetch_requests=2, thinking_tokens=15)
+    )  # fmt: skip
+    assert (event.service_tier, event.speed, event.inference_geo) == ("batch", "fast", "us")
+    assert (event.web_search_requests, event.web_fetch_requests, event.thinking_tokens) == (3, 2, 15)
+    defaults = parse_call(raw())
+    assert (defaults.service_tier, defaults.speed, defaults.inference_geo) == (
+        "standard", "standard", None
+    )  # fmt: skip
+
+
+def test_a_v1_event_is_accepted_as_before_but_carries_no_v2_fields() -> None:
+    v1 = parse_call(raw(schema_version=1))
+    assert v1.schema_version == 1 and v1.service_tier == "standard"
+    assert "schema_version 1 has no field speed" in reason(schema_version=1, speed="fast")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"service_tier": "flex"}, "service_tier"),
+        ({"speed": "turbo"}, "speed"),
+        ({"web_search_requests": -1}, "web_search_requests"),
+        ({"web_fetch_requests": "3"}, "web_fetch_requests"),
+        ({"thinking_tokens": 21}, "thinking_tokens must not exceed output_tokens"),
+        ({"inference_geo": "x" * 33}, "inference_geo"),
+    ],
+)
+def test_bad_v2_values_are_rejected_with_a_reason_naming_the_field(
+    overrides: dict[str, Any], field: str
+) -> None:
+    assert field in reason(**overrides)
