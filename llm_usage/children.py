@@ -20,6 +20,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """LLM_USAGE_* variables that reproduce ``settings`` in another process."""
     env = {}
     for name, value in settings.model_dump().items():
+        if value is None:  # unset optional setting: the child's default is None too
+            continue
         if isinstance(value, bool):
             text = "true" if value else "false"
         elif isinstance(value, Path):

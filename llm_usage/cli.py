@@ -149,25 +149,54 @@ def worker() -> None:
     run(get_settings())
 
 
-@app.command()
+prices_app = typer.Typer(
+    help="The price book: list it, regenerate it from the price library, check SDK coverage.",
+    invoke_without_command=True,
+)
+app.add_typer(prices_app, name="prices")
+
+
+def _load_book():  # type: ignore[no-untyped-def]
+    from stream_processor.pricing import PriceBook, PriceBookError
+
+    try:
+        return PriceBook.load(overrides=get_settings().price_overrides)
+    except PriceBookError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+def _rates_text(rates) -> str:  # type: ignore[no-untyped-def]
+    return "/".join(str(getattr(rates, f)) for f in ("input", "output", "cache_write_5m",
+                                                     "cache_write_1h", "cache_read"))  # fmt: skip
+
+
+@prices_app.callback()
 def prices(
+    ctx: typer.Context,
     model: str = typer.Option("", help="only models whose name or alias contains this"),
     at: str = typer.Option("", help="YYYY-MM-DD: the entries in force that day (default today)"),
     all_entries: bool = typer.Option(False, "--all", help="every dated entry, not just one"),
 ) -> None:
-    """List the price book: USD per million tokens, by model and effective date."""
+    """List the price book (and your overrides): USD per million tokens, by model and date.
+
+    Rates read input/output/5m cache write/1h cache write/cache read.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from datetime import UTC, date, datetime
 
     from rich.table import Table
 
-    from stream_processor.pricing import PriceBook
-
-    book = PriceBook.load()
+    book = _load_book()
     day = date.fromisoformat(at) if at else datetime.now(UTC).date()
     moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    table = Table(title=f"price book {book.book_version} ({book.source}), USD per MTok")
-    for column in ("model", "provider", "from", "input", "output", "cache write 5m",
-                   "cache write 1h", "cache read", "long context", "aliases"):  # fmt: skip
+    title = f"price book {book.book_version} ({book.source}), USD per MTok"
+    if book.overrides_source:
+        title += f", overrides {book.overrides_source}"
+    table = Table(title=title)
+    for column in ("model", "provider", "from", "standard", "long context", "batch", "fast",
+                   "web search /1k", "geo", "aliases"):  # fmt: skip
         table.add_column(column)
     needle = model.lower()
     for name in book.models():
@@ -178,16 +207,73 @@ def prices(
         for entry in book.entries[name] if all_entries else [chosen]:
             if entry is None:
                 continue
-            r, lc = entry.base, entry.long_context
+            std = entry.tiers["standard"]
             long_text = (
-                f">{entry.long_context_above:,}: {lc.input}/{lc.output}/{lc.cache_write_5m}/"
-                f"{lc.cache_write_1h}/{lc.cache_read}"
-                if lc is not None else ""
+                f">{std.long_context_above:,}: {_rates_text(std.long_context)}"
+                if std.long_context is not None and std.long_context_above is not None
+                else ""
+            )
+            batch, fast = entry.tiers.get("batch"), entry.tiers.get("fast")
+            geo = ", ".join(f"{k} x{v}" for k, v in entry.geo_multipliers.items())
+            label = f"{name} [yellow](override)[/yellow]" if entry.override else name
+            table.add_row(
+                label, entry.provider, entry.version, _rates_text(std.base), long_text,
+                _rates_text(batch.base) if batch else "", _rates_text(fast.base) if fast else "",
+                str(entry.web_search_per_1k or ""), geo, ", ".join(aliases),
             )  # fmt: skip
-            table.add_row(name, entry.provider, entry.version, str(r.input), str(r.output),
-                          str(r.cache_write_5m), str(r.cache_write_1h), str(r.cache_read),
-                          long_text, ", ".join(aliases))  # fmt: skip
     console.print(table)
+
+
+@prices_app.command("import")
+def prices_import(
+    check: bool = typer.Option(False, help="only check: exit 1 if the file would change"),
+) -> None:
+    """Regenerate prices.json from the pinned price library (genai-prices) and supplement.json.
+
+    Prints the change as a diff to review and commit. Nothing is fetched from the internet.
+    """
+    import difflib
+
+    from stream_processor.pricing import DEFAULT_BOOK
+    from stream_processor.pricing.importer import library_version, regenerate
+
+    old, new = regenerate()
+    diff = list(difflib.unified_diff(old.splitlines(), new.splitlines(), "prices.json (before)",
+                                     "prices.json (imported)", lineterm=""))  # fmt: skip
+    for line in diff:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    source = f"genai-prices {library_version()}"
+    if not diff:
+        console.print(f"prices.json is up to date with {source}")
+        return
+    if check:
+        console.print(
+            f"[red]prices.json differs from {source}[/red]: run `llm-usage prices import`"
+        )
+        raise typer.Exit(1)
+    DEFAULT_BOOK.write_text(new)
+    console.print(f"wrote {DEFAULT_BOOK} from {source}: review the diff above and commit it")
+
+
+@prices_app.command("check")
+def prices_check() -> None:
+    """Exit 1 if the installed anthropic SDK names a model the book cannot price."""
+    import anthropic
+
+    from stream_processor.pricing.coverage import sdk_models, unpriced_models
+
+    book = _load_book()
+    names = sdk_models()
+    missing = unpriced_models(book, names)
+    for name in missing:
+        console.print(f"[red]unpriced:[/red] {name}")
+    if missing:
+        console.print(
+            f"{len(missing)} of {len(names)} models of anthropic {anthropic.__version__} have "
+            "no price: add them (supplement.json or overrides), then `llm-usage prices import`"
+        )
+        raise typer.Exit(1)
+    console.print(f"all {len(names)} models of anthropic {anthropic.__version__} are priced")
 
 
 # --- query API commands (issue 5, 6) -------------------------------------------------------

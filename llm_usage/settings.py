@@ -113,6 +113,14 @@ class Settings(BaseSettings):
         True, description="create missing topics (topic_partitions) before publishing"
     )
 
+    # --- Pricing (stream_processor/pricing/) ---------------------------------------------
+    price_overrides: Path | None = Field(
+        None,
+        description="your own prices on top of the book (same JSON schema as prices.json): "
+        "negotiated discounts, private or fine-tuned models; an overridden model is priced "
+        "by this file alone",
+    )
+
     # --- Stream processor (stream_processor/) -------------------------------------------
     processor_group: str = Field(
         "llm-usage-processor",

@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION: Literal[2] = 2
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
 
 MAX_TOKENS = 10_000_000  # per field per call; far above any model's context window
@@ -137,20 +137,20 @@ class UsageEvent(BaseModel):
     cache_read_input_tokens: TokenCount = 0
     # v2: the billing dimensions of the SDK's ``Usage`` (same names and values)
     service_tier: ServiceTier = Field(
-        ServiceTier.STANDARD, description="usage.service_tier: standard, priority or batch"
+        default=ServiceTier.STANDARD, description="usage.service_tier: standard, priority or batch"
     )
-    speed: Speed = Field(Speed.STANDARD, description="usage.speed: standard or fast")
+    speed: Speed = Field(default=Speed.STANDARD, description="usage.speed: standard or fast")
     inference_geo: Annotated[str, Field(max_length=32)] | None = Field(
-        None, description="usage.inference_geo, e.g. 'global' or 'us' (US-only inference)"
+        default=None, description="usage.inference_geo, e.g. 'global' or 'us' (US-only inference)"
     )
     web_search_requests: ToolRequests = Field(
-        0, description="usage.server_tool_use.web_search_requests (billed per 1,000)"
+        default=0, description="usage.server_tool_use.web_search_requests (billed per 1,000)"
     )
     web_fetch_requests: ToolRequests = Field(
-        0, description="usage.server_tool_use.web_fetch_requests (no fee of its own)"
+        default=0, description="usage.server_tool_use.web_fetch_requests (no fee of its own)"
     )
     thinking_tokens: TokenCount = Field(
-        0, description="usage.output_tokens_details.thinking_tokens: part of output_tokens"
+        default=0, description="usage.output_tokens_details.thinking_tokens: part of output_tokens"
     )
     duration_ms: Annotated[StrictInt, Field(ge=0, le=MAX_DURATION_MS)] = 0
     status: Status = Status.OK

@@ -6,9 +6,22 @@ place (its type, methods and return values stay exactly the SDK's) by wrapping t
 ``create(stream=True)``, ``stream()``, ``parse()`` and ``with_raw_response`` reach
 ``POST /v1/messages`` (``client.beta.messages`` is wrapped the same way). Non-streaming
 calls are recorded from ``Message.usage``; streams from the ``message_start`` /
-``message_delta`` events as the caller consumes them, so the final usage (cache tokens
-included) is the one the API reported. A failed call publishes ``status=error`` with
-whatever tokens the API had reported before failing.
+``message_delta`` events as the caller consumes them, so the final usage (cache tokens,
+server-tool requests and thinking tokens included) is the one the API reported. A failed
+call publishes ``status=error`` with whatever tokens the API had reported before failing.
+
+Every field of ``Usage`` that changes the bill goes into the contract's field of the same
+name (``service_tier``, ``speed``, ``inference_geo``, ``web_search_requests``,
+``web_fetch_requests``, ``thinking_tokens``). A value the contract rejects (a tier a newer
+API introduced, say) never costs us the call: the event is published with that field at
+its default, a warning is logged and the raw value is kept as ``metadata["<field>_raw"]``.
+
+Message Batches: iterating ``messages.batches.results(batch_id)`` (and the beta one)
+publishes one event per *succeeded* result, as the caller reads it, at the batch tier, with
+a deterministic ``event_id`` (from the batch id and ``custom_id``) so that reading results
+twice is deduplicated downstream. ``custom_id`` carries the attribution: see
+:func:`batch_custom_id`. Errored, expired and canceled requests are not billed and publish
+nothing (they are counted in a log line).
 
 Attribution (tenant, source, conversation/agent id and name) comes from ``instrument()``
 defaults overlaid with :func:`usage_context`, a context variable, so one shared client
@@ -19,24 +32,38 @@ never raises into the caller: a usage event that cannot be built or queued is lo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import logging
+import re
 import time
+import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar, overload
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, Protocol, TypeVar, overload
 
 import anthropic
 from anthropic import APIStatusError, AsyncStream, Stream
 from anthropic._constants import RAW_RESPONSE_HEADER
+from anthropic._decoders.jsonl import AsyncJSONLDecoder, JSONLDecoder
 from anthropic._response import APIResponse, AsyncAPIResponse
 from anthropic.types import Message
 from anthropic.types.beta import BetaMessage
+from anthropic.types.beta.messages import BetaMessageBatch
+from anthropic.types.messages import MessageBatch
 from pydantic import ValidationError
 
-from producers.contract import Source, Status, UsageEvent, describe_validation_error
+from producers.contract import (
+    V2_FIELDS,
+    ServiceTier,
+    Source,
+    Status,
+    UsageEvent,
+    describe_validation_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +132,179 @@ def usage_context(
 
 
 # --- recording one call ----------------------------------------------------------------
+# --- Message Batches -----------------------------------------------------------------------
+BatchAttribution = Callable[[str], "UsageTags | None"]
+_SEP = "__"
+_CUSTOM_ID_MAX = 64
+_CUSTOM_ID_CHARS = re.compile(r"[a-zA-Z0-9_-]+")  # the API's custom_id alphabet
+_SOURCES = frozenset(s.value for s in Source)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class BatchCustomId(NamedTuple):
+    """What :func:`batch_custom_id` put into a custom_id."""
+
+    source: Source
+    source_id: str
+    index: int
+
+
+def batch_custom_id(source: Source | str, source_id: str, index: int) -> str:
+    """``<source>__<source_id>__<index>``, e.g. ``memory__conv-42__0``: attributed by itself.
+
+    The API allows ``^[a-zA-Z0-9_-]{1,64}$`` (no colons), so ``source_id`` must use those
+    characters and leave room for the rest; ids that do not fit need a
+    ``batch_attribution`` of your own (see :func:`instrument`). ``index`` keeps several
+    requests of one conversation apart (custom_ids are unique per batch).
+    """
+    kind = Source(source)
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"index must be an int >= 0, not {index!r}")
+    if not _CUSTOM_ID_CHARS.fullmatch(source_id):
+        raise ValueError(f"source_id {source_id!r} has characters a custom_id cannot carry")
+    custom_id = f"{kind.value}{_SEP}{source_id}{_SEP}{index}"
+    if len(custom_id) > _CUSTOM_ID_MAX:
+        raise ValueError(f"custom_id {custom_id!r} is longer than {_CUSTOM_ID_MAX} characters")
+    return custom_id
+
+
+def parse_batch_custom_id(custom_id: str) -> BatchCustomId | None:
+    """The reverse of :func:`batch_custom_id`; None for ids that do not follow it.
+
+    The source is everything before the first ``__`` and the index after the last, so a
+    ``source_id`` may itself contain ``__``.
+    """
+    source, sep, rest = custom_id.partition(_SEP)
+    source_id, sep2, index = rest.rpartition(_SEP)
+    if not (sep and sep2 and source in _SOURCES and index.isascii() and index.isdigit()):
+        return None
+    if not _CUSTOM_ID_CHARS.fullmatch(source_id):
+        return None
+    return BatchCustomId(Source(source), source_id, int(index))
+
+
+def tags_from_custom_id(custom_id: str) -> UsageTags | None:
+    """The default ``batch_attribution``: source and source_id from the convention."""
+    parsed = parse_batch_custom_id(custom_id)
+    return None if parsed is None else UsageTags(source=parsed.source, source_id=parsed.source_id)
+
+
+def batch_event_id(batch_id: str, custom_id: str, ended_at: datetime | None) -> uuid.UUID:
+    """A UUIDv7-shaped id that is a pure function of the batch request.
+
+    Time bits: the batch's ``ended_at`` (ms); the other 74 bits: SHA-256 of the batch id
+    and custom_id. Reading results again yields the same ids, which the worker drops as
+    duplicates. Without ``ended_at`` the time bits come from the hash too.
+    """
+    digest = hashlib.sha256(f"{batch_id}\n{custom_id}".encode()).digest()
+    rand = int.from_bytes(digest[:10], "big")
+    if ended_at is not None:
+        millis = (ended_at.astimezone(UTC) - _EPOCH) // timedelta(milliseconds=1)
+    else:
+        millis = int.from_bytes(digest[10:16], "big")
+    value = (millis & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76  # version 7
+    value |= ((rand >> 62) & 0xFFF) << 64  # rand_a
+    value |= 0b10 << 62  # RFC 4122 variant
+    value |= rand & ((1 << 62) - 1)  # rand_b
+    return uuid.UUID(int=value)
+
+
+class _BatchReader:
+    """Turns the lines of one batch's results file into usage events (succeeded ones only)."""
+
+    def __init__(
+        self, batch_id: str, batch: Any, tags: UsageTags, attribution: BatchAttribution
+    ) -> None:
+        self.batch_id = batch_id
+        ended_at = getattr(batch, "ended_at", None)
+        self.ended_at = ended_at if isinstance(ended_at, datetime) else None
+        self.tags = tags
+        self.attribution = attribution
+        self.counts: Counter[str] = Counter()
+        if self.ended_at is None:
+            log.warning(
+                "batch %s: ended_at unknown (the SDK's results() no longer retrieves the "
+                "batch?); its usage events are stamped with the time they are read",
+                batch_id,
+            )
+
+    def call(self, line: Any) -> _Call | None:
+        """The billed call of one results line; None for results the API does not bill."""
+        result = getattr(line, "result", None)
+        kind = str(getattr(result, "type", None) or "unknown")
+        self.counts[kind] += 1
+        if kind != "succeeded":  # errored, expired, canceled: not billed
+            return None
+        custom_id = str(getattr(line, "custom_id", None) or "")
+        call = _Call(self.tags.overlay(self._attribute(custom_id)), {}, stream=False)
+        call.default_tier = ServiceTier.BATCH
+        call.event_id = batch_event_id(self.batch_id, custom_id, self.ended_at)
+        call.occurred_at = self.ended_at or call.occurred_at
+        call.duration_ms = 0  # no latency of its own; the batch's wait is not the call's
+        call.extra.update(batch_id=self.batch_id, custom_id=custom_id)
+        call.observe_message(getattr(result, "message", None))
+        return call
+
+    def _attribute(self, custom_id: str) -> UsageTags:
+        try:
+            tags = self.attribution(custom_id)
+        except Exception:
+            log.exception("batch_attribution failed for custom_id %r", custom_id)
+            tags = None
+        return tags or _NO_TAGS
+
+    def summary(self) -> None:
+        published = self.counts.get("succeeded", 0)
+        unbilled = {k: v for k, v in sorted(self.counts.items()) if k != "succeeded"}
+        log.info(
+            "batch %s: %d succeeded results published; not billed, not published: %s",
+            self.batch_id,
+            published,
+            unbilled or "none",
+        )
+
+
+_batches_seen: ContextVar[dict[str, Any] | None] = ContextVar("llm_usage_batches", default=None)
+
+
+@contextlib.contextmanager
+def _capturing_batches() -> Iterator[dict[str, Any]]:
+    """Collect the batches ``retrieve()`` returns inside the block (results() calls it)."""
+    seen: dict[str, Any] = {}
+    token = _batches_seen.set(seen)
+    try:
+        yield seen
+    finally:
+        _batches_seen.reset(token)
+
+
+def _remember_batch(batch: Any) -> None:
+    seen = _batches_seen.get()
+    if seen is not None and isinstance(batch, MessageBatch | BetaMessageBatch):
+        seen[batch.id] = batch
+
+
+def _batch_id(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    return str(args[0] if args else kwargs.get("message_batch_id", ""))
+
+
+# --- recording one call ----------------------------------------------------------------
+_COUNTS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+_DETAIL_COUNTS = (  # (Usage attribute, its count) -> the contract field of the count's name
+    ("server_tool_use", "web_search_requests"),
+    ("server_tool_use", "web_fetch_requests"),
+    ("output_tokens_details", "thinking_tokens"),
+)
+_LABELS = ("service_tier", "speed", "inference_geo")
+_MAX_RAW_CHARS = 256
+
+
 class _Call:
     """What we learn about one API call while it runs; turns into one UsageEvent."""
 
@@ -115,19 +315,23 @@ class _Call:
         self.occurred_at = datetime.now(UTC)
         self.started = time.monotonic()
         self.usage: dict[str, int] = {}
+        self.labels: dict[str, Any] = {}  # service_tier, speed, inference_geo as reported
         self.request_id: str | None = None
         self.extra: dict[str, MetadataValue] = {"stream": stream}
         self.finished = False
         self.complete = not stream
+        self.default_tier = ServiceTier.STANDARD
+        self.event_id: uuid.UUID | None = None  # None: a fresh UUIDv7
+        self.duration_ms: int | None = None  # None: measured
 
     def observe_usage(self, usage: Any) -> None:
         """Record a ``Usage`` / ``MessageDeltaUsage``; later reports are cumulative totals."""
-        for name in ("input_tokens", "output_tokens"):
+        for name in _COUNTS:
             value = getattr(usage, name, None)
             if isinstance(value, int):
                 self.usage[name] = value
-        for name in ("cache_creation_input_tokens", "cache_read_input_tokens"):
-            value = getattr(usage, name, None)
+        for parent, name in _DETAIL_COUNTS:
+            value = getattr(getattr(usage, parent, None), name, None)
             if isinstance(value, int):
                 self.usage[name] = value
         split = getattr(usage, "cache_creation", None)
@@ -136,9 +340,9 @@ class _Call:
         if isinstance(five, int) and isinstance(hour, int):
             self.usage["cache_creation_5m_input_tokens"] = five
             self.usage["cache_creation_1h_input_tokens"] = hour
-        tier = getattr(usage, "service_tier", None)
-        if isinstance(tier, str):
-            self.extra["service_tier"] = tier
+        for name in _LABELS:
+            if (value := getattr(usage, name, None)) is not None:
+                self.labels[name] = value
 
     def observe_message(self, message: Any) -> None:
         self.model = str(getattr(message, "model", None) or self.model)
@@ -167,6 +371,17 @@ class _Call:
             self.extra["http_status"] = exc.status_code
             self.request_id = self.request_id or exc.request_id
 
+    def _counts(self) -> dict[str, int]:
+        """Token counts as reported, minus a cache split that does not add up."""
+        usage = dict(self.usage)
+        five = usage.get("cache_creation_5m_input_tokens")
+        hour = usage.get("cache_creation_1h_input_tokens")
+        total = usage.get("cache_creation_input_tokens")
+        if five is not None and hour is not None and total is not None and total != five + hour:
+            usage.pop("cache_creation_5m_input_tokens")  # inconsistent split: keep the total
+            usage.pop("cache_creation_1h_input_tokens")
+        return usage
+
     def event(self, status: Status) -> UsageEvent | None:
         """The usage event, or None (logged) when attribution is missing or invalid."""
         tags = self.tags
@@ -177,35 +392,80 @@ class _Call:
                 self.model,
             )
             return None
-        usage = dict(self.usage)
-        five = usage.get("cache_creation_5m_input_tokens")
-        hour = usage.get("cache_creation_1h_input_tokens")
-        total = usage.get("cache_creation_input_tokens")
-        if five is not None and hour is not None and total is not None and total != five + hour:
-            usage.pop("cache_creation_5m_input_tokens")  # inconsistent split: keep the total
-            usage.pop("cache_creation_1h_input_tokens")
         if self.stream and not self.complete:
             self.extra["incomplete"] = True
-        try:
-            return UsageEvent.model_validate(
-                {
-                    "tenant_id": tags.tenant_id,
-                    "occurred_at": self.occurred_at,
-                    "source": tags.source,
-                    "source_id": tags.source_id or UNATTRIBUTED,
-                    "source_name": tags.source_name,
-                    "model": self.model,
-                    **usage,
-                    "duration_ms": max(0, round((time.monotonic() - self.started) * 1000)),
-                    "status": status,
-                    "request_id": self.request_id,
-                    "metadata": {**tags.metadata, **self.extra},
-                }
-            )
-        except ValidationError as exc:
-            reason = describe_validation_error(exc)
-            log.error("usage event for a %s call is invalid, not published: %s", self.model, reason)
+        data: dict[str, Any] = {
+            "tenant_id": tags.tenant_id,
+            "occurred_at": self.occurred_at,
+            "source": tags.source,
+            "source_id": tags.source_id or UNATTRIBUTED,
+            "source_name": tags.source_name,
+            "model": self.model,
+            **self._counts(),
+            "service_tier": self.default_tier,
+            **self.labels,
+            "duration_ms": self.duration_ms
+            if self.duration_ms is not None
+            else max(0, round((time.monotonic() - self.started) * 1000)),
+            "status": status,
+            "request_id": self.request_id,
+            "metadata": {**tags.metadata, **self.extra},
+        }
+        if self.event_id is not None:
+            data["event_id"] = self.event_id
+        return _validated(data, self.default_tier)
+
+
+def _validated(data: dict[str, Any], default_tier: ServiceTier) -> UsageEvent | None:
+    """Validate with the contract; billing dimensions it rejects are demoted, not fatal.
+
+    A newer API may report a tier or speed this contract does not know yet. Losing the call
+    would undercount far more than pricing it at the default: publish it at the default
+    with the raw value in metadata (and a warning), so it can be found and repriced.
+    """
+    thinking, output = data.get("thinking_tokens"), data.get("output_tokens", 0)
+    if isinstance(thinking, int) and isinstance(output, int) and thinking > output:
+        data = _demote(data, {"thinking_tokens"}, default_tier)  # a model-level rule
+    try:
+        return UsageEvent.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        rejected = {str(e["loc"][0]) for e in errors if e["loc"] and e["loc"][0] in V2_FIELDS}
+        if not rejected:
+            _log_invalid(data, exc)
             return None
+        data = _demote(data, rejected, default_tier)
+    try:
+        return UsageEvent.model_validate(data)
+    except ValidationError as exc:
+        _log_invalid(data, exc)
+        return None
+
+
+def _demote(data: dict[str, Any], names: set[str], default_tier: ServiceTier) -> dict[str, Any]:
+    """``data`` with ``names`` at their defaults and their raw values in metadata."""
+    data, metadata = dict(data), dict(data["metadata"])
+    for name in sorted(names):
+        value = data.pop(name)
+        raw = value if isinstance(value, int | float | str) else str(value)
+        metadata[f"{name}_raw"] = raw[:_MAX_RAW_CHARS] if isinstance(raw, str) else raw
+        log.warning(
+            "usage of a %s call: %s=%r is not accepted by the event contract; published with "
+            "the default and the value in metadata[%r]",
+            data.get("model"),
+            name,
+            value,
+            f"{name}_raw",
+        )
+    if "service_tier" in names:
+        data["service_tier"] = default_tier
+    data["metadata"] = metadata
+    return data
+
+
+def _log_invalid(data: Mapping[str, Any], exc: ValidationError) -> None:
+    reason = describe_validation_error(exc)
+    log.error("usage event for a %s call is invalid, not published: %s", data.get("model"), reason)
 
 
 # --- publishing without ever raising into the caller ------------------------------------
@@ -294,9 +554,16 @@ def _record_result(result: Any, call: _Call, sink: SyncSink, raw: str | None) ->
         log.debug("usage of a %s call not recorded (response type %s)", call.model, type(result))
 
 
-def _patch_sync(client: anthropic.Anthropic, sink: SyncSink, defaults: UsageTags) -> None:
+def _patch_sync(
+    client: anthropic.Anthropic,
+    sink: SyncSink,
+    defaults: UsageTags,
+    attribution: BatchAttribution,
+) -> None:
     _patch_sync_resource(client.messages, sink, defaults)
     _patch_sync_resource(client.beta.messages, sink, defaults)
+    _patch_sync_batches(client.messages.batches, sink, defaults, attribution)
+    _patch_sync_batches(client.beta.messages.batches, sink, defaults, attribution)
 
 
 def _patch_sync_resource(messages: Any, sink: SyncSink, defaults: UsageTags) -> None:
@@ -317,6 +584,57 @@ def _patch_sync_resource(messages: Any, sink: SyncSink, defaults: UsageTags) -> 
         return result
 
     messages._post = _post
+
+
+def _watch_batch_results(decoder: JSONLDecoder[Any], reader: _BatchReader, sink: SyncSink) -> None:
+    """Publish each succeeded result as the caller reads it (before handing it over)."""
+    inner = decoder._iterator
+
+    def observed() -> Iterator[Any]:
+        try:
+            for line in inner:
+                if (call := _billed_call(reader, line)) is not None:
+                    _emit_sync(sink, call, Status.OK)
+                yield line
+        finally:
+            reader.summary()
+
+    decoder._iterator = observed()  # type: ignore[misc]
+
+
+def _billed_call(reader: _BatchReader, line: Any) -> _Call | None:
+    try:
+        return reader.call(line)
+    except Exception:
+        log.exception("usage of a result of batch %s not published", reader.batch_id)
+        return None
+
+
+def _patch_sync_batches(
+    batches: Any, sink: SyncSink, defaults: UsageTags, attribution: BatchAttribution
+) -> None:
+    original_retrieve: Callable[..., Any] = batches.retrieve
+    original_results: Callable[..., Any] = batches.results
+
+    def retrieve(*args: Any, **kwargs: Any) -> Any:
+        batch = original_retrieve(*args, **kwargs)
+        _remember_batch(batch)
+        return batch
+
+    def results(*args: Any, **kwargs: Any) -> Any:
+        tags = defaults.overlay(current_tags())
+        with _capturing_batches() as seen:
+            decoder = original_results(*args, **kwargs)
+        batch_id = _batch_id(args, kwargs)
+        if isinstance(decoder, JSONLDecoder):
+            reader = _BatchReader(batch_id, seen.get(batch_id), tags, attribution)
+            _watch_batch_results(decoder, reader, sink)
+        else:  # with_raw_response / with_streaming_response: the caller reads the body
+            log.debug("usage of batch %s not recorded (response type %s)", batch_id, type(decoder))
+        return decoder
+
+    batches.retrieve = retrieve
+    batches.results = results
 
 
 # --- async client ------------------------------------------------------------------------
@@ -363,9 +681,16 @@ async def _record_async_result(result: Any, call: _Call, sink: AsyncSink, raw: s
         log.debug("usage of a %s call not recorded (response type %s)", call.model, type(result))
 
 
-def _patch_async(client: anthropic.AsyncAnthropic, sink: AsyncSink, defaults: UsageTags) -> None:
+def _patch_async(
+    client: anthropic.AsyncAnthropic,
+    sink: AsyncSink,
+    defaults: UsageTags,
+    attribution: BatchAttribution,
+) -> None:
     _patch_async_resource(client.messages, sink, defaults)
     _patch_async_resource(client.beta.messages, sink, defaults)
+    _patch_async_batches(client.messages.batches, sink, defaults, attribution)
+    _patch_async_batches(client.beta.messages.batches, sink, defaults, attribution)
 
 
 def _patch_async_resource(messages: Any, sink: AsyncSink, defaults: UsageTags) -> None:
@@ -388,6 +713,50 @@ def _patch_async_resource(messages: Any, sink: AsyncSink, defaults: UsageTags) -
     messages._post = _post
 
 
+def _watch_async_batch_results(
+    decoder: AsyncJSONLDecoder[Any], reader: _BatchReader, sink: AsyncSink
+) -> None:
+    inner = decoder._iterator
+
+    async def observed() -> AsyncIterator[Any]:
+        try:
+            async for line in inner:
+                if (call := _billed_call(reader, line)) is not None:
+                    await _emit_async(sink, call, Status.OK)
+                yield line
+        finally:
+            reader.summary()
+
+    decoder._iterator = observed()  # type: ignore[misc]
+
+
+def _patch_async_batches(
+    batches: Any, sink: AsyncSink, defaults: UsageTags, attribution: BatchAttribution
+) -> None:
+    original_retrieve: Callable[..., Awaitable[Any]] = batches.retrieve
+    original_results: Callable[..., Awaitable[Any]] = batches.results
+
+    async def retrieve(*args: Any, **kwargs: Any) -> Any:
+        batch = await original_retrieve(*args, **kwargs)
+        _remember_batch(batch)
+        return batch
+
+    async def results(*args: Any, **kwargs: Any) -> Any:
+        tags = defaults.overlay(current_tags())
+        with _capturing_batches() as seen:
+            decoder = await original_results(*args, **kwargs)
+        batch_id = _batch_id(args, kwargs)
+        if isinstance(decoder, AsyncJSONLDecoder):
+            reader = _BatchReader(batch_id, seen.get(batch_id), tags, attribution)
+            _watch_async_batch_results(decoder, reader, sink)
+        else:
+            log.debug("usage of batch %s not recorded (response type %s)", batch_id, type(decoder))
+        return decoder
+
+    batches.retrieve = retrieve
+    batches.results = results
+
+
 # --- public entry point --------------------------------------------------------------------
 @overload
 def instrument(
@@ -399,6 +768,7 @@ def instrument(
     source_id: str | None = ...,
     source_name: str | None = ...,
     metadata: Mapping[str, MetadataValue] | None = ...,
+    batch_attribution: BatchAttribution | None = ...,
 ) -> anthropic.Anthropic: ...
 @overload
 def instrument(
@@ -410,6 +780,7 @@ def instrument(
     source_id: str | None = ...,
     source_name: str | None = ...,
     metadata: Mapping[str, MetadataValue] | None = ...,
+    batch_attribution: BatchAttribution | None = ...,
 ) -> anthropic.AsyncAnthropic: ...
 def instrument(
     client: Any,
@@ -420,6 +791,7 @@ def instrument(
     source_id: str | None = None,
     source_name: str | None = None,
     metadata: Mapping[str, MetadataValue] | None = None,
+    batch_attribution: BatchAttribution | None = None,
 ) -> Any:
     """Publish one usage event per Messages API call of ``client``; returns ``client`` itself.
 
@@ -427,16 +799,22 @@ def instrument(
     (:class:`~producers.publisher.SyncUsagePublisher`); an async client takes either kind
     (:class:`~producers.publisher.UsagePublisher` or the sync one). Copies made with
     ``client.with_options()`` / ``client.copy()`` are instrumented too, with the same tags.
+
+    ``batch_attribution(custom_id)`` gives the tags of one Message Batches result; they
+    overlay the tags in force when ``results()`` was called. It replaces the default,
+    :func:`tags_from_custom_id` (the :func:`batch_custom_id` convention); returning None
+    leaves the result with the instrument()/usage_context() tags alone.
     """
     if getattr(client, _MARK, False):
         raise ValueError("this client is already instrumented")
     defaults = UsageTags(tenant_id, source, source_id, source_name, dict(metadata or {}))
+    attribution = batch_attribution or tags_from_custom_id
     if isinstance(client, anthropic.AsyncAnthropic):
-        _patch_async(client, publisher, defaults)
+        _patch_async(client, publisher, defaults, attribution)
     elif isinstance(client, anthropic.Anthropic):
         if inspect.iscoroutinefunction(getattr(publisher, "publish", None)):
             raise TypeError("a sync Anthropic client needs a SyncUsagePublisher (sync publish())")
-        _patch_sync(client, publisher, defaults)
+        _patch_sync(client, publisher, defaults, attribution)
     else:
         raise TypeError(f"expected anthropic.Anthropic or AsyncAnthropic, got {type(client)!r}")
     original_copy = client.copy
@@ -450,6 +828,7 @@ def instrument(
             source_id=source_id,
             source_name=source_name,
             metadata=metadata,
+            batch_attribution=batch_attribution,
         )
 
     client.copy = copy

@@ -3,15 +3,16 @@
 Aggregates are one ``UNION ALL`` per request: each part reads one table for the ranges that
 :func:`query_api.window.plan` assigned to it (whole UTC days, hours or 15-minute slots from
 rollups, partial edges from ``usage_events``), and the outer query sums the parts. Without
-a name search the compact per-source rollups answer; with one (or for per-entity rankings)
-the rollups that keep ``source_id``.
+a name search the compact rollups answer (per source, or per source, model and price tier
+for costs by model and the summary's unpriced models); with one (or for per-entity
+rankings) the rollups that keep ``source_id``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -48,6 +49,10 @@ COMPACT: dict[int, Table] = {
     DAY: Table("usage_api_daily", "day", "date"),
     QUARTER: Table("usage_api_15m", "slot", "datetime"),
 }
+MODELS: dict[int, Table] = {
+    DAY: Table("usage_api_models_daily", "day", "date"),
+    QUARTER: Table("usage_api_models_15m", "slot", "datetime"),
+}
 DETAILED: dict[int, Table] = {
     DAY: Table("usage_daily", "day", "date"),
     HOUR: Table("usage_hourly", "hour", "datetime"),
@@ -62,7 +67,27 @@ METRICS = (
     "cache_read_input_tokens",
     "cost_usd",
 )
-_RAW_METRICS = {"calls": "count()", "unpriced_calls": "countIf(NOT priced)"}
+# What the per-model rollups (and usage_hourly / usage_daily) hold on top of METRICS.
+MODEL_METRICS = (*METRICS, "web_search_requests", "tool_cost_usd")
+MONEY = frozenset({"cost_usd", "tool_cost_usd"})
+_RAW_METRICS = {
+    "calls": "count()",
+    "unpriced_calls": "countIf(NOT priced)",
+    "web_search_requests": "sum(toUInt64(web_search_requests))",
+}
+# Keys the outer query reads through an expression (under another name: no alias that
+# shadows its own column). usage_hourly / usage_daily rows written before migration 0011
+# have price_tier '': those calls were billed at standard prices, and usage_events reads
+# 'standard' for them (the column's default).
+_OUTER_KEYS = {"price_tier": ("if(price_tier = '', 'standard', price_tier)", "billed_tier")}
+
+
+def _outer_key(key: str) -> tuple[str, str]:
+    """(select expression, group-by name) of ``key`` in the outer query."""
+    if key in _OUTER_KEYS:
+        expr, name = _OUTER_KEYS[key]
+        return f"{expr} AS {name}", name
+    return key, key
 
 
 # A search matching at most this many entities is sent as a bound list (one lookup per
@@ -84,9 +109,16 @@ class Filters:
     matches: tuple[tuple[str, str], ...] | None = None
 
 
+def _zero() -> Decimal:
+    return Decimal(0)
+
+
 @dataclass
 class Totals:
-    """Summed metrics of a set of calls; money stays a Decimal end to end."""
+    """Summed metrics of a set of calls; money stays a Decimal end to end.
+
+    ``web_search_requests`` and ``tool_cost_usd`` are only filled by per-model queries.
+    """
 
     calls: int = 0
     unpriced_calls: int = 0
@@ -94,24 +126,21 @@ class Totals:
     output_tokens: int = 0
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
-    cost_usd: Decimal = field(default_factory=lambda: Decimal(0))
+    cost_usd: Decimal = field(default_factory=_zero)
+    web_search_requests: int = 0
+    tool_cost_usd: Decimal = field(default_factory=_zero)
 
     @classmethod
-    def from_row(cls, values: Sequence[Any]) -> Totals:
-        calls, unpriced, inp, out, cache_write, cache_read, cost = values[:7]
-        return cls(
-            calls=int(calls),
-            unpriced_calls=int(unpriced),
-            input_tokens=int(inp),
-            output_tokens=int(out),
-            cache_creation_input_tokens=int(cache_write),
-            cache_read_input_tokens=int(cache_read),
-            cost_usd=Decimal(cost),
-        )
+    def from_row(cls, values: Sequence[Any], metrics: Sequence[str] = METRICS) -> Totals:
+        """Totals from query columns in the order of ``metrics``."""
+        totals = cls()
+        for name, value in zip(metrics, values, strict=False):
+            setattr(totals, name, Decimal(value) if name in MONEY else int(value))
+        return totals
 
     def add(self, other: Totals) -> None:
-        for name in METRICS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     @property
     def total_tokens(self) -> int:
@@ -129,6 +158,28 @@ class TopItem:
     source_id: str
     name: str
     totals: Totals
+
+
+@dataclass(frozen=True)
+class ModelUsage:
+    """Calls of one model at one price tier (standard, batch, fast or priority)."""
+
+    model: str
+    price_tier: str
+    totals: Totals
+
+
+@dataclass(frozen=True)
+class SummaryTotals:
+    """The window's totals and the models without a price, most unpriced calls first."""
+
+    totals: Totals
+    unpriced_models: list[tuple[str, int]]
+
+
+def by_cost(totals: Totals, *names: str) -> tuple[Any, ...]:
+    """Sort key: most cost first, then most calls, then ``names`` (deterministic ties)."""
+    return (-totals.cost_usd, -totals.calls, *names)
 
 
 @dataclass(frozen=True)
@@ -227,9 +278,9 @@ def _matching_sources(filters: Filters, params: _Params) -> str:
     )
 
 
-def _metrics(raw: bool) -> str:
+def _metrics(raw: bool, metrics: Sequence[str]) -> str:
     exprs = []
-    for name in METRICS:
+    for name in metrics:
         expr = _RAW_METRICS.get(name, f"sum({name})") if raw else f"sum({name})"
         exprs.append(f"{expr} AS x_{name}")
     return ", ".join(exprs)
@@ -248,12 +299,12 @@ def _aggregate_sql(
     filters: Filters,
     keys: Sequence[str],
     *,
-    detailed: bool,
+    tiers: Mapping[int, Table],
+    metrics: Sequence[str],
     raw_grain: int,
     params: _Params,
 ) -> str:
     """UNION ALL of one part per table; each part grouped by ``keys`` (``t`` = grain start)."""
-    tiers = DETAILED if detailed else COMPACT
     resolution = params.bind(raw_grain, "Int64")
     parts = []
     for unit, spans in plan(ranges, list(tiers)).items():
@@ -263,15 +314,15 @@ def _aggregate_sql(
         columns = [_time_key(table, resolution) if key == "t" else key for key in keys]
         group = f" GROUP BY {', '.join(keys)}" if keys else ""
         parts.append(
-            f"SELECT {', '.join([*columns, _metrics(raw=table is None)])}"
+            f"SELECT {', '.join([*columns, _metrics(table is None, metrics)])}"
             f" FROM {table.name if table else 'usage_events'}"
             f" WHERE {' AND '.join(where)}{group}"
         )
     return " UNION ALL ".join(parts)
 
 
-def _outer_metrics() -> str:
-    return ", ".join(f"sum(x_{name}) AS {name}" for name in METRICS)
+def _outer_metrics(metrics: Sequence[str]) -> str:
+    return ", ".join(f"sum(x_{name}) AS {name}" for name in metrics)
 
 
 class UsageRepository:
@@ -305,23 +356,28 @@ class UsageRepository:
         filters: Filters,
         keys: Sequence[str],
         *,
-        detailed: bool,
+        tiers: Mapping[int, Table] = COMPACT,
+        metrics: Sequence[str] = METRICS,
         ranges: Sequence[Range] | None = None,
         raw_grain: int = QUARTER,
         tail: str = "",
         params: _Params | None = None,
     ) -> Sequence[Sequence[Any]]:
+        """Rows of ``keys`` + ``metrics``; ``tiers`` answer unless a search needs source_id."""
         params = params or _Params()
         inner = _aggregate_sql(
             ranges or [(window.start_ms, window.end_ms)],
             filters,
             keys,
-            detailed=detailed or bool(filters.search),
+            tiers=DETAILED if filters.search else tiers,
+            metrics=metrics,
             raw_grain=raw_grain,
             params=params,
         )
-        group = f" GROUP BY {', '.join(keys)}" if keys else ""
-        sql = f"SELECT {', '.join([*keys, _outer_metrics()])} FROM ({inner}){group}{tail}"
+        outer = [_outer_key(key) for key in keys]
+        columns = [column for column, _ in outer]
+        group = f" GROUP BY {', '.join(name for _, name in outer)}" if keys else ""
+        sql = f"SELECT {', '.join([*columns, _outer_metrics(metrics)])} FROM ({inner}){group}{tail}"
         return self._db.rows(sql, params.values)
 
     def resolve_search(self, filters: Filters) -> Filters:
@@ -339,12 +395,37 @@ class UsageRepository:
         matches = tuple(sorted((str(s), str(i)) for s, i in rows))
         return replace(filters, matches=matches)
 
-    def summary(self, window: Window, filters: Filters) -> Totals:
-        rows = self._grouped(window, filters, [], detailed=False)
+    def totals(self, window: Window, filters: Filters) -> Totals:
+        """The window's totals from the smallest rollups (per source)."""
+        rows = self._grouped(window, filters, [])
         return Totals.from_row(rows[0]) if rows else Totals()
 
+    def summary(self, window: Window, filters: Filters) -> SummaryTotals:
+        """Totals and unpriced models in one query over the per-model rollups."""
+        rows = self._grouped(window, filters, ["model"], tiers=MODELS, metrics=MODEL_METRICS)
+        totals = Totals()
+        unpriced: list[tuple[str, int]] = []
+        for row in rows:
+            model = Totals.from_row(row[1:], MODEL_METRICS)
+            totals.add(model)
+            if model.unpriced_calls:
+                unpriced.append((str(row[0]), model.unpriced_calls))
+        unpriced.sort(key=lambda item: (-item[1], item[0]))
+        return SummaryTotals(totals, unpriced)
+
+    def by_model(self, window: Window, filters: Filters) -> list[ModelUsage]:
+        """Cost per model and price tier, most expensive first."""
+        rows = self._grouped(
+            window, filters, ["model", "price_tier"], tiers=MODELS, metrics=MODEL_METRICS
+        )
+        items = [
+            ModelUsage(str(r[0]), str(r[1]), Totals.from_row(r[2:], MODEL_METRICS)) for r in rows
+        ]
+        items.sort(key=lambda i: by_cost(i.totals, i.model, i.price_tier))
+        return items
+
     def by_source(self, window: Window, filters: Filters) -> dict[str, Totals]:
-        rows = self._grouped(window, filters, ["source"], detailed=False)
+        rows = self._grouped(window, filters, ["source"])
         found = {str(row[0]): Totals.from_row(row[1:]) for row in rows}
         wanted = [filters.source] if filters.source else list(SOURCES)
         return {source: found.get(source, Totals()) for source in wanted}
@@ -357,7 +438,6 @@ class UsageRepository:
             window,
             filters,
             ["t"],
-            detailed=False,
             ranges=ranges,
             raw_grain=raw_resolution(buckets, window),
         )
@@ -377,7 +457,7 @@ class UsageRepository:
         )
         tail = f" ORDER BY {metric} DESC, source, source_id LIMIT {params.bind(limit, 'UInt32')}"
         rows = self._grouped(
-            window, filters, ["source", "source_id"], detailed=True, tail=tail, params=params
+            window, filters, ["source", "source_id"], tiers=DETAILED, tail=tail, params=params
         )
         names = self.latest_names(filters.tenant, [(str(r[0]), str(r[1])) for r in rows])
         return [
@@ -408,7 +488,7 @@ class UsageRepository:
 
     def count(self, window: Window, filters: Filters) -> int:
         """Calls in the window: the records table's total, from rollups."""
-        return self.summary(window, filters).calls
+        return self.totals(window, filters).calls
 
     def records(
         self,

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from query_api.repository import Record, TopItem, Totals
+from query_api.repository import ModelUsage, Record, SummaryTotals, TopItem, Totals, by_cost
 from query_api.window import Window, from_ms
 
 MONEY_PLACES = Decimal("1e-12")
@@ -70,19 +70,33 @@ def count_fields(totals: Totals) -> dict[str, Any]:
     }
 
 
+class UnpricedModel(_Body):
+    model: str = Field(description="model name as normalised by the stream processor")
+    calls: int = Field(description="calls of this model in the window that had no price")
+
+
 class Summary(WindowBody, TokenCounts):
     total_cost_usd: str = Field(examples=["12.345678901000"])
     avg_cost_per_call_usd: str = Field(description="total cost / calls, 12 places half-even")
     unpriced_calls: int = Field(description="calls whose model had no price (cost counted 0)")
+    unpriced_models: list[UnpricedModel] = Field(
+        description="models without a price in the price book, most unpriced calls first"
+    )
+    cost_incomplete: bool = Field(
+        description="true when unpriced calls are in the window: the total is a lower bound"
+    )
 
     @classmethod
-    def build(cls, window: Window, totals: Totals) -> Summary:
+    def build(cls, window: Window, summary: SummaryTotals) -> Summary:
+        totals = summary.totals
         return cls(
             **window_fields(window),
             **count_fields(totals),
             total_cost_usd=money(totals.cost_usd),
             avg_cost_per_call_usd=average(totals.cost_usd, totals.calls),
             unpriced_calls=totals.unpriced_calls,
+            unpriced_models=[UnpricedModel(model=m, calls=n) for m, n in summary.unpriced_models],
+            cost_incomplete=totals.unpriced_calls > 0,
         )
 
 
@@ -130,6 +144,78 @@ class Top(WindowBody):
     by: str
     limit: int
     items: list[TopEntry]
+
+
+class ModelCosts(TokenCounts):
+    """What one model (or one model at one price tier) cost in the window."""
+
+    model: str
+    web_search_requests: int = Field(description="server-side web searches (billed per search)")
+    cost_usd: str = Field(description="tokens and server tools")
+    tool_cost_usd: str = Field(description="of which server tools (web search fees)")
+    unpriced_calls: int = Field(description="calls without a price (their cost counted 0)")
+    priced: bool = Field(description="false when some calls had no price: cost is a lower bound")
+    total_tokens: int = Field(description="input + output + cache writes + cache reads")
+
+    @staticmethod
+    def fields_of(model: str, totals: Totals) -> dict[str, Any]:
+        return {
+            "model": model,
+            "web_search_requests": totals.web_search_requests,
+            "cost_usd": money(totals.cost_usd),
+            "tool_cost_usd": money(totals.tool_cost_usd),
+            "unpriced_calls": totals.unpriced_calls,
+            "priced": totals.unpriced_calls == 0,
+            "total_tokens": totals.total_tokens,
+            **count_fields(totals),
+        }
+
+
+class ModelTierCosts(ModelCosts):
+    price_tier: str = Field(
+        description="prices the calls were billed at: standard, batch, fast or priority"
+    )
+
+
+class ModelTotal(ModelCosts):
+    price_tiers: list[str] = Field(description="the model's price tiers in items, as ordered")
+
+
+class ByModel(WindowBody):
+    total_cost_usd: str = Field(description="all models, all tiers")
+    calls: int
+    unpriced_calls: int
+    items: list[ModelTierCosts] = Field(
+        description="one per model and price tier: most cost first, then most calls"
+    )
+    models: list[ModelTotal] = Field(description="the same per model (all its tiers)")
+
+    @classmethod
+    def build(cls, window: Window, usage: list[ModelUsage]) -> ByModel:
+        total = Totals()
+        per_model: dict[str, tuple[Totals, list[str]]] = {}
+        for item in usage:
+            total.add(item.totals)
+            model_totals, tiers = per_model.setdefault(item.model, (Totals(), []))
+            model_totals.add(item.totals)
+            tiers.append(item.price_tier)
+        ranked = sorted(per_model.items(), key=lambda kv: by_cost(kv[1][0], kv[0]))
+        return cls(
+            **window_fields(window),
+            total_cost_usd=money(total.cost_usd),
+            calls=total.calls,
+            unpriced_calls=total.unpriced_calls,
+            items=[
+                ModelTierCosts(
+                    price_tier=item.price_tier, **ModelCosts.fields_of(item.model, item.totals)
+                )
+                for item in usage
+            ],
+            models=[
+                ModelTotal(price_tiers=tiers, **ModelCosts.fields_of(model, totals))
+                for model, (totals, tiers) in ranked
+            ],
+        )
 
 
 class RecordItem(_Body):

@@ -14,6 +14,7 @@ from query_api.auth import current_tenant
 from query_api.pagination import CursorError, decode_cursor, encode_cursor, total_pages
 from query_api.repository import Filters, UsageRepository
 from query_api.schemas import (
+    ByModel,
     BySource,
     ErrorBody,
     Point,
@@ -91,8 +92,14 @@ RepoDep = Annotated[UsageRepository, Depends(get_repository)]
 
 @router.get("/summary", response_model=Summary)
 def summary(window: WindowDep, filters: FiltersDep, repo: RepoDep) -> Summary:
-    """The five cards: cost, tokens, calls and cost per call for the window."""
+    """The five cards: cost, tokens, calls and cost per call; unpriced models, if any."""
     return Summary.build(window, repo.summary(window, filters))
+
+
+@router.get("/by-model", response_model=ByModel)
+def by_model(window: WindowDep, filters: FiltersDep, repo: RepoDep) -> ByModel:
+    """Cost by model and price tier (batch, fast, priority, standard), most cost first."""
+    return ByModel.build(window, repo.by_model(window, filters))
 
 
 @router.get("/timeseries", response_model=Timeseries)

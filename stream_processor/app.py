@@ -147,7 +147,9 @@ class Processor:
             help="latest name per tenant/source/source_id: JSON [name, renamed_at ms]",
         )  # fmt: skip
         self.deduper = Deduper(settings.processor_dedupe_window_seconds)
-        self.enricher = Enricher(book or PriceBook.load(), self.names)
+        self.enricher = Enricher(
+            book or PriceBook.load(overrides=settings.price_overrides), self.names
+        )
         self.sink = Sink(
             ClickHouseWriter(settings), self.metrics, cluster_id=cluster_id,
             topic=settings.topic_calls, max_events=settings.processor_batch_max_events,
@@ -221,10 +223,13 @@ class Processor:
             self.dedupe[table_key(partition, offset)] = remembered
         if duplicates:
             metrics.events_deduped.inc(duplicates)
-        unpriced = self.enricher.unpriced
-        rows = self.enricher.rows(kept, message.topic, partition, offset)
-        if self.enricher.unpriced != unpriced:
-            metrics.events_unpriced.inc(self.enricher.unpriced - unpriced)
+        enricher = self.enricher
+        unpriced, fast_unavailable = enricher.unpriced, enricher.fast_unavailable
+        rows = enricher.rows(kept, message.topic, partition, offset)
+        if enricher.unpriced != unpriced:
+            metrics.events_unpriced.inc(enricher.unpriced - unpriced)
+        if enricher.fast_unavailable != fast_unavailable:
+            metrics.events_fast_unavailable.inc(enricher.fast_unavailable - fast_unavailable)
         for item in rejected:
             await self._dead_letter(event, item)
         await self.sink.add(partition, offset, event, rows)

@@ -1,16 +1,33 @@
 """Price every call exactly from a versioned price book shipped as data, not code.
 
-Prices are decimals per million tokens in ``prices.json``. They are converted once, at load,
-into integer pico-dollars (1e-12 USD) per token, so pricing an event is five integer
-multiplications and no float ever touches money; ``cost_usd`` is ``Decimal(pico) * 1e-12``,
-exactly what ``Decimal(38, 12)`` in ClickHouse stores.
+Prices are decimals per million tokens in ``prices.json`` (generated from a maintained price
+library by ``llm-usage prices import``; see :mod:`stream_processor.pricing.importer`), with an
+optional overrides file of the same schema on top. They are converted once, at load, into
+integer pico-dollars (1e-12 USD) per token, one table per price tier and inference geo, so
+pricing an event is a dictionary lookup and a handful of integer multiplications; no float
+ever touches money. ``cost_usd`` is ``Decimal(pico) * 1e-12``, exactly what
+``Decimal(38, 12)`` in ClickHouse stores.
+
+What one call costs (Anthropic's billing rules, as the book encodes them per model entry):
+
+* the tier: ``batch`` prices when ``service_tier`` is batch, else ``fast`` prices when
+  ``speed`` is fast and the model has them (a model without fast mode is billed at its
+  normal prices: ``Quote.fast_unavailable``), else ``standard``; ``priority`` is billed at
+  standard prices and reported as its own tier;
+* long context: when input + cache writes + cache reads of the call exceed the tier's
+  ``above_input_tokens``, every token of the call is billed at the long-context prices
+  (models with flat pricing across their window have no such rule);
+* the inference geo multiplier (US-only inference on recent models) multiplies every token
+  price, in every tier;
+* server tools: the web-search fee per request, neither batch-discounted nor geo-multiplied.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -18,7 +35,10 @@ from typing import Any
 
 DEFAULT_BOOK = Path(__file__).with_name("prices.json")
 PRICE_FIELDS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+TIERS = ("standard", "batch", "fast")  # rate sets an entry can have; priority bills standard
+PRICE_TIERS = ("standard", "batch", "fast", "priority")  # what a row's price_tier can say
 _PICO_PER_MTOK = Decimal(10**6)  # $/MTok -> 1e-12 $/token: x * 1e12 / 1e6
+_PICO_PER_KREQUEST = Decimal(10**9)  # $ per 1,000 requests -> 1e-12 $ per request
 _ZERO = Decimal(0)
 
 _PROVIDER_PATH = re.compile(r"^.*/")  # anthropic/claude-..., openrouter paths
@@ -27,6 +47,8 @@ _BEDROCK_SUFFIX = re.compile(r"-v\d+:\d+$")  # ...-20250929-v1:0
 _VERTEX_DATE = re.compile(r"@(\d{8})$")  # claude-sonnet-4-5@20250929
 _DATE_SUFFIX = re.compile(r"-(?:\d{8}|\d{4}-\d{2}-\d{2})$")
 
+Pico = tuple[int, int, int, int, int]  # per token: input, output, 5m write, 1h write, read
+
 
 class PriceBookError(ValueError):
     """The price-book file is malformed; the message names the model and field."""
@@ -34,7 +56,7 @@ class PriceBookError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Rates:
-    """Prices of one tier, per million tokens (as in the file) and in pico-USD per token."""
+    """Prices of one rate set, per million tokens (as in the file)."""
 
     input: Decimal
     output: Decimal
@@ -42,25 +64,58 @@ class Rates:
     cache_write_1h: Decimal
     cache_read: Decimal
 
-    @property
-    def pico(self) -> tuple[int, int, int, int, int]:
-        return tuple(int(getattr(self, f) * _PICO_PER_MTOK) for f in PRICE_FIELDS)  # type: ignore[return-value]
+    def pico(self, multiplier: Decimal = Decimal(1), where: str = "") -> Pico:
+        values = []
+        for name in PRICE_FIELDS:
+            exact = getattr(self, name) * _PICO_PER_MTOK * multiplier
+            if exact != exact.to_integral_value():
+                raise PriceBookError(
+                    f"{where}.{name}: x{multiplier} must have at most 6 decimals per MTok "
+                    "(a whole number of pico-USD per token)"
+                )
+            values.append(int(exact))
+        return tuple(values)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
+class TierPrices:
+    """One tier's prices: the base rates and, for tiered models, the long-context rates."""
+
+    base: Rates
+    long_context: Rates | None = None
+    long_context_above: int | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # identity: compiled tables are keyed by it
 class PriceEntry:
     """The prices of one model from ``effective_from`` (UTC day) until the next entry."""
 
     model: str
     provider: str
     effective_from: date
-    base: Rates
-    long_context: Rates | None = None
-    long_context_above: int | None = None
+    tiers: Mapping[str, TierPrices]
+    web_search_per_1k: Decimal | None = None
+    geo_multipliers: Mapping[str, Decimal] = field(default_factory=dict)
+    source: str = ""
+    override: bool = False
 
     @property
     def version(self) -> str:
-        return self.effective_from.isoformat()
+        """Recorded per row as ``price_version``: which entry priced it."""
+        day = self.effective_from.isoformat()
+        return f"override:{day}" if self.override else day
+
+    @property
+    def base(self) -> Rates:
+        return self.tiers["standard"].base
+
+    @property
+    def long_context(self) -> Rates | None:
+        return self.tiers["standard"].long_context
+
+    @property
+    def long_context_above(self) -> int | None:
+        return self.tiers["standard"].long_context_above
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +126,15 @@ class Quote:
     cost_usd: Decimal
     priced: bool
     version: str
+    price_tier: str = "standard"
+    token_cost_usd: Decimal = _ZERO
+    tool_cost_usd: Decimal = _ZERO
     long_context: bool = False
+    fast_unavailable: bool = False  # reported fast mode on a model without fast prices
+
+
+# One compiled rate table: (base pico, long-context threshold or -1, long-context pico)
+_Table = tuple[Pico, int, Pico]
 
 
 def normalise_model(raw: str) -> str:
@@ -94,73 +157,133 @@ def _decimal(value: Any, where: str) -> Decimal:
         price = Decimal(value)
     except InvalidOperation as exc:
         raise PriceBookError(f"{where}: not a decimal: {value!r}") from exc
-    if price < 0 or (price * _PICO_PER_MTOK) != (price * _PICO_PER_MTOK).to_integral_value():
-        raise PriceBookError(f"{where}: must be >= 0 with at most 6 decimals: {value!r}")
+    if not price.is_finite() or price < 0:
+        raise PriceBookError(f"{where}: must be a finite number >= 0: {value!r}")
     return price
 
 
-def _rates(raw: dict[str, Any], where: str) -> Rates:
+def _rates(raw: Mapping[str, Any], where: str) -> Rates:
     missing = [f for f in PRICE_FIELDS if f not in raw]
     if missing:
         raise PriceBookError(f"{where}: missing {', '.join(missing)}")
     return Rates(*(_decimal(raw[f], f"{where}.{f}") for f in PRICE_FIELDS))
 
 
+def _tier(raw: Mapping[str, Any], where: str) -> TierPrices:
+    if not isinstance(raw, Mapping):
+        raise PriceBookError(f"{where}: must be an object of prices")
+    long_raw = raw.get("long_context")
+    if not long_raw:
+        return TierPrices(_rates(raw, where))
+    try:
+        above = int(long_raw["above_input_tokens"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PriceBookError(f"{where}.long_context: needs above_input_tokens") from exc
+    return TierPrices(_rates(raw, where), _rates(long_raw, f"{where}.long_context"), above)
+
+
+def _entry(
+    model: str, provider: str, raw: Mapping[str, Any], where: str, override: bool
+) -> PriceEntry:
+    try:
+        effective = date.fromisoformat(raw["effective_from"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PriceBookError(f"{where}: effective_from must be YYYY-MM-DD") from exc
+    tiers = {"standard": _tier(raw, where)}
+    for name in ("batch", "fast"):
+        if raw.get(name):
+            tiers[name] = _tier(raw[name], f"{where}.{name}")
+    fee = raw.get("web_search_per_1k")
+    geo = {
+        str(k): _decimal(v, f"{where}.inference_geo_multipliers.{k}")
+        for k, v in dict(raw.get("inference_geo_multipliers") or {}).items()
+    }
+    return PriceEntry(
+        model, provider, effective, tiers,
+        _decimal(fee, f"{where}.web_search_per_1k") if fee is not None else None,
+        geo, str(raw.get("source", "")), override,
+    )  # fmt: skip
+
+
+def _compile(entry: PriceEntry, where: str) -> dict[tuple[str, str], _Table]:
+    """Rate tables keyed by (tier, geo): geo "" is the list price, others are multiplied."""
+    tables: dict[tuple[str, str], _Table] = {}
+    for geo, multiplier in [("", Decimal(1)), *entry.geo_multipliers.items()]:
+        for tier, prices in entry.tiers.items():
+            w = f"{where}.{tier}" + (f"@{geo}" if geo else "")
+            base = prices.base.pico(multiplier, w)
+            if prices.long_context is not None and prices.long_context_above is not None:
+                long = prices.long_context.pico(multiplier, f"{w}.long_context")
+                tables[tier, geo] = (base, prices.long_context_above, long)
+            else:
+                tables[tier, geo] = (base, -1, base)
+    return tables
+
+
 class PriceBook:
     """Model prices by effective date, with aliases; loaded once per worker."""
 
-    def __init__(self, data: dict[str, Any], source: str = "<memory>") -> None:
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        source: str = "<memory>",
+        overrides: Mapping[str, Any] | None = None,
+        overrides_source: str = "",
+    ) -> None:
         self.source = source
+        self.overrides_source = overrides_source
         self.book_version = str(data.get("book_version", ""))
         self.entries: dict[str, list[PriceEntry]] = {}
+        self.overridden: set[str] = set()
         self._names: dict[str, str] = {}  # canonical name or alias -> canonical name
-        self._starts: dict[str, list[tuple[datetime, PriceEntry, tuple[int, ...]]]] = {}
-        self._long: dict[PriceEntry, tuple[int, tuple[int, ...]]] = {}
+        self._starts: dict[str, list[tuple[datetime, PriceEntry]]] = {}
+        self._tables: dict[PriceEntry, dict[tuple[str, str], _Table]] = {}
+        self._web_search: dict[PriceEntry, int] = {}
         self._resolved: dict[str, str] = {}
         for model, spec in dict(data.get("models", {})).items():
-            self._add_model(str(model), spec)
+            self._add_model(str(model), spec, override=False)
+        for model, spec in dict((overrides or {}).get("models", {})).items():
+            self._add_model(str(model), spec, override=True)
         if not self.entries:
             raise PriceBookError(f"{source}: no models")
 
     @classmethod
-    def load(cls, path: Path = DEFAULT_BOOK) -> PriceBook:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PriceBookError(f"{path}: {exc}") from exc
-        return cls(data, source=str(path))
+    def load(cls, path: Path = DEFAULT_BOOK, overrides: Path | None = None) -> PriceBook:
+        """The book at ``path`` with the overrides file (same schema) on top, if given."""
+        extra = _read(overrides) if overrides is not None else None
+        return cls(_read(path), str(path), extra, str(overrides or ""))
 
-    def _add_model(self, model: str, spec: dict[str, Any]) -> None:
+    def _add_model(self, model: str, spec: Mapping[str, Any], override: bool) -> None:
         if normalise_model(model) != model:
             raise PriceBookError(f"{model}: canonical names are normalised (lower case)")
-        entries = []
-        for i, raw in enumerate(spec.get("prices", [])):
-            where = f"{model}.prices[{i}]"
-            try:
-                effective = date.fromisoformat(raw["effective_from"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise PriceBookError(f"{where}: effective_from must be YYYY-MM-DD") from exc
-            long_raw = raw.get("long_context")
-            long_rates = _rates(long_raw, f"{where}.long_context") if long_raw else None
-            above = int(long_raw["above_input_tokens"]) if long_raw else None
-            provider = str(spec.get("provider", ""))
-            base = _rates(raw, where)
-            entries.append(PriceEntry(model, provider, effective, base, long_rates, above))
+        provider = str(spec.get("provider", ""))
+        entries = [
+            _entry(model, provider, raw, f"{model}.prices[{i}]", override)
+            for i, raw in enumerate(spec.get("prices", []))
+        ]
         if not entries:
             raise PriceBookError(f"{model}: no prices")
         entries.sort(key=lambda e: e.effective_from)
         if len({e.effective_from for e in entries}) != len(entries):
             raise PriceBookError(f"{model}: two entries with the same effective_from")
+        if override:  # an overridden model is priced by the overrides file alone
+            self.overridden.add(model)
+            self._names = {k: v for k, v in self._names.items() if v != model}
         self.entries[model] = entries
-        self._starts[model] = [(_midnight(e.effective_from), e, e.base.pico) for e in entries]
+        self._starts[model] = [(_midnight(e.effective_from), e) for e in entries]
         for e in entries:
-            if e.long_context is not None and e.long_context_above is not None:
-                self._long[e] = (e.long_context_above, e.long_context.pico)
+            self._tables[e] = _compile(e, f"{model}.{e.version}")
+            if e.web_search_per_1k is not None:
+                fee = e.web_search_per_1k * _PICO_PER_KREQUEST
+                if fee != fee.to_integral_value():
+                    raise PriceBookError(f"{model}.{e.version}: web_search_per_1k too precise")
+                self._web_search[e] = int(fee)
         for name in [model, *spec.get("aliases", [])]:
             key = normalise_model(str(name))
-            if self._names.get(key, model) != model:
+            if not override and self._names.get(key, model) != model:
                 raise PriceBookError(f"alias {name!r} points at two models")
             self._names[key] = model
+        self._resolved.clear()
 
     def resolve(self, raw_model: str) -> str:
         """Canonical model name for ``raw_model`` (dated, aliased or decorated names)."""
@@ -179,7 +302,7 @@ class PriceBook:
         starts = self._starts.get(model)
         if starts is None:
             return None
-        for start, entry, _ in reversed(starts):
+        for start, entry in reversed(starts):
             if at >= start:
                 return entry
         return starts[0][1]
@@ -193,36 +316,61 @@ class PriceBook:
         cache_write_5m: int = 0,
         cache_write_1h: int = 0,
         cache_read: int = 0,
+        *,
+        service_tier: str = "standard",
+        speed: str = "standard",
+        inference_geo: str | None = None,
+        web_search_requests: int = 0,
     ) -> Quote:
         """Exact cost of one call of canonical ``model`` made at ``at`` (aware datetime)."""
-        starts = self._starts.get(model)
-        if starts is None:
-            return Quote(model, _ZERO, False, "")
-        chosen = starts[0]
-        for item in reversed(starts):
-            if at >= item[0]:
-                chosen = item
-                break
-        _, entry, pico = chosen
-        long_context = False
-        tier = self._long.get(entry)
-        if (
-            tier is not None
-            and input_tokens + cache_write_5m + cache_write_1h + cache_read > tier[0]
-        ):
-            pico, long_context = tier[1], True
-        p_in, p_out, p_5m, p_1h, p_read = pico
-        total = (
+        entry = self.entry(model, at)
+        if entry is None:
+            tier = "batch" if service_tier == "batch" else "standard"
+            return Quote(model, _ZERO, False, "", tier)
+        tables = self._tables[entry]
+        fast_unavailable = False
+        if service_tier == "batch" and "batch" in entry.tiers:
+            tier = key = "batch"
+        elif speed == "fast" and service_tier != "batch" and "fast" in entry.tiers:
+            tier = key = "fast"
+        else:
+            key = "standard"
+            tier = "priority" if service_tier == "priority" else "standard"
+            fast_unavailable = speed == "fast"
+        geo = inference_geo if inference_geo and inference_geo in entry.geo_multipliers else ""
+        base, above, long = tables[key, geo]
+        long_context = 0 <= above < input_tokens + cache_write_5m + cache_write_1h + cache_read
+        p_in, p_out, p_5m, p_1h, p_read = long if long_context else base
+        tokens = (
             input_tokens * p_in
             + output_tokens * p_out
             + cache_write_5m * p_5m
             + cache_write_1h * p_1h
             + cache_read * p_read
         )
-        return Quote(model, Decimal(total).scaleb(-12), True, entry.version, long_context)
+        tools = web_search_requests * self._web_search.get(entry, 0) if web_search_requests else 0
+        token_cost = Decimal(tokens).scaleb(-12)
+        tool_cost = Decimal(tools).scaleb(-12) if tools else _ZERO
+        return Quote(
+            model, token_cost + tool_cost if tools else token_cost, True, entry.version, tier,
+            token_cost, tool_cost, long_context, fast_unavailable,
+        )  # fmt: skip
 
     def models(self) -> list[str]:
         return sorted(self.entries)
 
     def aliases(self, model: str) -> list[str]:
         return sorted(alias for alias, m in self._names.items() if m == model and alias != model)
+
+    def can_price(self, raw_model: str) -> bool:
+        return self.resolve(raw_model) in self.entries
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PriceBookError(f"{path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PriceBookError(f"{path}: expected a JSON object with 'models'")
+    return data

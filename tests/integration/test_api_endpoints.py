@@ -38,9 +38,13 @@ def _event(at: datetime, cost: str, **over: object) -> list[object]:
         "input_tokens": 1_500_000, "output_tokens": 45_000, "cache_creation_input_tokens": 10,
         "cache_read_input_tokens": 20, "cost_usd": Decimal(cost), "priced": True,
         "duration_ms": 1234, "status": "ok", "kafka_topic": "calls", "kafka_partition": 0,
-        "kafka_offset": 0,
+        "kafka_offset": 0, "price_tier": "standard", "web_search_requests": 0,
+        "tool_cost_usd": Decimal(0),
     }  # fmt: skip
     row.update(over)
+    row.setdefault(
+        "token_cost_usd", Decimal(str(row["cost_usd"])) - Decimal(str(row["tool_cost_usd"]))
+    )
     return [row[c] for c in COLUMNS]
 
 
@@ -64,6 +68,10 @@ def test_auth_is_required_and_decides_the_tenant(api: TestClient) -> None:
         ("summary", {"from": "yesterday"}, "from"),
         ("summary", {"from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "at most"),
         ("summary", {"source": "email"}, "source"),
+        ("by-model", {"period": "90d"}, "period"),
+        ("by-model", {"source": "email"}, "source"),
+        ("by-model", {"from": "2026-03-02T00:00:00Z", "to": "2026-03-01T00:00:00Z"}, "before"),
+        ("by-model", {"search": "x" * 500}, "search"),
         ("timeseries", {"tz": "Mars/Olympus_Mons"}, "time zone"),
         ("timeseries", {"tz": "../../etc/passwd"}, "time zone"),
         ("timeseries", {"granularity": "week"}, "granularity"),
@@ -95,7 +103,7 @@ def test_values_are_exact_and_money_is_a_decimal_string(
             _event(at, "0.100000000001"),
             _event(at + timedelta(minutes=1), "0.200000000002", source="chat", source_id="c1"),
             _event(at, "0", priced=False, model="claude-future-9"),
-            _event(at, "99", tenant_id="globex"),
+            _event(at, "99", tenant_id="globex", model="globex-secret-model", priced=False),
         ],
         column_names=COLUMNS,
     )
@@ -103,6 +111,8 @@ def test_values_are_exact_and_money_is_a_decimal_string(
     assert summary["total_cost_usd"] == "0.300000000003"
     assert summary["avg_cost_per_call_usd"] == "0.100000000001"
     assert summary["calls"] == 3 and summary["unpriced_calls"] == 1
+    assert summary["cost_incomplete"] is True
+    assert summary["unpriced_models"] == [{"model": "claude-future-9", "calls": 1}]
     assert summary["input_tokens"] == 4_500_000 and summary["output_tokens"] == 135_000
     assert summary["to"] == "2026-04-01T12:00:00+00:00"
     assert summary["from"] == "2026-03-31T12:00:00+00:00"
@@ -121,6 +131,16 @@ def test_values_are_exact_and_money_is_a_decimal_string(
     top = api.get("/v1/usage/top", params={"by": "tokens"}, headers=AUTH).json()["items"]
     assert top[0]["source_id"] == "agent-7" and top[0]["total_tokens"] == 2 * 1_545_030
     assert top[0]["name"] == "Nightly digest"
+    by_model = api.get("/v1/usage/by-model", headers=AUTH).json()
+    assert [(i["model"], i["price_tier"], i["calls"], i["cost_usd"], i["priced"])
+            for i in by_model["items"]] == [
+        ("claude-sonnet-4-5", "standard", 2, "0.300000000003", True),
+        ("claude-future-9", "standard", 1, "0.000000000000", False),
+    ]  # fmt: skip
+    assert by_model["total_cost_usd"] == "0.300000000003" and by_model["unpriced_calls"] == 1
+    assert [m["model"] for m in by_model["models"]] == ["claude-sonnet-4-5", "claude-future-9"]
+    priced_only = api.get("/v1/usage/summary", params={"source": "chat"}, headers=AUTH).json()
+    assert priced_only["cost_incomplete"] is False and priced_only["unpriced_models"] == []
 
 
 def test_records_pages_cursor_and_latest_names(api: TestClient, migrated: Settings) -> None:
@@ -204,7 +224,8 @@ def test_operations_endpoints(api: TestClient) -> None:
     assert api.get("/docs").status_code == 200
     paths = api.get("/openapi.json").json()["paths"]
     assert {"/v1/usage/summary", "/v1/usage/timeseries", "/v1/usage/by-source",
-            "/v1/usage/top", "/v1/usage/records", "/healthz", "/readyz"} <= set(paths)  # fmt: skip
+            "/v1/usage/by-model", "/v1/usage/top", "/v1/usage/records", "/healthz",
+            "/readyz"} <= set(paths)  # fmt: skip
 
 
 def test_recovers_when_clickhouse_comes_back(

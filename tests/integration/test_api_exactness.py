@@ -28,12 +28,14 @@ from tests.integration.test_api_oracle import (
     START,
     BruteForce,
     Query,
+    api_model_totals,
     api_totals,
     bucket_key,
     generate,
     insert,
     iso_ms,
     ms,
+    oracle_model_totals,
     oracle_totals,
 )
 
@@ -169,6 +171,11 @@ def test_every_endpoint_equals_brute_force(
     avg = (cost / calls).quantize(Decimal("1e-12")) if calls else Decimal(0)
     assert Decimal(summary["avg_cost_per_call_usd"]) == avg
     assert (_ms(summary["from"]), _ms(summary["to"])) == (start, end)
+    unpriced = env.oracle.unpriced_models(q)
+    assert [(m["model"], m["calls"]) for m in summary["unpriced_models"]] == unpriced
+    assert summary["cost_incomplete"] is bool(unpriced)
+
+    _check_by_model(env, _get(env, "/v1/usage/by-model", _params(wparams, flt)), q)
 
     by_source = _get(env, "/v1/usage/by-source", _params(wparams, flt))
     brute = env.oracle.by_source(q)
@@ -204,6 +211,25 @@ def test_every_endpoint_equals_brute_force(
     assert [r["event_id"] for r in records["items"]] == ids
     assert records["total"] == total
     assert records["total_pages"] == math.ceil(total / page_size)
+
+
+def _check_by_model(env: Env, body: dict[str, Any], q: Query) -> None:
+    """Cost by model and tier, and per model, equal brute force, in the same order."""
+    want = env.oracle.by_model(q)
+    assert [(i["model"], i["price_tier"]) for i in body["items"]] == [r[:2] for r in want]
+    for item, row in zip(body["items"], want, strict=True):
+        assert api_model_totals(item) == oracle_model_totals(row[2:]), row[:2]
+        assert item["priced"] is (row[3] == 0)
+        assert item["total_tokens"] == sum(row[4:8])
+    per_model = env.oracle.per_model(q)
+    assert [m["model"] for m in body["models"]] == [r[0] for r in per_model]
+    for model, row in zip(body["models"], per_model, strict=True):
+        assert api_model_totals(model) == oracle_model_totals(row[1:]), row[0]
+        assert set(model["price_tiers"]) == {r[1] for r in want if r[0] == row[0]}
+    total = oracle_totals(env.oracle.summary(q))
+    assert (body["calls"], body["unpriced_calls"], Decimal(body["total_cost_usd"])) == (
+        total[0], total[1], total[6]
+    )  # fmt: skip
 
 
 def _utc(iso: str) -> float:
@@ -254,7 +280,7 @@ def test_tenant_isolation(env: Env) -> None:
 def test_sql_injection_search_is_just_a_string(env: Env, search: str) -> None:
     """A search full of quotes and SQL matches names literally and harms nothing."""
     everything = {"from": iso_ms(ms(START) - 1), "to": iso_ms(ms(END) + 1)}
-    for path in ("/v1/usage/records", "/v1/usage/summary", "/v1/usage/top"):
+    for path in ("/v1/usage/records", "/v1/usage/summary", "/v1/usage/top", "/v1/usage/by-model"):
         response = env.client.get(path, params={**everything, "search": search}, headers=AUTH_A)
         assert response.status_code == 200, response.text
     body = _get(env, "/v1/usage/records", {**everything, "search": search})
@@ -278,6 +304,7 @@ def test_window_edges_are_half_open(env: Env) -> None:
             assert sum(p["calls"] for p in series["points"]) == got["calls"]
             records = _get(env, "/v1/usage/records", window)
             assert records["total"] == got["calls"] == len(env.oracle.records(q, 0, 100)[0])
+            _check_by_model(env, _get(env, "/v1/usage/by-model", window), q)
 
 
 def test_broad_searches_fall_back_to_a_subquery_and_stay_exact(
@@ -300,3 +327,7 @@ def test_broad_searches_fall_back_to_a_subquery_and_stay_exact(
         assert [(i["source"], i["source_id"]) for i in top["items"]] == [
             r[:2] for r in env.oracle.top(q, "cost", 5)
         ]
+        _check_by_model(env, _get(env, "/v1/usage/by-model", {**window, "search": search}), q)
+        assert [(m["model"], m["calls"]) for m in summary["unpriced_models"]] == (
+            env.oracle.unpriced_models(q)
+        )

@@ -20,8 +20,11 @@ COLUMNS = [
     "event_id", "tenant_id", "occurred_at", "source", "source_id", "source_name", "model",
     "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
     "cost_usd", "priced", "duration_ms", "status", "kafka_topic", "kafka_partition",
-    "kafka_offset",
+    "kafka_offset", "price_tier", "web_search_requests", "token_cost_usd", "tool_cost_usd",
 ]  # fmt: skip
+# Models the generated unpriced calls use (besides a few of the priced models' names).
+UNKNOWN_MODELS = ["claude-future-9", "acme-llm-2"]
+TIERS = ["standard", "batch", "fast", "priority"]
 
 WORDS = ["Alpha", "beta", "GAMMA", "Delta", "o'Brien", "weekly", "Digest", "sync", "Report"]
 START = datetime(2026, 3, 1, tzinfo=UTC)
@@ -45,9 +48,25 @@ def _instant(rng: random.Random, start: datetime, end: datetime) -> datetime:
     return moment
 
 
+def _billing(rng: random.Random, row: list[Any]) -> None:
+    """Price tier, web searches and the tool part of the cost; unknown models if unpriced.
+
+    A second random stream, so the columns above stay what they always were.
+    """
+    priced, cost = row[12], row[11]
+    if not priced and rng.random() < 0.7:
+        row[6] = rng.choice(UNKNOWN_MODELS)
+    tier = rng.choices(TIERS, [70, 15, 10, 5])[0] if priced else "standard"
+    searches = rng.randint(1, 5) if rng.random() < 0.1 else 0
+    tool = (cost * searches / 10).quantize(Decimal("1e-12")) if priced else Decimal(0)
+    row.extend([tier, searches, cost - tool, tool])
+
+
 def generate(tenant: str, n: int, seed: int, *, secret: str = "") -> list[list[Any]]:
-    """``n`` events of ``tenant`` between START and END; names drift (renames)."""
+    """``n`` events of ``tenant`` between START and END; names drift (renames); calls of
+    unknown models, batch / fast / priority tiers and web searches among them."""
     rng = random.Random(seed)
+    billing = random.Random(f"billing-{seed}")
     ids = {"chat": [f"conv-{i}" for i in range(25)], "agent": [f"agent-{i}" for i in range(6)],
            "memory": [f"conv-{i}" for i in range(0, 25, 3)]}  # fmt: skip
     rows: list[list[Any]] = []
@@ -63,6 +82,7 @@ def generate(tenant: str, n: int, seed: int, *, secret: str = "") -> list[list[A
             rng.randrange(20_000) * (i % 3 == 0), cost, priced, rng.randrange(60_000),
             "ok" if rng.random() > 0.1 else "error", "calls", 0, i,
         ])  # fmt: skip
+        _billing(billing, rows[-1])
     return rows
 
 
@@ -133,6 +153,35 @@ class BruteForce:
         sql = f"SELECT toString(source), {self._SUMS} FROM usage_events WHERE {where} GROUP BY 1"
         return {r[0]: tuple(r[1:]) for r in self.client.query(sql, parameters=params).result_rows}
 
+    _MODEL_SUMS = f"{_SUMS}, sum(web_search_requests), sum(tool_cost_usd)"
+
+    def by_model(self, q: Query) -> list[tuple[Any, ...]]:
+        """(model, price_tier, calls, unpriced, 4 token sums, cost, searches, tool cost)."""
+        where, params = self._where(q)
+        sql = (
+            f"SELECT model, price_tier, {self._MODEL_SUMS} FROM usage_events WHERE {where}"
+            " GROUP BY model, price_tier ORDER BY sum(cost_usd) DESC, count() DESC, model,"
+            " price_tier"
+        )
+        return [tuple(r) for r in self.client.query(sql, parameters=params).result_rows]
+
+    def per_model(self, q: Query) -> list[tuple[Any, ...]]:
+        """(model, calls, unpriced, 4 token sums, cost, searches, tool cost), most cost first."""
+        where, params = self._where(q)
+        sql = (
+            f"SELECT model, {self._MODEL_SUMS} FROM usage_events WHERE {where}"
+            " GROUP BY model ORDER BY sum(cost_usd) DESC, count() DESC, model"
+        )
+        return [tuple(r) for r in self.client.query(sql, parameters=params).result_rows]
+
+    def unpriced_models(self, q: Query) -> list[tuple[str, int]]:
+        where, params = self._where(q)
+        sql = (
+            f"SELECT model, countIf(NOT priced) AS n FROM usage_events WHERE {where}"
+            " GROUP BY model HAVING n > 0 ORDER BY n DESC, model"
+        )
+        return [(str(m), int(n)) for m, n in self.client.query(sql, parameters=params).result_rows]
+
     def timeseries(self, q: Query, tz: str, granularity: str) -> dict[str, tuple[Any, ...]]:
         """Non-empty local buckets keyed like :func:`bucket_key` of the API's bucket_start."""
         where, params = self._where(q)
@@ -198,6 +247,16 @@ def api_totals(item: dict[str, Any], cost_field: str = "cost_usd") -> tuple[Any,
     )
 
 
+def api_model_totals(item: dict[str, Any]) -> tuple[Any, ...]:
+    """A by-model item's numbers in the order of :meth:`BruteForce.by_model` (after keys)."""
+    return (*api_totals(item), item["web_search_requests"], Decimal(item["tool_cost_usd"]))
+
+
+def oracle_model_totals(row: Sequence[Any]) -> tuple[Any, ...]:
+    *base, searches, tool = row
+    return (*oracle_totals(base), int(searches), Decimal(tool))
+
+
 def oracle_totals(row: Sequence[Any], *, unpriced: bool = True) -> tuple[Any, ...]:
     calls, unpriced_calls, *rest, cost = row
     return (int(calls), int(unpriced_calls) if unpriced else None, *map(int, rest),
@@ -229,3 +288,9 @@ def test_oracle_matches_python_sums(migrated: Any) -> None:
     assert got[6] == sum((r[11] for r in rows), Decimal(0))
     chat = BruteForce(client).by_source(Query("t-oracle", ms(START), ms(END), source="chat"))
     assert chat["chat"][0] == sum(1 for r in rows if r[3] == "chat")
+    by_model = BruteForce(client).by_model(q)
+    assert {r[1] for r in by_model} == set(TIERS), "the data has every price tier"
+    assert sum(r[10] for r in by_model) == sum(r[-1] for r in rows) > 0, "tool costs"
+    unpriced = BruteForce(client).unpriced_models(q)
+    assert {m for m, _ in unpriced} >= set(UNKNOWN_MODELS)
+    assert sum(n for _, n in unpriced) == sum(1 for r in rows if not r[12])

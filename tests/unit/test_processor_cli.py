@@ -17,7 +17,7 @@ def test_prices_lists_models_versions_and_tiers() -> None:
     assert result.exit_code == 0, result.output
     assert "2025-04-16" in result.output and "2025-06-10" in result.output
     result = runner.invoke(app, ["prices", "--model", "sonnet-4-5"], env={"COLUMNS": "250"})
-    assert ">200,000: 6/22.50/7.50/12/0.60" in result.output
+    assert ">200,000: 6/22.5/7.5/12/0.6" in result.output
     assert "claude-sonnet-4-5-20250929" in result.output
 
 
