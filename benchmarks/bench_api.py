@@ -98,6 +98,21 @@ def cases() -> list[Case]:
             ),
         ),
         Case(
+            "by-model",
+            "/v1/usage/by-model",
+            {},
+            f"SELECT model, price_tier, count(), sum(cost_usd) FROM usage_events WHERE {where}"
+            " GROUP BY model, price_tier"
+            " ORDER BY sum(cost_usd) DESC, count() DESC, model, price_tier",
+            lambda body, rows: (
+                [
+                    (i["model"], i["price_tier"], i["calls"], Decimal(i["cost_usd"]))
+                    for i in body["items"]
+                ]
+                == rows
+            ),
+        ),
+        Case(
             "top 10 by cost",
             "/v1/usage/top",
             {"by": "cost", "limit": 10},
@@ -140,7 +155,10 @@ def cases() -> list[Case]:
     ]
 
 
-ROLLUPS = ("usage_hourly", "usage_daily", "usage_api_15m", "usage_api_daily", "source_names")
+ROLLUPS = (
+    "usage_hourly", "usage_daily", "usage_api_15m", "usage_api_daily", "usage_api_models_15m",
+    "usage_api_models_daily", "source_names",
+)  # fmt: skip
 
 
 def print_rollup_sizes(client: Client) -> None:

@@ -49,11 +49,14 @@ SPAN_DAYS = 35
 
 # 80% of the calls belong to the benchmarked tenant (the rest to two others, so tenant
 # filtering is real work), spread uniformly over the last 35 days; 100 new conversations an
-# hour and 500 long-lived agents; costs with 12 decimals; 2% unpriced; 1% errors.
+# hour and 500 long-lived agents; costs with 12 decimals; 2% unpriced (mostly calls of two
+# models the price book does not know); 20% batch and 10% fast calls; 6% with web searches
+# (a tool cost of $0.01 each); 1% errors.
 LOAD_SQL = """
 INSERT INTO usage_events (event_id, tenant_id, occurred_at, source, source_id, source_name,
     model, input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
-    cost_usd, priced, duration_ms, status, kafka_topic, kafka_partition, kafka_offset)
+    priced, price_tier, web_search_requests, token_cost_usd, tool_cost_usd, cost_usd,
+    duration_ms, status, kafka_topic, kafka_partition, kafka_offset)
 SELECT * EXCEPT conversation FROM (SELECT
     generateUUIDv4(number) AS event_id,
     multiIf(h % 10 < 8, 'bench', h % 10 = 8, 'other-1', 'other-2') AS tenant_id,
@@ -65,21 +68,27 @@ SELECT * EXCEPT conversation FROM (SELECT
        concat('conv-', toString(conversation))) AS source_id,
     if(source = 'agent', concat('Agent ', toString(h3 % 500)),
        concat('Conversation about topic ', toString(conversation))) AS source_name,
-    ['claude-sonnet-4-5', 'claude-haiku-4-5', 'claude-opus-4-1'][1 + h % 3] AS model,
+    if(h % 50 = 0 AND h4 % 4 != 0, ['claude-future-9', 'acme-llm-2'][1 + h4 % 2],
+       ['claude-sonnet-4-5', 'claude-haiku-4-5', 'claude-opus-4-1'][1 + h % 3]) AS model,
     h % 20000 AS input_tokens,
     h % 3000 AS output_tokens,
     (h % 7 = 0) * (h % 5000) AS cache_creation_input_tokens,
     (h % 3 = 0) * (h % 30000) AS cache_read_input_tokens,
-    if(h % 50 = 0, toDecimal128(0, 12),
-       CAST(cityHash64(number, 7) % 100000000 AS Decimal(38, 12)) / 1000000000000) AS cost_usd,
     h % 50 != 0 AS priced,
+    multiIf(NOT priced OR h4 % 10 < 7, 'standard', h4 % 10 < 9, 'batch', 'fast') AS price_tier,
+    toUInt32(if(h4 % 17 = 0, 1 + h4 % 4, 0)) AS web_search_requests,
+    if(priced, CAST(cityHash64(number, 7) % 100000000 AS Decimal(38, 12)) / 1000000000000,
+       toDecimal128(0, 12)) AS token_cost_usd,
+    if(priced, CAST(web_search_requests AS Decimal(38, 12)) / 100,
+       toDecimal128(0, 12)) AS tool_cost_usd,
+    token_cost_usd + tool_cost_usd AS cost_usd,
     toUInt32(h % 60000) AS duration_ms,
     if(h % 97 = 0, 'error', 'ok') AS status,
     'bench' AS kafka_topic,
     0 AS kafka_partition,
     number AS kafka_offset
 FROM (SELECT number, cityHash64(number, 2) AS h, cityHash64(number, 3) AS h2,
-             cityHash64(number, 4) AS h3
+             cityHash64(number, 4) AS h3, cityHash64(number, 5) AS h4
       FROM numbers({first:UInt64}, {count:UInt64})))
 """
 
@@ -91,6 +100,7 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
     ("timeseries day Kolkata", "/v1/usage/timeseries", {"granularity": "day",
                                                         "tz": "Asia/Kolkata"}),
     ("by-source", "/v1/usage/by-source", {}),
+    ("by-model", "/v1/usage/by-model", {}),
     ("top 10 by cost", "/v1/usage/top", {"by": "cost", "limit": 10}),
     ("records page 1", "/v1/usage/records", {"page": 1}),
     ("records page 200", "/v1/usage/records", {"page": 200}),
@@ -174,7 +184,8 @@ def _stop_api(proc: subprocess.Popen[bytes]) -> None:
 
 
 def check_exact(http: httpx.Client, client: Client) -> list[str]:
-    """Each window's summary and by-source calls vs brute force over the raw table."""
+    """Each window's summary (with its unpriced models), by-source calls and cost by model
+    and tier vs brute force over the raw table."""
     problems = []
     for period in PERIODS:
         body = http.get("/v1/usage/summary", params={"period": period}).json()
@@ -190,12 +201,42 @@ def check_exact(http: httpx.Client, client: Client) -> list[str]:
         got = (body["calls"], Decimal(body["total_cost_usd"]), body["input_tokens"])
         if got != (calls, cost, tokens):
             problems.append(f"summary {period}: API {got} != raw {(calls, cost, tokens)}")
+        unpriced = [
+            (str(m), int(n))
+            for m, n in client.query(
+                f"SELECT model, countIf(NOT priced) AS n FROM usage_events WHERE {where}"
+                " GROUP BY model HAVING n > 0 ORDER BY n DESC, model",
+                parameters=params,
+            ).result_rows
+        ]
+        got_unpriced = [(m["model"], m["calls"]) for m in body["unpriced_models"]]
+        if got_unpriced != unpriced or body["cost_incomplete"] is not bool(unpriced):
+            problems.append(f"summary {period}: unpriced models {got_unpriced} != {unpriced}")
         # the same window, explicitly: a second rolling request would end a moment later
-        split = http.get(
-            "/v1/usage/by-source", params={"from": body["from"], "to": body["to"]}
-        ).json()
+        window = {"from": body["from"], "to": body["to"]}
+        split = http.get("/v1/usage/by-source", params=window).json()
         if sum(s["calls"] for s in split["sources"]) != calls:
             problems.append(f"by-source {period}: calls do not add up to {calls}")
+        models = http.get("/v1/usage/by-model", params=window).json()
+        want = [
+            (str(m), str(t), int(n), Decimal(c), Decimal(tool), int(u))
+            for m, t, n, c, tool, u in client.query(
+                "SELECT model, price_tier, count(), sum(cost_usd), sum(tool_cost_usd),"
+                f" countIf(NOT priced) FROM usage_events WHERE {where}"
+                " GROUP BY model, price_tier"
+                " ORDER BY sum(cost_usd) DESC, count() DESC, model, price_tier",
+                parameters=params,
+            ).result_rows
+        ]
+        got_models = [
+            (i["model"], i["price_tier"], i["calls"], Decimal(i["cost_usd"]),
+             Decimal(i["tool_cost_usd"]), i["unpriced_calls"])
+            for i in models["items"]
+        ]  # fmt: skip
+        if got_models != want:
+            problems.append(f"by-model {period}: API {got_models} != raw {want}")
+        if not {"batch", "fast"} <= {i[1] for i in want} or not unpriced:
+            problems.append(f"{period}: the generated data lacks batch/fast or unpriced calls")
     return problems
 
 
@@ -338,7 +379,9 @@ def run_bench(
                     problems.append(f"{path} {params} {period}: {warm.status_code} {warm.text}")
         if problems:
             raise SystemExit("the API is not exact or not healthy:\n" + "\n".join(problems))
-        console.print("summary and by-source equal brute force over usage_events (24h/7d/30d)")
+        console.print(
+            "summary, by-source and by-model equal brute force over usage_events (24h/7d/30d)"
+        )
         console.print(
             f"driving {base_url} with {clients} clients: at most {requests:,} requests"
             f" or {seconds:.0f}s …"

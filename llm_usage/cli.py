@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from llm_usage.localstack.stack import ServiceStatus
 from llm_usage.settings import get_settings
+
+if TYPE_CHECKING:
+    from stream_processor.pricing import PriceBook, Rates
 
 app = typer.Typer(help="LLM usage analytics pipeline.", no_args_is_help=True)
 stack_app = typer.Typer(help="The local Kafka broker and ClickHouse server.", no_args_is_help=True)
@@ -156,7 +160,7 @@ prices_app = typer.Typer(
 app.add_typer(prices_app, name="prices")
 
 
-def _load_book():  # type: ignore[no-untyped-def]
+def _load_book() -> PriceBook:
     from stream_processor.pricing import PriceBook, PriceBookError
 
     try:
@@ -166,9 +170,10 @@ def _load_book():  # type: ignore[no-untyped-def]
         raise typer.Exit(1) from exc
 
 
-def _rates_text(rates) -> str:  # type: ignore[no-untyped-def]
-    return "/".join(str(getattr(rates, f)) for f in ("input", "output", "cache_write_5m",
-                                                     "cache_write_1h", "cache_read"))  # fmt: skip
+def _rates_text(rates: Rates) -> str:
+    from stream_processor.pricing.book import PRICE_FIELDS
+
+    return "/".join(str(getattr(rates, name)) for name in PRICE_FIELDS)
 
 
 @prices_app.callback()

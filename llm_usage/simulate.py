@@ -4,11 +4,18 @@
 events (with a few exact duplicates, as at-least-once producers do) and rename events.
 :class:`Manifest` totals each unique call once, priced with the same price book as the
 worker, so anyone can check the pipeline against it.
+
+The traffic uses the pinned SDK's line-up with the billing dimensions of its ``Usage``:
+memory extraction mostly through the Batch API, agents with fast mode (only on models the
+price book has fast-mode prices for), web search and extended thinking, a few
+conversations and agents bound to US-only inference, and a tiny share of calls of a
+fine-tuned model the book cannot price (so the page's "cost incomplete" has a case).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import random
 import time
@@ -16,31 +23,50 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llm_usage.settings import Settings
-from producers.contract import EntityRenamed, Source, Status, UsageEvent, uuid7
+from producers.contract import (
+    EntityRenamed,
+    ServiceTier,
+    Source,
+    Speed,
+    Status,
+    UsageEvent,
+    uuid7,
+)
+from stream_processor.pricing import PriceBook
 
-if TYPE_CHECKING:
-    from stream_processor.pricing import PriceBook
+UNKNOWN_MODEL = "ft:claude-custom-1"  # a fine-tuned model: no price in the book, on purpose
 
-# (model, weight) per source; the current Claude line-up, as services use it.
+# (model, weight) per source: the SDK's current line-up (anthropic.types.Model), as services
+# use it, plus one service still pinned on a dated snapshot (an alias the book resolves).
 MODEL_MIX: dict[Source, list[tuple[str, float]]] = {
     Source.CHAT: [
-        ("claude-sonnet-4-5", 0.55),
-        ("claude-haiku-4-5", 0.25),
-        ("claude-opus-4-5", 0.12),
-        ("claude-sonnet-4-5-20250929", 0.08),
+        ("claude-sonnet-5-5", 0.55),
+        ("claude-haiku-5-5", 0.25),
+        ("claude-opus-5-5", 0.14),
+        ("claude-haiku-4-5-20251001", 0.05),
+        (UNKNOWN_MODEL, 0.01),
     ],
     Source.AGENT: [
-        ("claude-sonnet-4-5", 0.6),
-        ("claude-opus-4-1", 0.15),
-        ("claude-opus-4-5", 0.15),
-        ("claude-haiku-4-5", 0.1),
+        ("claude-opus-5-5", 0.45),
+        ("claude-sonnet-5-5", 0.45),
+        ("claude-haiku-5-5", 0.10),
     ],
-    Source.MEMORY: [("claude-haiku-4-5", 0.85), ("claude-3-5-haiku-20241022", 0.15)],
+    Source.MEMORY: [("claude-haiku-5-5", 0.8), ("claude-sonnet-5-5", 0.2)],
 }
 SOURCE_MIX = [(Source.CHAT, 0.62), (Source.AGENT, 0.28), (Source.MEMORY, 0.10)]
+
+# Shares of calls per source. Memory extraction is the typical Batch API workload (half
+# price, results within 24 h); agents use fast mode where the model offers it, and search.
+BATCH_SHARE = {Source.CHAT: 0.0, Source.AGENT: 0.0, Source.MEMORY: 0.65}
+FAST_SHARE = {Source.CHAT: 0.0, Source.AGENT: 0.35, Source.MEMORY: 0.0}  # of fast-capable
+WEB_SEARCH_SHARE = {Source.CHAT: 0.04, Source.AGENT: 0.25, Source.MEMORY: 0.0}
+WEB_FETCH_SHARE = 0.5  # of calls that searched: they also fetched a page or three
+THINKING_SHARE = {Source.CHAT: 0.1, Source.AGENT: 0.6, Source.MEMORY: 0.0}
+OPUS_THINKING_SHARE = 0.7  # Opus calls think more often, whatever the source
+US_GEO_SHARE = 0.06  # of conversations and agents: bound to US-only inference
 
 CHAT_TOPICS = [
     "Quarterly report draft", "Refactor the billing module", "Trip to Lisbon", "SQL help",
@@ -79,6 +105,7 @@ class Entity:
     weight: float
     every_hours: float = 0.0  # agents run on a schedule
     offset_minutes: int = 0
+    us_only: bool = False  # data residency: calls ask for US-only inference where offered
 
 
 @dataclass(frozen=True)
@@ -115,6 +142,7 @@ def _entities(cfg: SimulationConfig, rng: random.Random) -> list[Entity]:
                     name=f"{topic} #{c + 1}",
                     named=rng.random() > cfg.rename_rate,
                     weight=rng.paretovariate(1.6),
+                    us_only=rng.random() < US_GEO_SHARE,
                 )
             )
         for a in range(cfg.agents_per_tenant):
@@ -128,13 +156,43 @@ def _entities(cfg: SimulationConfig, rng: random.Random) -> list[Entity]:
                     weight=rng.paretovariate(1.3),
                     every_hours=rng.choice([1, 2, 4, 6, 12, 24]),
                     offset_minutes=rng.randrange(60),
+                    us_only=rng.random() < US_GEO_SHARE,
                 )
             )
     return entities
 
 
+@functools.cache
+def _shipped_book() -> PriceBook:
+    """The book shipped with the code: what a model offers shapes the traffic, not prices."""
+    return PriceBook.load()
+
+
+@functools.cache
+def _features(model: str) -> frozenset[str]:
+    """Price tiers and inference geos the book's latest entry for ``model`` has."""
+    book = _shipped_book()
+    entries = book.entries.get(book.resolve(model))
+    if not entries:
+        return frozenset()
+    return frozenset(entries[-1].tiers) | frozenset(entries[-1].geo_multipliers)
+
+
+def has_fast_mode(model: str) -> bool:
+    """Services only ask for fast mode on models that have it (fast-mode prices)."""
+    return "fast" in _features(model)
+
+
+def has_us_inference(model: str) -> bool:
+    """US-only inference exists for recent models only (those with a US geo multiplier)."""
+    return "us" in _features(model)
+
+
 def _tokens(rng: random.Random, source: Source, model: str) -> dict[str, int]:
-    """Token counts shaped like real traffic: long cached contexts, short outputs."""
+    """Token counts shaped like real traffic: long cached contexts, short outputs.
+
+    Extended thinking makes a call's output longer; its thinking tokens are part of it.
+    """
     if source is Source.MEMORY:
         fresh, out, cached = rng.lognormvariate(7.3, 0.6), rng.lognormvariate(5.0, 0.6), 0.0
     elif source is Source.AGENT:
@@ -151,14 +209,34 @@ def _tokens(rng: random.Random, source: Source, model: str) -> dict[str, int]:
     )
     if "haiku" in model:
         out *= 0.6
+    thinks = rng.random() < (OPUS_THINKING_SHARE if "opus" in model else THINKING_SHARE[source])
+    output = max(1, min(int(out * 2.2 if thinks else out), 64_000))
     return {
         "input_tokens": max(1, int(fresh)),
-        "output_tokens": max(1, min(int(out), 64_000)),
+        "output_tokens": output,
+        "thinking_tokens": int(output * rng.uniform(0.4, 0.85)) if thinks else 0,
         "cache_read_input_tokens": min(int(cached), 900_000),
         "cache_creation_5m_input_tokens": write_5m,
         "cache_creation_1h_input_tokens": write_1h,
         "cache_creation_input_tokens": write_5m + write_1h,
     }
+
+
+def _tier_and_speed(rng: random.Random, source: Source, model: str) -> tuple[ServiceTier, Speed]:
+    """Batch for most memory extraction; fast mode for some agent calls, where offered."""
+    if rng.random() < BATCH_SHARE[source]:
+        return ServiceTier.BATCH, Speed.STANDARD
+    if rng.random() < FAST_SHARE[source] and has_fast_mode(model):
+        return ServiceTier.STANDARD, Speed.FAST
+    return ServiceTier.STANDARD, Speed.STANDARD
+
+
+def _server_tools(rng: random.Random, source: Source) -> tuple[int, int]:
+    """(web searches, web fetches) of one call: server tools the API runs for the model."""
+    if rng.random() >= WEB_SEARCH_SHARE[source]:
+        return 0, 0
+    searches = rng.randint(1, 5)
+    return searches, rng.randint(1, 3) if rng.random() < WEB_FETCH_SHARE else 0
 
 
 def _times(cfg: SimulationConfig, rng: random.Random, end: datetime) -> list[datetime | None]:
@@ -217,6 +295,10 @@ def generate(cfg: SimulationConfig) -> Iterator[Published]:
             ts = _schedule(entity, ts, end - timedelta(days=cfg.days))
         model = _pick(rng, MODEL_MIX[entity.source])
         tokens = _tokens(rng, entity.source, model)
+        tier, speed = _tier_and_speed(rng, entity.source, model)
+        searches, fetches = _server_tools(rng, entity.source)
+        for _ in range(searches + fetches):  # results and pages enter the context
+            tokens["input_tokens"] += int(rng.lognormvariate(7.6, 0.5))
         if in_spike:
             tokens["cache_read_input_tokens"] = 0
             tokens["input_tokens"] = min(tokens["input_tokens"] * 8, 180_000)
@@ -226,6 +308,14 @@ def generate(cfg: SimulationConfig) -> Iterator[Published]:
         error = rng.random() < 0.015
         if error:  # a failed call bills nothing here, but is still a call
             tokens = dict.fromkeys(tokens, 0)
+            searches = fetches = 0
+        per_output_token_ms = 5 if speed is Speed.FAST else 12  # fast mode: ~2.5x faster
+        duration = (
+            rng.lognormvariate(7.8, 0.6)
+            + tokens["output_tokens"] * per_output_token_ms
+            + searches * 700
+            + fetches * 400
+        )
         event = UsageEvent(
             event_id=uuid7(),  # unique per run, even with the same seed
             tenant_id=entity.tenant_id,
@@ -234,7 +324,7 @@ def generate(cfg: SimulationConfig) -> Iterator[Published]:
             source_id=entity.source_id,
             source_name=entity.name if carries_name else None,
             model=model,
-            duration_ms=int(rng.lognormvariate(7.8, 0.6) + tokens["output_tokens"] * 12),
+            duration_ms=int(duration),
             status=Status.ERROR if error else Status.OK,
             request_id=f"req_{rng.getrandbits(64):016x}",
             metadata={"sim": True, "seq": i},
@@ -244,6 +334,12 @@ def generate(cfg: SimulationConfig) -> Iterator[Published]:
             cache_creation_5m_input_tokens=tokens["cache_creation_5m_input_tokens"],
             cache_creation_1h_input_tokens=tokens["cache_creation_1h_input_tokens"],
             cache_read_input_tokens=tokens["cache_read_input_tokens"],
+            service_tier=tier,
+            speed=speed,
+            inference_geo="us" if entity.us_only and has_us_inference(model) else "global",
+            web_search_requests=searches,
+            web_fetch_requests=fetches,
+            thinking_tokens=tokens["thinking_tokens"],
         )
         yield Published(call=event)
         if rng.random() < cfg.duplicate_rate:
@@ -268,6 +364,7 @@ class Totals:
     output_tokens: int = 0
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    web_search_requests: int = 0
     cost_usd: Decimal = Decimal(0)
     unpriced_calls: int = 0
 
@@ -277,6 +374,7 @@ class Totals:
         self.output_tokens += event.output_tokens
         self.cache_creation_input_tokens += event.cache_creation_input_tokens
         self.cache_read_input_tokens += event.cache_read_input_tokens
+        self.web_search_requests += event.web_search_requests
         if cost is None:
             self.unpriced_calls += 1
         else:
@@ -289,21 +387,32 @@ class Totals:
             "output_tokens": self.output_tokens,
             "cache_creation_input_tokens": self.cache_creation_input_tokens,
             "cache_read_input_tokens": self.cache_read_input_tokens,
+            "web_search_requests": self.web_search_requests,
             "cost_usd": str(self.cost_usd),
             "unpriced_calls": self.unpriced_calls,
         }
 
 
+def _same_model(model: str) -> str:
+    return model
+
+
 @dataclass
 class Manifest:
-    """Totals of what was published, each unique valid call counted once."""
+    """Totals of what was published, each unique valid call counted once.
+
+    ``model_of`` names models as the worker stores them (the book's ``resolve``), so that
+    ``by_model`` can be checked against the API's cost by model.
+    """
 
     price: Callable[[UsageEvent], Decimal | None]
     total: Totals = field(default_factory=Totals)
     by_tenant: dict[str, Totals] = field(default_factory=dict)
     by_source: dict[str, Totals] = field(default_factory=dict)
+    by_model: dict[str, Totals] = field(default_factory=dict)
     renames: int = 0
     duplicates_published: int = 0
+    model_of: Callable[[str], str] = _same_model
 
     def record(self, item: Published) -> None:
         if item.rename is not None:
@@ -318,19 +427,22 @@ class Manifest:
         self.total.add(event, cost)
         self.by_tenant.setdefault(event.tenant_id, Totals()).add(event, cost)
         self.by_source.setdefault(event.source.value, Totals()).add(event, cost)
+        self.by_model.setdefault(self.model_of(event.model), Totals()).add(event, cost)
 
     def as_json(self) -> dict[str, Any]:
         return {
             **self.total.as_json(),
             "by_tenant": {k: v.as_json() for k, v in sorted(self.by_tenant.items())},
             "by_source": {k: v.as_json() for k, v in sorted(self.by_source.items())},
+            "by_model": {k: v.as_json() for k, v in sorted(self.by_model.items())},
             "renames_published": self.renames,
             "duplicates_published": self.duplicates_published,
         }
 
 
 def book_pricer(book: PriceBook) -> Callable[[UsageEvent], Decimal | None]:
-    """Price an event exactly as the worker does (same book, same model normalisation)."""
+    """Price an event exactly as the worker's enricher does: same book, same model
+    normalisation, same billing fields (tier, fast mode, inference geo, web searches)."""
 
     def price(event: UsageEvent) -> Decimal | None:
         quote = book.quote(
@@ -341,6 +453,10 @@ def book_pricer(book: PriceBook) -> Callable[[UsageEvent], Decimal | None]:
             event.cache_creation_5m_input_tokens,
             event.cache_creation_1h_input_tokens,
             event.cache_read_input_tokens,
+            service_tier=event.service_tier,
+            speed=event.speed,
+            inference_geo=event.inference_geo,
+            web_search_requests=event.web_search_requests,
         )
         return quote.cost_usd if quote.priced else None
 
@@ -359,11 +475,12 @@ async def publish(
 
     ``rate`` limits unique calls per second (None: as fast as the publisher takes them);
     ``stop`` ends a live run early (the manifest then covers what was published).
+    The manifest prices with the worker's book: the shipped one plus ``price_overrides``.
     """
     from producers.publisher import UsagePublisher
-    from stream_processor.pricing import PriceBook
 
-    manifest = Manifest(price=book_pricer(PriceBook.load()))
+    book = PriceBook.load(overrides=settings.price_overrides)
+    manifest = Manifest(price=book_pricer(book), model_of=book.resolve)
     started = time.monotonic()
     async with UsagePublisher(settings) as publisher:
         for item in generate(cfg):

@@ -226,7 +226,13 @@ class UsageEvent(BaseModel):
         return f"{self.tenant_id}:{self.source_id}".encode()
 
     def to_json(self) -> bytes:
-        return self.model_dump_json(exclude_defaults=False).encode()
+        """Wire JSON; a version-1 event is written without the fields version 2 added."""
+        if self.schema_version == 1:
+            return self.model_dump_json(exclude=_V2_EXCLUDE).encode()
+        return self.model_dump_json().encode()
+
+
+_V2_EXCLUDE = set(V2_FIELDS)
 
 
 class EntityRenamed(BaseModel):

@@ -21,7 +21,9 @@ publishes one event per *succeeded* result, as the caller reads it, at the batch
 a deterministic ``event_id`` (from the batch id and ``custom_id``) so that reading results
 twice is deduplicated downstream. ``custom_id`` carries the attribution: see
 :func:`batch_custom_id`. Errored, expired and canceled requests are not billed and publish
-nothing (they are counted in a log line).
+nothing (they are counted in a log line). The batches resources' ``results`` and
+``retrieve`` are wrapped: the batch that ``results()`` retrieves for its ``results_url`` is
+kept for its ``ended_at``, so no request is added.
 
 Attribution (tenant, source, conversation/agent id and name) comes from ``instrument()``
 defaults overlaid with :func:`usage_context`, a context variable, so one shared client
@@ -43,7 +45,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, Protocol, TypeVar, overload
+from typing import Any, Protocol, TypeVar, overload
 
 import anthropic
 from anthropic import APIStatusError, AsyncStream, Stream
@@ -132,8 +134,189 @@ def usage_context(
 
 
 # --- recording one call ----------------------------------------------------------------
+_COUNTS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+_DETAIL_COUNTS = (  # (Usage attribute, its count) -> the contract field of the count's name
+    ("server_tool_use", "web_search_requests"),
+    ("server_tool_use", "web_fetch_requests"),
+    ("output_tokens_details", "thinking_tokens"),
+)
+_LABELS = ("service_tier", "speed", "inference_geo")
+_MAX_RAW_CHARS = 256
+
+
+class _Call:
+    """What we learn about one API call while it runs; turns into one UsageEvent."""
+
+    def __init__(self, tags: UsageTags, body: Mapping[str, Any], stream: bool) -> None:
+        self.tags = tags
+        self.model = str(body.get("model") or "unknown")
+        self.stream = stream
+        self.occurred_at = datetime.now(UTC)
+        self.started = time.monotonic()
+        self.usage: dict[str, int] = {}
+        self.labels: dict[str, Any] = {}  # service_tier, speed, inference_geo as reported
+        self.request_id: str | None = None
+        self.extra: dict[str, MetadataValue] = {"stream": stream}
+        self.finished = False
+        self.complete = not stream
+        self.default_tier = ServiceTier.STANDARD
+        self.event_id: uuid.UUID | None = None  # None: a fresh UUIDv7
+        self.duration_ms: int | None = None  # None: measured
+
+    def observe_usage(self, usage: Any) -> None:
+        """Record a ``Usage`` / ``MessageDeltaUsage``; later reports are cumulative totals."""
+        for name in _COUNTS:
+            value = getattr(usage, name, None)
+            if isinstance(value, int):
+                self.usage[name] = value
+        for parent, name in _DETAIL_COUNTS:
+            value = getattr(getattr(usage, parent, None), name, None)
+            if isinstance(value, int):
+                self.usage[name] = value
+        split = getattr(usage, "cache_creation", None)
+        five = getattr(split, "ephemeral_5m_input_tokens", None)
+        hour = getattr(split, "ephemeral_1h_input_tokens", None)
+        if isinstance(five, int) and isinstance(hour, int):
+            self.usage["cache_creation_5m_input_tokens"] = five
+            self.usage["cache_creation_1h_input_tokens"] = hour
+        for name in _LABELS:
+            if (value := getattr(usage, name, None)) is not None:
+                self.labels[name] = value
+
+    def observe_message(self, message: Any) -> None:
+        self.model = str(getattr(message, "model", None) or self.model)
+        if (usage := getattr(message, "usage", None)) is not None:
+            self.observe_usage(usage)
+        if (stop := getattr(message, "stop_reason", None)) is not None:
+            self.extra["stop_reason"] = str(stop)
+        if self.request_id is None:
+            self.request_id = getattr(message, "_request_id", None)
+
+    def observe_event(self, event: Any) -> None:
+        kind = getattr(event, "type", None)
+        if kind == "message_start":
+            self.observe_message(event.message)
+        elif kind == "message_delta":
+            self.observe_usage(event.usage)
+            stop = getattr(event.delta, "stop_reason", None)
+            if stop is not None:
+                self.extra["stop_reason"] = str(stop)
+        elif kind == "message_stop":
+            self.complete = True
+
+    def observe_error(self, exc: BaseException) -> None:
+        self.extra["error_type"] = type(exc).__name__
+        if isinstance(exc, APIStatusError):
+            self.extra["http_status"] = exc.status_code
+            self.request_id = self.request_id or exc.request_id
+
+    def _counts(self) -> dict[str, int]:
+        """Token counts as reported, minus a cache split that does not add up."""
+        usage = dict(self.usage)
+        five = usage.get("cache_creation_5m_input_tokens")
+        hour = usage.get("cache_creation_1h_input_tokens")
+        total = usage.get("cache_creation_input_tokens")
+        if five is not None and hour is not None and total is not None and total != five + hour:
+            usage.pop("cache_creation_5m_input_tokens")  # inconsistent split: keep the total
+            usage.pop("cache_creation_1h_input_tokens")
+        return usage
+
+    def _duration_ms(self) -> int:
+        if self.duration_ms is not None:
+            return self.duration_ms
+        return max(0, round((time.monotonic() - self.started) * 1000))
+
+    def event(self, status: Status) -> UsageEvent | None:
+        """The usage event, or None (logged) when attribution is missing or invalid."""
+        tags = self.tags
+        if not tags.tenant_id or not tags.source:
+            log.error(
+                "usage of a %s call not published: no tenant_id/source; pass them to "
+                "instrument() or usage_context()",
+                self.model,
+            )
+            return None
+        if self.stream and not self.complete:
+            self.extra["incomplete"] = True
+        data: dict[str, Any] = {
+            "tenant_id": tags.tenant_id,
+            "occurred_at": self.occurred_at,
+            "source": tags.source,
+            "source_id": tags.source_id or UNATTRIBUTED,
+            "source_name": tags.source_name,
+            "model": self.model,
+            **self._counts(),
+            "service_tier": self.default_tier,
+            **self.labels,
+            "duration_ms": self._duration_ms(),
+            "status": status,
+            "request_id": self.request_id,
+            "metadata": {**tags.metadata, **self.extra},
+        }
+        if self.event_id is not None:
+            data["event_id"] = self.event_id
+        return _validated(data, self.default_tier)
+
+
+def _validated(data: dict[str, Any], default_tier: ServiceTier) -> UsageEvent | None:
+    """Validate with the contract; billing dimensions it rejects are demoted, not fatal.
+
+    A newer API may report a tier or speed this contract does not know yet. Losing the call
+    would undercount far more than pricing it at the default: publish it at the default
+    with the raw value in metadata (and a warning), so it can be found and repriced.
+    """
+    thinking, output = data.get("thinking_tokens"), data.get("output_tokens", 0)
+    if isinstance(thinking, int) and isinstance(output, int) and thinking > output:
+        data = _demote(data, {"thinking_tokens"}, default_tier)  # a model-level rule
+    try:
+        return UsageEvent.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        rejected = {str(e["loc"][0]) for e in errors if e["loc"] and e["loc"][0] in V2_FIELDS}
+        if not rejected:
+            _log_invalid(data, exc)
+            return None
+        data = _demote(data, rejected, default_tier)
+    try:
+        return UsageEvent.model_validate(data)
+    except ValidationError as exc:
+        _log_invalid(data, exc)
+        return None
+
+
+def _demote(data: dict[str, Any], names: set[str], default_tier: ServiceTier) -> dict[str, Any]:
+    """``data`` with ``names`` at their defaults and their raw values in metadata."""
+    data, metadata = dict(data), dict(data["metadata"])
+    for name in sorted(names):
+        value = data.pop(name)
+        raw = value if isinstance(value, int | float | str) else str(value)
+        metadata[f"{name}_raw"] = raw[:_MAX_RAW_CHARS] if isinstance(raw, str) else raw
+        log.warning(
+            "usage of a %s call: %s=%r is not accepted by the event contract; published with "
+            "the default and the value in metadata[%r]",
+            data.get("model"),
+            name,
+            value,
+            f"{name}_raw",
+        )
+    if "service_tier" in names:
+        data["service_tier"] = default_tier
+    data["metadata"] = metadata
+    return data
+
+
+def _log_invalid(data: Mapping[str, Any], exc: ValidationError) -> None:
+    reason = describe_validation_error(exc)
+    log.error("usage event for a %s call is invalid, not published: %s", data.get("model"), reason)
+
+
 # --- Message Batches -----------------------------------------------------------------------
-BatchAttribution = Callable[[str], "UsageTags | None"]
+BatchAttribution = Callable[[str], UsageTags | None]
 _SEP = "__"
 _CUSTOM_ID_MAX = 64
 _CUSTOM_ID_CHARS = re.compile(r"[a-zA-Z0-9_-]+")  # the API's custom_id alphabet
@@ -141,7 +324,8 @@ _SOURCES = frozenset(s.value for s in Source)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class BatchCustomId(NamedTuple):
+@dataclass(frozen=True)
+class BatchCustomId:
     """What :func:`batch_custom_id` put into a custom_id."""
 
     source: Source
@@ -289,183 +473,19 @@ def _batch_id(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     return str(args[0] if args else kwargs.get("message_batch_id", ""))
 
 
-# --- recording one call ----------------------------------------------------------------
-_COUNTS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-)
-_DETAIL_COUNTS = (  # (Usage attribute, its count) -> the contract field of the count's name
-    ("server_tool_use", "web_search_requests"),
-    ("server_tool_use", "web_fetch_requests"),
-    ("output_tokens_details", "thinking_tokens"),
-)
-_LABELS = ("service_tier", "speed", "inference_geo")
-_MAX_RAW_CHARS = 256
+def _raw_results(kwargs: Mapping[str, Any]) -> bool:
+    """Whether ``results()`` was called through ``with_raw_response`` (not streaming)."""
+    headers = kwargs.get("extra_headers")
+    return isinstance(headers, Mapping) and headers.get(RAW_RESPONSE_HEADER) == "raw"
 
 
-class _Call:
-    """What we learn about one API call while it runs; turns into one UsageEvent."""
-
-    def __init__(self, tags: UsageTags, body: Mapping[str, Any], stream: bool) -> None:
-        self.tags = tags
-        self.model = str(body.get("model") or "unknown")
-        self.stream = stream
-        self.occurred_at = datetime.now(UTC)
-        self.started = time.monotonic()
-        self.usage: dict[str, int] = {}
-        self.labels: dict[str, Any] = {}  # service_tier, speed, inference_geo as reported
-        self.request_id: str | None = None
-        self.extra: dict[str, MetadataValue] = {"stream": stream}
-        self.finished = False
-        self.complete = not stream
-        self.default_tier = ServiceTier.STANDARD
-        self.event_id: uuid.UUID | None = None  # None: a fresh UUIDv7
-        self.duration_ms: int | None = None  # None: measured
-
-    def observe_usage(self, usage: Any) -> None:
-        """Record a ``Usage`` / ``MessageDeltaUsage``; later reports are cumulative totals."""
-        for name in _COUNTS:
-            value = getattr(usage, name, None)
-            if isinstance(value, int):
-                self.usage[name] = value
-        for parent, name in _DETAIL_COUNTS:
-            value = getattr(getattr(usage, parent, None), name, None)
-            if isinstance(value, int):
-                self.usage[name] = value
-        split = getattr(usage, "cache_creation", None)
-        five = getattr(split, "ephemeral_5m_input_tokens", None)
-        hour = getattr(split, "ephemeral_1h_input_tokens", None)
-        if isinstance(five, int) and isinstance(hour, int):
-            self.usage["cache_creation_5m_input_tokens"] = five
-            self.usage["cache_creation_1h_input_tokens"] = hour
-        for name in _LABELS:
-            if (value := getattr(usage, name, None)) is not None:
-                self.labels[name] = value
-
-    def observe_message(self, message: Any) -> None:
-        self.model = str(getattr(message, "model", None) or self.model)
-        if (usage := getattr(message, "usage", None)) is not None:
-            self.observe_usage(usage)
-        if (stop := getattr(message, "stop_reason", None)) is not None:
-            self.extra["stop_reason"] = str(stop)
-        if self.request_id is None:
-            self.request_id = getattr(message, "_request_id", None)
-
-    def observe_event(self, event: Any) -> None:
-        kind = getattr(event, "type", None)
-        if kind == "message_start":
-            self.observe_message(event.message)
-        elif kind == "message_delta":
-            self.observe_usage(event.usage)
-            stop = getattr(event.delta, "stop_reason", None)
-            if stop is not None:
-                self.extra["stop_reason"] = str(stop)
-        elif kind == "message_stop":
-            self.complete = True
-
-    def observe_error(self, exc: BaseException) -> None:
-        self.extra["error_type"] = type(exc).__name__
-        if isinstance(exc, APIStatusError):
-            self.extra["http_status"] = exc.status_code
-            self.request_id = self.request_id or exc.request_id
-
-    def _counts(self) -> dict[str, int]:
-        """Token counts as reported, minus a cache split that does not add up."""
-        usage = dict(self.usage)
-        five = usage.get("cache_creation_5m_input_tokens")
-        hour = usage.get("cache_creation_1h_input_tokens")
-        total = usage.get("cache_creation_input_tokens")
-        if five is not None and hour is not None and total is not None and total != five + hour:
-            usage.pop("cache_creation_5m_input_tokens")  # inconsistent split: keep the total
-            usage.pop("cache_creation_1h_input_tokens")
-        return usage
-
-    def event(self, status: Status) -> UsageEvent | None:
-        """The usage event, or None (logged) when attribution is missing or invalid."""
-        tags = self.tags
-        if not tags.tenant_id or not tags.source:
-            log.error(
-                "usage of a %s call not published: no tenant_id/source; pass them to "
-                "instrument() or usage_context()",
-                self.model,
-            )
-            return None
-        if self.stream and not self.complete:
-            self.extra["incomplete"] = True
-        data: dict[str, Any] = {
-            "tenant_id": tags.tenant_id,
-            "occurred_at": self.occurred_at,
-            "source": tags.source,
-            "source_id": tags.source_id or UNATTRIBUTED,
-            "source_name": tags.source_name,
-            "model": self.model,
-            **self._counts(),
-            "service_tier": self.default_tier,
-            **self.labels,
-            "duration_ms": self.duration_ms
-            if self.duration_ms is not None
-            else max(0, round((time.monotonic() - self.started) * 1000)),
-            "status": status,
-            "request_id": self.request_id,
-            "metadata": {**tags.metadata, **self.extra},
-        }
-        if self.event_id is not None:
-            data["event_id"] = self.event_id
-        return _validated(data, self.default_tier)
-
-
-def _validated(data: dict[str, Any], default_tier: ServiceTier) -> UsageEvent | None:
-    """Validate with the contract; billing dimensions it rejects are demoted, not fatal.
-
-    A newer API may report a tier or speed this contract does not know yet. Losing the call
-    would undercount far more than pricing it at the default: publish it at the default
-    with the raw value in metadata (and a warning), so it can be found and repriced.
-    """
-    thinking, output = data.get("thinking_tokens"), data.get("output_tokens", 0)
-    if isinstance(thinking, int) and isinstance(output, int) and thinking > output:
-        data = _demote(data, {"thinking_tokens"}, default_tier)  # a model-level rule
+def _billed_call(reader: _BatchReader, line: Any) -> _Call | None:
+    """``reader.call(line)``; a line we cannot make sense of is logged, never raised."""
     try:
-        return UsageEvent.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
-        rejected = {str(e["loc"][0]) for e in errors if e["loc"] and e["loc"][0] in V2_FIELDS}
-        if not rejected:
-            _log_invalid(data, exc)
-            return None
-        data = _demote(data, rejected, default_tier)
-    try:
-        return UsageEvent.model_validate(data)
-    except ValidationError as exc:
-        _log_invalid(data, exc)
+        return reader.call(line)
+    except Exception:
+        log.exception("usage of a result of batch %s not published", reader.batch_id)
         return None
-
-
-def _demote(data: dict[str, Any], names: set[str], default_tier: ServiceTier) -> dict[str, Any]:
-    """``data`` with ``names`` at their defaults and their raw values in metadata."""
-    data, metadata = dict(data), dict(data["metadata"])
-    for name in sorted(names):
-        value = data.pop(name)
-        raw = value if isinstance(value, int | float | str) else str(value)
-        metadata[f"{name}_raw"] = raw[:_MAX_RAW_CHARS] if isinstance(raw, str) else raw
-        log.warning(
-            "usage of a %s call: %s=%r is not accepted by the event contract; published with "
-            "the default and the value in metadata[%r]",
-            data.get("model"),
-            name,
-            value,
-            f"{name}_raw",
-        )
-    if "service_tier" in names:
-        data["service_tier"] = default_tier
-    data["metadata"] = metadata
-    return data
-
-
-def _log_invalid(data: Mapping[str, Any], exc: ValidationError) -> None:
-    reason = describe_validation_error(exc)
-    log.error("usage event for a %s call is invalid, not published: %s", data.get("model"), reason)
 
 
 # --- publishing without ever raising into the caller ------------------------------------
@@ -602,14 +622,6 @@ def _watch_batch_results(decoder: JSONLDecoder[Any], reader: _BatchReader, sink:
     decoder._iterator = observed()  # type: ignore[misc]
 
 
-def _billed_call(reader: _BatchReader, line: Any) -> _Call | None:
-    try:
-        return reader.call(line)
-    except Exception:
-        log.exception("usage of a result of batch %s not published", reader.batch_id)
-        return None
-
-
 def _patch_sync_batches(
     batches: Any, sink: SyncSink, defaults: UsageTags, attribution: BatchAttribution
 ) -> None:
@@ -624,14 +636,17 @@ def _patch_sync_batches(
     def results(*args: Any, **kwargs: Any) -> Any:
         tags = defaults.overlay(current_tags())
         with _capturing_batches() as seen:
-            decoder = original_results(*args, **kwargs)
+            result = original_results(*args, **kwargs)
         batch_id = _batch_id(args, kwargs)
+        decoder = result
+        if isinstance(result, APIResponse) and _raw_results(kwargs):
+            decoder = result.parse()  # cached: the caller's parse() returns this very decoder
         if isinstance(decoder, JSONLDecoder):
             reader = _BatchReader(batch_id, seen.get(batch_id), tags, attribution)
             _watch_batch_results(decoder, reader, sink)
-        else:  # with_raw_response / with_streaming_response: the caller reads the body
-            log.debug("usage of batch %s not recorded (response type %s)", batch_id, type(decoder))
-        return decoder
+        else:  # with_streaming_response: reading the body here would change what the caller sees
+            log.debug("usage of batch %s not recorded (response type %s)", batch_id, type(result))
+        return result
 
     batches.retrieve = retrieve
     batches.results = results
@@ -744,14 +759,17 @@ def _patch_async_batches(
     async def results(*args: Any, **kwargs: Any) -> Any:
         tags = defaults.overlay(current_tags())
         with _capturing_batches() as seen:
-            decoder = await original_results(*args, **kwargs)
+            result = await original_results(*args, **kwargs)
         batch_id = _batch_id(args, kwargs)
+        decoder = result
+        if isinstance(result, AsyncAPIResponse) and _raw_results(kwargs):
+            decoder = await result.parse()
         if isinstance(decoder, AsyncJSONLDecoder):
             reader = _BatchReader(batch_id, seen.get(batch_id), tags, attribution)
             _watch_async_batch_results(decoder, reader, sink)
         else:
-            log.debug("usage of batch %s not recorded (response type %s)", batch_id, type(decoder))
-        return decoder
+            log.debug("usage of batch %s not recorded (response type %s)", batch_id, type(result))
+        return result
 
     batches.retrieve = retrieve
     batches.results = results

@@ -8,7 +8,9 @@ import {
   formatPercent,
   formatRelativeTime,
   formatTokens,
+  formatUnpricedNote,
   formatUsd,
+  tierLabel,
 } from "./format.js";
 
 const STORAGE_KEY = "llmUsage.apiKey";
@@ -180,14 +182,20 @@ function setCard(id, display, raw, title, sub = "", warn = false) {
 
 function renderSummary(s) {
   const unpriced = Number(s.unpriced_calls || 0);
+  const models = s.unpriced_models || [];
   setCard(
     "card-total-cost",
     formatUsd(s.total_cost_usd),
     s.total_cost_usd,
     `$${s.total_cost_usd} exactly`,
-    unpriced ? `${formatInteger(unpriced)} calls of unknown models not priced` : "",
+    formatUnpricedNote(unpriced, models),
     unpriced > 0,
   );
+  // every unknown model with its calls, also those the card line leaves out
+  $("card-total-cost").querySelector(".sub").title = models.length
+    ? "Not in the price book (cost unknown, counted as $0):\n" +
+      models.map((m) => `${m.model}: ${formatInteger(m.calls)} calls`).join("\n")
+    : "";
   const cacheRead = Number(s.cache_read_input_tokens || 0);
   const cacheWrite = Number(s.cache_creation_input_tokens || 0);
   setCard(
@@ -390,6 +398,108 @@ function renderBySource(data) {
 
 const loadBySource = () =>
   loadPanel("by-source", (signal) => api("v1/usage/by-source", windowParams(), signal), renderBySource);
+
+// --- cost by model -------------------------------------------------------------------
+function tierBadge(tier) {
+  const label = tierLabel(tier);
+  if (!label) return null;
+  const span = document.createElement("span");
+  span.className = `badge tier tier-${String(tier).toLowerCase()}`;
+  span.textContent = label;
+  span.title = `Billed at ${String(tier).toLowerCase()} prices`;
+  return span;
+}
+
+function modelCell(item) {
+  const td = cell("model-name");
+  const name = document.createElement("span");
+  name.className = "title";
+  name.textContent = item.model || "(unknown)";
+  td.append(name);
+  const badge = tierBadge(item.price_tier);
+  if (badge) td.append(" ", badge);
+  const searches = Number(item.web_search_requests || 0);
+  if (searches > 0) {
+    const tools = document.createElement("span");
+    tools.className = "model";
+    tools.textContent = `${formatInteger(searches)} web search${searches === 1 ? "" : "es"} · ${formatUsd(item.tool_cost_usd)}`;
+    tools.title = `$${item.tool_cost_usd} of server-tool fees, included in the cost`;
+    td.append(tools);
+  }
+  return td;
+}
+
+function costCell(item) {
+  const unpriced = Number(item.unpriced_calls || 0);
+  if (unpriced > 0 && unpriced >= Number(item.calls)) {
+    return cell("num cost unpriced", "unpriced", `${item.model} is not in the price book`);
+  }
+  const td = cell("num cost", formatUsd(item.cost_usd), `$${item.cost_usd}`);
+  if (unpriced > 0) {
+    td.classList.add("unpriced");
+    td.title += ` + ${formatInteger(unpriced)} calls without a price`;
+    td.append(" *");
+  }
+  return td;
+}
+
+function shareCell(item, total) {
+  const td = cell("share");
+  if (Number(item.unpriced_calls) >= Number(item.calls) && Number(item.calls) > 0) {
+    td.textContent = "–"; // a share of an unknown cost
+    td.title = "Not priced: its share of the cost is unknown";
+    return td;
+  }
+  const box = document.createElement("span");
+  box.className = "share-box";
+  const bar = document.createElement("span");
+  bar.className = "bar";
+  const fill = document.createElement("span");
+  const cost = Number(item.cost_usd);
+  fill.style.width = `${total > 0 ? Math.min(100, (cost / total) * 100) : 0}%`;
+  bar.append(fill);
+  const text = document.createElement("span");
+  text.className = "pct";
+  text.textContent = formatPercent(cost, total);
+  box.append(bar, text);
+  td.append(box);
+  return td;
+}
+
+function renderByModel(data) {
+  const items = data.items || [];
+  const total = Number(data.total_cost_usd || 0);
+  $("models-body").replaceChildren(
+    ...items.map((item) => {
+      const tr = document.createElement("tr");
+      tr.dataset.model = item.model;
+      tr.dataset.tier = item.price_tier;
+      const tokens = cell("num tokens", formatTokens(item.total_tokens));
+      tokens.title =
+        `${formatInteger(item.input_tokens)} input · ${formatInteger(item.output_tokens)} output · ` +
+        `${formatInteger(item.cache_creation_input_tokens)} cache write · ` +
+        `${formatInteger(item.cache_read_input_tokens)} cache read`;
+      tr.append(
+        modelCell(item),
+        cell("num calls", formatInteger(item.calls)),
+        tokens,
+        costCell(item),
+        shareCell(item, total),
+      );
+      return tr;
+    }),
+  );
+  const note = $("models-note");
+  const unpriced = Number(data.unpriced_calls || 0);
+  note.hidden = unpriced === 0;
+  note.textContent = unpriced
+    ? `Unpriced: ${formatInteger(unpriced)} calls of models not in the price book; their cost is unknown and counted as $0.`
+    : "";
+  return items.length ? "" : EMPTY_MESSAGE;
+}
+
+const loadByModel = () =>
+  loadPanel("by-model", (signal) => api("v1/usage/by-model", windowParams(), signal), renderByModel);
 
 // --- top consumers -------------------------------------------------------------------
 const itemTokens = (item) =>
@@ -710,6 +820,7 @@ function loadAll() {
   loadSummary();
   loadTimeseries();
   loadBySource();
+  loadByModel();
   loadTop();
   loadRecords();
 }

@@ -118,3 +118,30 @@ export function formatPercent(part, whole) {
   if (!Number.isFinite(p) || !Number.isFinite(w) || w <= 0) return "0%";
   return `${((p / w) * 100).toFixed(1)}%`;
 }
+
+const TIER_LABELS = { batch: "Batch", fast: "Fast", priority: "Priority" };
+
+/** Badge text of a price tier: "batch" -> "Batch"; standard (or none) gets no badge: "". */
+export function tierLabel(tier) {
+  const key = String(tier ?? "").toLowerCase();
+  if (key === "" || key === "standard") return "";
+  return TIER_LABELS[key] ?? key.charAt(0).toUpperCase() + key.slice(1);
+}
+
+/**
+ * The Total Cost card's warning when calls of models without a price are in the window:
+ * (3, [{model: "a", calls: 2}, {model: "b", calls: 1}]) ->
+ * "cost incomplete: 3 calls of unknown models (a, b)"; the first `shown` models are named,
+ * the rest counted ("a, b, c and 2 more"). No unpriced calls: "".
+ */
+export function formatUnpricedNote(unpricedCalls, models, shown = 3) {
+  const calls = Number(unpricedCalls);
+  if (!Number.isFinite(calls) || calls <= 0) return "";
+  const names = (Array.isArray(models) ? models : [])
+    .map((m) => String(m?.model ?? m ?? ""))
+    .filter((name) => name !== "");
+  const what = calls === 1 ? "call of an unknown model" : "calls of unknown models";
+  let list = names.slice(0, shown).join(", ");
+  if (names.length > shown) list += ` and ${names.length - shown} more`;
+  return `cost incomplete: ${formatInteger(calls)} ${what}${list ? ` (${list})` : ""}`;
+}

@@ -233,20 +233,27 @@ def page(context: Any) -> Iterator[Any]:
     assert errors == [], f"JavaScript errors on the page: {errors}"
 
 
+PANELS = ("cards", "timeseries", "by-source", "by-model", "top", "records")
+
+
 def wait_ready(page: Any, *panels: str) -> None:
-    """Wait until each panel (cards, timeseries, by-source, top, records) has finished."""
-    for panel in panels or ("cards", "timeseries", "by-source", "top", "records"):
+    """Wait until each panel (all of ``PANELS`` by default) has finished."""
+    for panel in panels or PANELS:
         page.wait_for_selector(f"#{panel}[data-state=ready], #{panel}[data-state=empty]")
 
 
 _SCREENSHOTS: list[Path] = []
 
 
-def save_screenshot(page: Any, name: str) -> Path:
-    """A full-page PNG in test-output/browser/, listed at the end of the pytest run."""
+def save_screenshot(page: Any, name: str, selector: str | None = None) -> Path:
+    """A full-page PNG (or of the element ``selector``) in test-output/browser/, listed at
+    the end of the pytest run."""
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     path = OUTPUT_DIR / name
-    page.screenshot(path=str(path), full_page=True)
+    if selector:
+        page.locator(selector).screenshot(path=str(path))
+    else:
+        page.screenshot(path=str(path), full_page=True)
     _SCREENSHOTS.append(path)
     print(f"screenshot of the Usage page: {path}")
     return path

@@ -9,7 +9,9 @@ import {
   formatPercent,
   formatRelativeTime,
   formatTokens,
+  formatUnpricedNote,
   formatUsd,
+  tierLabel,
 } from "../../query_api/static/format.js";
 
 test("tokens are compact, as the spec's examples say", () => {
@@ -85,4 +87,34 @@ test("relative time", () => {
 test("percent", () => {
   assert.equal(formatPercent(1, 3), "33.3%");
   assert.equal(formatPercent(1, 0), "0%");
+});
+
+test("price tier badges: none for standard", () => {
+  assert.equal(tierLabel("batch"), "Batch");
+  assert.equal(tierLabel("fast"), "Fast");
+  assert.equal(tierLabel("priority"), "Priority");
+  assert.equal(tierLabel("standard"), "");
+  assert.equal(tierLabel(""), "");
+  assert.equal(tierLabel(null), "");
+  assert.equal(tierLabel("flex"), "Flex"); // a tier the page does not know yet still shows
+});
+
+test("unpriced note names the models", () => {
+  const models = [
+    { model: "claude-future-9", calls: 1200 },
+    { model: "acme-llm-2", calls: 34 },
+  ];
+  assert.equal(
+    formatUnpricedNote(1234, models),
+    "cost incomplete: 1,234 calls of unknown models (claude-future-9, acme-llm-2)",
+  );
+  assert.equal(
+    formatUnpricedNote(1, [{ model: "x", calls: 1 }]),
+    "cost incomplete: 1 call of an unknown model (x)",
+  );
+  const many = ["a", "b", "c", "d", "e"].map((model) => ({ model, calls: 1 }));
+  assert.equal(formatUnpricedNote(5, many), "cost incomplete: 5 calls of unknown models (a, b, c and 2 more)");
+  assert.equal(formatUnpricedNote(7, []), "cost incomplete: 7 calls of unknown models");
+  assert.equal(formatUnpricedNote(0, models), "");
+  assert.equal(formatUnpricedNote(undefined, undefined), "");
 });

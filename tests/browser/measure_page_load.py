@@ -9,9 +9,9 @@ It starts its own ClickHouse server (chdb-core, as ``llm-usage stack up`` does) 
 spread over the last 30 days (server-side ``INSERT ... SELECT``; kept between runs, so a
 second run skips the load), serves the real API + page with uvicorn on a free port, and opens
 the page in Debian's Chromium. For each period it reports, over ``--runs`` fresh browser
-profiles (no cache), the time from navigation start until the last of the five panels
-(cards, chart, donut, top consumers, records) has rendered, and the slowest API response the
-page waited for. Everything it started is stopped by PID at the end.
+profiles (no cache), the time from navigation start until the last of the six panels
+(cards, chart, donut, cost by model, top consumers, records) has rendered, and the slowest
+API response the page waited for. Everything it started is stopped by PID at the end.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY, TENANT = "page-load-key", "page-load"
-PANELS = ["cards", "timeseries", "by-source", "top", "records"]
+PANELS = ["cards", "timeseries", "by-source", "by-model", "top", "records"]
 CHUNK = 1_000_000
 
 _GENERATE = """
@@ -144,9 +144,9 @@ def measure(base_url: str, runs: int) -> None:
             f"{period:>6} {calls:>16,} {statistics.median(page_ms):>10.0f} "
             f"{max(page_ms):>8.0f} {statistics.median(api_ms):>8.0f}"
         )
-    print("(time from navigation start until all five panels have rendered; "
+    print("(time from navigation start until all six panels have rendered; "
           "'API max' = median of the slowest /v1/usage call of each load)")  # fmt: skip
-    print("\nmedian ms per endpoint, as the browser saw it (5 requests in parallel):")
+    print("\nmedian ms per endpoint, as the browser saw it (6 requests in parallel):")
     for period, per_endpoint in endpoints:
         cells = ", ".join(
             f"{name} {statistics.median(ms):.0f}" for name, ms in sorted(per_endpoint.items())

@@ -7,6 +7,7 @@ from typing import Any
 from tests.browser.conftest import (
     EMPTY_KEY,
     KEY,
+    PANELS,
     Api,
     format_tokens,
     format_usd,
@@ -91,7 +92,7 @@ def test_empty_period_says_so(context: Any, api: Api) -> None:
     context.add_init_script(f"localStorage.setItem('llmUsage.apiKey', '{EMPTY_KEY}')")
     page = context.new_page()
     page.goto("/")
-    for panel in ("cards", "timeseries", "by-source", "top", "records"):
+    for panel in PANELS:
         page.wait_for_selector(f"#{panel}[data-state=empty]")
         message = page.locator(f"#{panel} .state-message")
         assert message.inner_text() == "No usage in this period", panel

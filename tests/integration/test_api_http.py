@@ -47,6 +47,7 @@ def test_concurrent_requests_over_http(server: str) -> None:
         ("/v1/usage/summary", {}),
         ("/v1/usage/timeseries", {"tz": "Asia/Kathmandu", "granularity": "day"}),
         ("/v1/usage/by-source", {}),
+        ("/v1/usage/by-model", {"search": "digest"}),
         ("/v1/usage/top", {"by": "tokens"}),
         ("/v1/usage/records", {"page": 3, "search": "alpha"}),
     ]

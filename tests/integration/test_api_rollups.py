@@ -1,4 +1,5 @@
-"""Migration 0010's compact rollups: exact, replay-safe, and backfilled from existing rows."""
+"""Migrations 0010's and 0011's compact rollups (per source; per source, model and price
+tier): exact, replay-safe, and backfilled from existing rows."""
 
 from __future__ import annotations
 
@@ -39,6 +40,20 @@ def test_compact_rollups_equal_raw_and_drop_replayed_blocks(migrated: Settings) 
     assert raw[0] == 500
     assert _totals(client, "usage_api_15m") == raw
     assert _totals(client, "usage_api_daily") == raw
+    per_model = (
+        "SELECT model, price_tier, count(), sum(cost_usd), sum(tool_cost_usd),"
+        " sum(toUInt64(web_search_requests)) FROM usage_events WHERE tenant_id = 't'"
+        " GROUP BY ALL ORDER BY ALL"
+    )
+    want = client.query(per_model).result_rows
+    assert len({r[1] for r in want}) == 4, "every price tier is in the data"
+    for table in ("usage_api_models_15m", "usage_api_models_daily"):
+        got = client.query(
+            "SELECT model, price_tier, sum(calls), sum(cost_usd), sum(tool_cost_usd),"
+            f" sum(web_search_requests) FROM {table} WHERE tenant_id = 't'"
+            " GROUP BY ALL ORDER BY ALL"
+        ).result_rows
+        assert got == want, table
     slots = client.query(
         "SELECT toUnixTimestamp(slot) % 900, count() FROM usage_api_15m GROUP BY 1"
     ).result_rows

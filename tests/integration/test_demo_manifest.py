@@ -2,7 +2,9 @@
 
 The whole path is real: the CLI publishes through producers/ to the broker, a worker
 process prices and writes to ClickHouse, and the API answers from the rollups and the raw
-table. Every tenant's summary and per-source split must equal the manifest exactly.
+table. Every tenant's summary and per-source split must equal the manifest exactly, and so
+must the cost by model: the demo's batch, fast-mode, US-only and web-search calls are priced
+by the worker as the manifest prices them, and its fine-tuned model is reported unpriced.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from fastapi.testclient import TestClient
 from llm_usage.clickhouse import connect
 from llm_usage.localstack.processes import free_port
 from llm_usage.settings import Settings
+from llm_usage.simulate import UNKNOWN_MODEL
 from producers.topics import ensure_topics
 from query_api.app import create_app
 from stream_processor.harness import WorkerProcess, settings_env
@@ -88,6 +91,9 @@ def test_simulate_manifest_equals_api(migrated: Settings, tmp_path: Path) -> Non
         for field in ("input_tokens", "output_tokens", "cache_read_input_tokens",
                       "cache_creation_input_tokens", "unpriced_calls"):  # fmt: skip
             assert summary[field] == expected[field], field
+        assert summary["cost_incomplete"] is (expected["unpriced_calls"] > 0)
+        unpriced = {m["model"] for m in summary["unpriced_models"]}
+        assert unpriced == ({UNKNOWN_MODEL} if expected["unpriced_calls"] else set())
         by_source = client.get("/v1/usage/by-source", params=window, headers=headers).json()
         assert sum(s["calls"] for s in by_source["sources"]) == expected["calls"]
     # and the manifest's own per-source split, across both tenants
@@ -100,3 +106,28 @@ def test_simulate_manifest_equals_api(migrated: Settings, tmp_path: Path) -> Non
             totals[s["source"]] = totals.get(s["source"], Decimal(0)) + Decimal(s["cost_usd"])
     for source, expected in manifest["by_source"].items():
         assert totals[source] == Decimal(expected["cost_usd"]), source
+    assert manifest["unpriced_calls"] > 0, "the demo has calls of a model without a price"
+    assert _by_model(client, settings, window) == {
+        model: (t["calls"], Decimal(t["cost_usd"]), t["unpriced_calls"], t["web_search_requests"])
+        for model, t in manifest["by_model"].items()
+    }
+
+
+def _by_model(
+    client: TestClient, settings: Settings, window: dict[str, str]
+) -> dict[str, tuple[int, Decimal, int, int]]:
+    """(calls, cost, unpriced calls, web searches) per model, summed over every tenant."""
+    out: dict[str, tuple[int, Decimal, int, int]] = {}
+    for key in settings.api_key_tenants:
+        headers = {"Authorization": f"Bearer {key}"}
+        response = client.get("/v1/usage/by-model", params=window, headers=headers)
+        assert response.status_code == 200, response.text
+        for m in response.json()["models"]:
+            calls, cost, unpriced, searches = out.get(m["model"], (0, Decimal(0), 0, 0))
+            out[m["model"]] = (
+                calls + m["calls"],
+                cost + Decimal(m["cost_usd"]),
+                unpriced + m["unpriced_calls"],
+                searches + m["web_search_requests"],
+            )
+    return out

@@ -8,11 +8,19 @@ import anthropic
 import pytest
 
 from llm_usage.settings import Settings
-from producers.contract import Source, Status, UsageEvent
+from producers.contract import ServiceTier, Source, Status, UsageEvent
 from producers.instrument import instrument, usage_context
 from producers.publisher import SyncUsagePublisher, UsagePublisher
 from tests.integration.test_producers_publisher import read_calls
-from tests.unit.test_producers_instrument import ASK, async_client, sync_client
+from tests.unit.test_producers_instrument import (
+    ASK,
+    BATCH_ID,
+    MESSAGE_BILLING,
+    async_client,
+    billing,
+    check_batch_events,
+    sync_client,
+)
 
 
 def by_request(events: list[UsageEvent]) -> dict[tuple[str | None, bool, Status], UsageEvent]:
@@ -35,6 +43,7 @@ def test_sync_client_calls_arrive_on_the_calls_topic(settings: Settings) -> None
     streamed = got[("req_stream_1", True, Status.OK)]
     failed = got[("req_err_1", False, Status.ERROR)]
     assert (created.input_tokens, created.cache_creation_1h_input_tokens) == (2095, 2000)
+    assert billing(created) == MESSAGE_BILLING  # the v2 fields survive the wire
     assert (streamed.input_tokens, streamed.output_tokens) == (472, 89)
     assert failed.metadata["http_status"] == 500
     assert {e.source_id for e in got.values()} == {"conv-9"}
@@ -56,3 +65,19 @@ def test_async_client_calls_arrive_on_the_calls_topic(settings: Settings) -> Non
     assert got[("req_msg_1", False, Status.OK)].output_tokens == 503
     assert got[("req_stream_1", True, Status.OK)].cache_read_input_tokens == 3000
     assert {e.source for e in got.values()} == {Source.AGENT}
+
+
+def test_batch_results_read_twice_arrive_with_the_same_event_ids(settings: Settings) -> None:
+    """The worker dedupes by event_id per partition: both copies must share id and partition."""
+    with SyncUsagePublisher(settings) as pub:
+        client = instrument(sync_client(), pub, tenant_id="acme", source="memory")
+        for _ in range(2):
+            for _ in client.messages.batches.results(BATCH_ID):
+                pass
+        pub.flush()
+    events = asyncio.run(read_calls(settings, 6))  # read_calls checks each event's partition
+    unique = {e.event_id: e for e in events}
+    assert len(events) == 6 and len(unique) == 3  # partitions interleave: order by custom_id
+    order = {"memory__conv-42__1": 0, "memory__conv-42__0": 1, "nightly-digest-7": 2}
+    check_batch_events(sorted(unique.values(), key=lambda e: order[str(e.metadata["custom_id"])]))
+    assert {e.service_tier for e in events} == {ServiceTier.BATCH}

@@ -200,7 +200,11 @@ def test_v2_billing_fields_use_the_sdk_names_and_values() -> None:
             web_fetch_requests=2, thinking_tokens=15)
     )  # fmt: skip
     assert (event.service_tier, event.speed, event.inference_geo) == ("batch", "fast", "us")
-    assert (event.web_search_requests, event.web_fetch_requests, event.thinking_tokens) == (3, 2, 15)
+    assert (event.web_search_requests, event.web_fetch_requests, event.thinking_tokens) == (
+        3,
+        2,
+        15,
+    )
     defaults = parse_call(raw())
     assert (defaults.service_tier, defaults.speed, defaults.inference_geo) == (
         "standard", "standard", None
@@ -228,3 +232,10 @@ def test_bad_v2_values_are_rejected_with_a_reason_naming_the_field(
     overrides: dict[str, Any], field: str
 ) -> None:
     assert field in reason(**overrides)
+
+
+def test_a_v1_event_built_with_the_contract_is_written_as_v1() -> None:
+    v1 = parse_call(raw(schema_version=1))
+    wire = json.loads(v1.to_json())
+    assert wire["schema_version"] == 1 and "service_tier" not in wire
+    assert parse_call(wire) == v1

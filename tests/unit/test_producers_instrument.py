@@ -1,7 +1,8 @@
 """Instrumented Anthropic clients: the real SDK against realistic mocked API responses.
 
 The SDK (anthropic 2.x) speaks HTTP through ``httpx2``; ``httpx2.MockTransport`` answers
-with the JSON and SSE bodies the Messages API sends. Events go to an in-memory sink here;
+with the JSON, SSE and (Message Batches results) JSONL bodies the API sends. Events go to an
+in-memory sink here;
 ``tests/integration/test_producers_instrument.py`` sends them through Kafka.
 """
 
@@ -9,15 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anthropic
 import httpx2
 import pytest
 
-from producers.contract import Source, Status, UsageEvent
-from producers.instrument import UNATTRIBUTED, instrument, usage_context
+from producers.contract import ServiceTier, Source, Speed, Status, UsageEvent
+from producers.instrument import (
+    UNATTRIBUTED,
+    BatchCustomId,
+    UsageTags,
+    batch_custom_id,
+    batch_event_id,
+    instrument,
+    parse_batch_custom_id,
+    usage_context,
+)
 
 MODEL = "claude-sonnet-4-6"
 
@@ -35,9 +47,28 @@ MESSAGE_JSON: dict[str, Any] = {
         "cache_creation_input_tokens": 2051,
         "cache_read_input_tokens": 14000,
         "cache_creation": {"ephemeral_5m_input_tokens": 51, "ephemeral_1h_input_tokens": 2000},
-        "service_tier": "standard",
+        "server_tool_use": {"web_search_requests": 3, "web_fetch_requests": 1},
+        "output_tokens_details": {"thinking_tokens": 120},
+        "service_tier": "priority",
+        "speed": "fast",
+        "inference_geo": "us",
     },
 }
+# what MESSAGE_JSON bills beyond tokens: (tier, speed, geo, searches, fetches, thinking)
+MESSAGE_BILLING = (ServiceTier.PRIORITY, Speed.FAST, "us", 3, 1, 120)
+# the stream's: tier and geo from message_start, the counts from the last message_delta
+STREAM_BILLING = (ServiceTier.PRIORITY, Speed.STANDARD, "global", 2, 1, 40)
+
+
+def billing(event: UsageEvent) -> tuple[Any, ...]:
+    return (
+        event.service_tier,
+        event.speed,
+        event.inference_geo,
+        event.web_search_requests,
+        event.web_fetch_requests,
+        event.thinking_tokens,
+    )
 
 
 def sse(events: list[tuple[str, dict[str, Any]]]) -> bytes:
@@ -46,13 +77,20 @@ def sse(events: list[tuple[str, dict[str, Any]]]) -> bytes:
     )
 
 
-def stream_events(*, error_after_start: bool = False) -> list[tuple[str, dict[str, Any]]]:
+def stream_events(
+    *, error_after_start: bool = False, usage: dict[str, Any] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
     start_usage = {
         "input_tokens": 472,
         "output_tokens": 2,
         "cache_creation_input_tokens": 1200,
         "cache_read_input_tokens": 3000,
         "cache_creation": {"ephemeral_5m_input_tokens": 1200, "ephemeral_1h_input_tokens": 0},
+        "server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 0},
+        "service_tier": "priority",
+        "speed": "standard",
+        "inference_geo": "global",
+        **(usage or {}),
     }
     message = {**MESSAGE_JSON, "content": [], "stop_reason": None, "usage": start_usage}
     events: list[tuple[str, dict[str, Any]]] = [
@@ -99,20 +137,133 @@ def stream_events(*, error_after_start: bool = False) -> list[tuple[str, dict[st
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": 89},
+                "usage": {"output_tokens": 50, "output_tokens_details": {"thinking_tokens": 30}},
+            },
+        ),
+        (
+            "message_delta",  # usage in a delta is cumulative: the last one is the total
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {
+                    "input_tokens": 472,
+                    "output_tokens": 89,
+                    "cache_creation_input_tokens": 1200,
+                    "cache_read_input_tokens": 3000,
+                    "server_tool_use": {"web_search_requests": 2, "web_fetch_requests": 1},
+                    "output_tokens_details": {"thinking_tokens": 40},
+                },
             },
         ),
         ("message_stop", {"type": "message_stop"}),
     ]
 
 
+BATCH_ID = "msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d"
+BATCH_ENDED_AT = (datetime.now(UTC) - timedelta(hours=2)).replace(microsecond=435000)
+BATCH_CREATED_AT = BATCH_ENDED_AT - timedelta(minutes=25)
+
+
+def batch_json(batch_id: str = BATCH_ID) -> dict[str, Any]:
+    """``GET /v1/messages/batches/{id}`` of an ended batch, as the API answers it."""
+    return {
+        "id": batch_id,
+        "type": "message_batch",
+        "processing_status": "ended",
+        "request_counts": {
+            "processing": 0,
+            "succeeded": 3,
+            "errored": 1,
+            "canceled": 1,
+            "expired": 1,
+        },
+        "created_at": BATCH_CREATED_AT.isoformat().replace("+00:00", "Z"),
+        "ended_at": BATCH_ENDED_AT.isoformat().replace("+00:00", "Z"),
+        "expires_at": (BATCH_CREATED_AT + timedelta(days=1)).isoformat().replace("+00:00", "Z"),
+        "archived_at": None,
+        "cancel_initiated_at": None,
+        "results_url": f"https://api.anthropic.com/v1/messages/batches/{batch_id}/results",
+    }
+
+
+def batch_message(msg_id: str, model: str, **usage: Any) -> dict[str, Any]:
+    return {
+        **MESSAGE_JSON,
+        "id": msg_id,
+        "model": model,
+        "usage": {
+            "input_tokens": 1000,
+            "output_tokens": 200,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            **usage,
+        },
+    }
+
+
+BATCH_LINES: list[dict[str, Any]] = [  # results are not in request order
+    {
+        "custom_id": "memory__conv-42__1",
+        "result": {
+            "type": "succeeded",
+            "message": batch_message(
+                "msg_b1",
+                "claude-haiku-4-5",
+                service_tier="batch",
+                output_tokens_details={"thinking_tokens": 50},
+                inference_geo="global",
+            ),
+        },
+    },
+    {
+        "custom_id": "memory__conv-43__0",
+        "result": {
+            "type": "errored",
+            "error": {
+                "type": "error",
+                "error": {"type": "invalid_request_error", "message": "max_tokens: too large"},
+            },
+        },
+    },
+    {  # no service_tier in usage: a batch result is still billed at the batch tier
+        "custom_id": "memory__conv-42__0",
+        "result": {"type": "succeeded", "message": batch_message("msg_b0", MODEL)},
+    },
+    {"custom_id": "memory__conv-44__0", "result": {"type": "expired"}},
+    {"custom_id": "memory__conv-45__0", "result": {"type": "canceled"}},
+    {  # not the batch_custom_id convention
+        "custom_id": "nightly-digest-7",
+        "result": {
+            "type": "succeeded",
+            "message": batch_message("msg_b2", MODEL, service_tier="batch", input_tokens=10),
+        },
+    },
+]
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
 def handler(
-    *, status: int = 200, error_stream: bool = False
+    *,
+    status: int = 200,
+    error_stream: bool = False,
+    usage: dict[str, Any] | None = None,
+    batch_lines: list[dict[str, Any]] | None = None,
+    seen: list[str] | None = None,
 ) -> Callable[[httpx2.Request], httpx2.Response]:
+    """The Messages API: ``usage`` overrides the usage of every reply, ``seen`` logs paths."""
+
     def handle(request: httpx2.Request) -> httpx2.Response:
-        if request.url.path == "/v1/messages/count_tokens":  # not a billed call
+        path = request.url.path
+        if seen is not None:
+            seen.append(f"{request.method} {path}")
+        if path == "/v1/messages/count_tokens":  # not a billed call
             return httpx2.Response(200, json={"input_tokens": 12})
-        assert request.url.path == "/v1/messages"
+        if path.startswith("/v1/messages/batches/"):
+            return batches(request)
+        assert path == "/v1/messages"
         body = json.loads(request.content)
         if status != 200:
             return httpx2.Response(
@@ -127,9 +278,21 @@ def handler(
             return httpx2.Response(
                 200,
                 headers={"content-type": "text/event-stream", "request-id": "req_stream_1"},
-                content=sse(stream_events(error_after_start=error_stream)),
+                content=sse(stream_events(error_after_start=error_stream, usage=usage)),
             )
-        return httpx2.Response(200, headers={"request-id": "req_msg_1"}, json=MESSAGE_JSON)
+        message = {**MESSAGE_JSON, "usage": {**MESSAGE_JSON["usage"], **(usage or {})}}
+        return httpx2.Response(200, headers={"request-id": "req_msg_1"}, json=message)
+
+    def batches(request: httpx2.Request) -> httpx2.Response:
+        assert request.method == "GET"
+        batch_id = request.url.path.split("/")[4]
+        if request.url.path.endswith("/results"):
+            return httpx2.Response(
+                200,
+                headers={"content-type": "application/binary", "request-id": "req_results"},
+                content=jsonl(BATCH_LINES if batch_lines is None else batch_lines),
+            )
+        return httpx2.Response(200, headers={"request-id": "req_batch"}, json=batch_json(batch_id))
 
     return handle
 
@@ -189,6 +352,8 @@ def test_create_publishes_the_usage_block_and_returns_the_sdk_message() -> None:
     assert event.request_id == "req_msg_1"
     assert event.metadata["stop_reason"] == "end_turn" and event.metadata["stream"] is False
     assert event.duration_ms >= 0 and event.event_id.version == 7
+    assert billing(event) == MESSAGE_BILLING and event.schema_version == 2
+    assert "service_tier" not in event.metadata  # a contract field now, not metadata
 
 
 def test_usage_context_overrides_defaults_per_call() -> None:
@@ -225,6 +390,7 @@ def test_messages_stream_publishes_the_final_usage_once() -> None:
     assert event.cache_creation_input_tokens == 1200 and event.cache_read_input_tokens == 3000
     assert event.request_id == "req_stream_1" and event.metadata["stream"] is True
     assert "incomplete" not in event.metadata
+    assert billing(event) == STREAM_BILLING
 
 
 def test_create_stream_true_raw_events_are_passed_through_unchanged() -> None:
@@ -236,6 +402,7 @@ def test_create_stream_true_raw_events_are_passed_through_unchanged() -> None:
     assert [e.to_dict() for e in wrapped] == [e.to_dict() for e in plain]
     (event,) = sink.events
     assert event.output_tokens == 89 and event.source is Source.MEMORY
+    assert billing(event) == STREAM_BILLING
 
 
 def test_a_stream_closed_early_still_publishes_what_was_billed() -> None:
@@ -245,6 +412,7 @@ def test_a_stream_closed_early_still_publishes_what_was_billed() -> None:
         next(iter(stream))  # message_start only
     (event,) = sink.events
     assert event.input_tokens == 472 and event.metadata.get("incomplete") is True
+    assert billing(event) == (ServiceTier.PRIORITY, Speed.STANDARD, "global", 0, 0, 0)
 
 
 def test_http_errors_publish_status_error_and_reraise() -> None:
@@ -297,6 +465,7 @@ def test_beta_messages_are_instrumented_too() -> None:
     created, streamed = sink.events  # count_tokens published nothing
     assert (created.input_tokens, created.cache_creation_1h_input_tokens) == (2095, 2000)
     assert (streamed.output_tokens, streamed.metadata["stream"]) == (89, True)
+    assert billing(created) == MESSAGE_BILLING and billing(streamed) == STREAM_BILLING
 
 
 def test_missing_attribution_is_logged_never_raised(caplog: pytest.LogCaptureFixture) -> None:
@@ -334,17 +503,21 @@ def test_async_client_create_stream_and_errors() -> None:
             final = await stream.get_final_message()
         assert final.usage.output_tokens == 89
         raw_stream = await client.messages.create(**ASK, stream=True)
-        assert len([e async for e in raw_stream]) == 7
+        assert len([e async for e in raw_stream]) == 8
+        await client.beta.messages.create(**ASK)
         failing = instrument(async_client(status=429), sink, tenant_id="acme", source="agent")
         with pytest.raises(anthropic.RateLimitError):
             await failing.messages.create(**ASK)
         return sink.events
 
-    created, streamed, raw, failed = asyncio.run(main())
+    created, streamed, raw, beta, failed = asyncio.run(main())
     assert created.output_tokens == 503 and created.metadata["stream"] is False
     assert streamed.output_tokens == 89 and streamed.request_id == "req_stream_1"
     assert raw.output_tokens == 89
+    assert billing(created) == billing(beta) == MESSAGE_BILLING
+    assert billing(streamed) == billing(raw) == STREAM_BILLING
     assert failed.status is Status.ERROR and failed.metadata["http_status"] == 429
+    assert billing(failed) == (ServiceTier.STANDARD, Speed.STANDARD, None, 0, 0, 0)
 
 
 def test_async_tasks_keep_their_own_tags() -> None:
@@ -361,3 +534,238 @@ def test_async_tasks_keep_their_own_tags() -> None:
         return sink.events
 
     assert sorted(e.source_id for e in asyncio.run(main())) == [f"conv-{i}" for i in range(5)]
+
+
+# --- billing dimensions the contract does not know ------------------------------------------
+FUTURE_USAGE = {
+    "service_tier": "flex",
+    "speed": "ludicrous",
+    "inference_geo": "eu-west-sovereign-cloud-region-number-1",  # longer than the contract allows
+    "output_tokens_details": {"thinking_tokens": 9999},  # more than output_tokens
+}
+
+
+def test_values_from_a_newer_api_keep_the_call_with_the_raw_value_in_metadata(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = Sink()
+    client = instrument(
+        sync_client(usage=FUTURE_USAGE), sink, tenant_id="acme", source="chat", source_id="c7"
+    )
+    with caplog.at_level(logging.WARNING, logger="producers.instrument"):
+        client.messages.create(**ASK)
+        with client.messages.stream(**ASK) as stream:
+            stream.until_done()
+    created, streamed = sink.events
+    for event in (created, streamed):
+        assert (event.service_tier, event.speed) == (ServiceTier.STANDARD, Speed.STANDARD)
+        assert event.inference_geo is None
+        assert event.metadata["service_tier_raw"] == "flex"
+        assert event.metadata["speed_raw"] == "ludicrous"
+        assert event.metadata["inference_geo_raw"] == FUTURE_USAGE["inference_geo"]
+        assert "service_tier" not in event.metadata
+    assert (created.input_tokens, created.output_tokens, created.web_search_requests) == (
+        2095,
+        503,
+        3,
+    )
+    assert created.thinking_tokens == 0 and created.metadata["thinking_tokens_raw"] == 9999
+    # the stream's last delta reports 40 of 89: the later total replaces the start's 9999
+    assert streamed.thinking_tokens == 40 and "thinking_tokens_raw" not in streamed.metadata
+    assert "service_tier='flex' is not accepted by the event contract" in caplog.text
+
+
+def test_the_raw_value_does_not_duplicate_an_accepted_one() -> None:
+    sink = Sink()
+    client = instrument(sync_client(), sink, tenant_id="acme", source="chat", source_id="c8")
+    client.messages.create(**ASK)
+    (event,) = sink.events
+    assert not [k for k in event.metadata if k.endswith("_raw")]
+
+
+# --- Message Batches ---------------------------------------------------------------------------
+def test_batch_custom_id_round_trips_and_refuses_what_the_api_would() -> None:
+    assert batch_custom_id("memory", "conv-42", 0) == "memory__conv-42__0"
+    assert batch_custom_id(Source.AGENT, "a__b_", 12) == "agent__a__b___12"
+    for custom_id in ("memory__conv-42__0", "agent__a__b___12", "chat___x__3"):
+        parsed = parse_batch_custom_id(custom_id)
+        assert parsed is not None
+        assert batch_custom_id(parsed.source, parsed.source_id, parsed.index) == custom_id
+    assert parse_batch_custom_id("agent__a__b___12") == BatchCustomId(Source.AGENT, "a__b_", 12)
+    for foreign in ("nightly-digest-7", "memory__x", "billing__x__1", "memory____1", "chat__x__1a"):
+        assert parse_batch_custom_id(foreign) is None
+    with pytest.raises(ValueError, match="characters"):
+        batch_custom_id("memory", "conv:42", 0)  # the API allows no colons
+    with pytest.raises(ValueError, match="longer than 64"):
+        batch_custom_id("memory", "x" * 60, 0)
+    with pytest.raises(ValueError, match="index"):
+        batch_custom_id("memory", "conv-42", -1)
+    with pytest.raises(ValueError):
+        batch_custom_id("billing", "conv-42", 0)
+
+
+def test_batch_event_ids_are_uuid7_shaped_and_a_pure_function_of_the_request() -> None:
+    first = batch_event_id(BATCH_ID, "memory__conv-42__0", BATCH_ENDED_AT)
+    assert first == batch_event_id(BATCH_ID, "memory__conv-42__0", BATCH_ENDED_AT)
+    assert first.version == 7 and first.variant == "specified in RFC 4122"
+    assert first.int >> 80 == int(BATCH_ENDED_AT.timestamp() * 1000)
+    assert first != batch_event_id(BATCH_ID, "memory__conv-42__1", BATCH_ENDED_AT)
+    assert first != batch_event_id("msgbatch_other", "memory__conv-42__0", BATCH_ENDED_AT)
+    undated = batch_event_id(BATCH_ID, "memory__conv-42__0", None)
+    assert undated == batch_event_id(BATCH_ID, "memory__conv-42__0", None) and undated.version == 7
+
+
+def check_batch_events(events: list[UsageEvent], tenant: str = "acme") -> None:
+    """The three succeeded results of BATCH_LINES, in file order; nothing for the others."""
+    one, zero, foreign = events
+    assert [e.metadata["custom_id"] for e in events] == [
+        "memory__conv-42__1",
+        "memory__conv-42__0",
+        "nightly-digest-7",
+    ]
+    for event in events:
+        assert event.tenant_id == tenant and event.status is Status.OK
+        assert event.service_tier is ServiceTier.BATCH and event.metadata["batch_id"] == BATCH_ID
+        assert event.occurred_at == BATCH_ENDED_AT and event.duration_ms == 0
+        assert event.event_id == batch_event_id(
+            BATCH_ID, str(event.metadata["custom_id"]), BATCH_ENDED_AT
+        )
+        assert "service_tier" not in event.metadata
+    assert (one.source, one.source_id, one.model) == (Source.MEMORY, "conv-42", "claude-haiku-4-5")
+    assert (one.input_tokens, one.output_tokens, one.thinking_tokens) == (1000, 200, 50)
+    assert one.inference_geo == "global"
+    assert (zero.source, zero.source_id, zero.model) == (Source.MEMORY, "conv-42", MODEL)
+    assert foreign.input_tokens == 10 and foreign.metadata["stop_reason"] == "end_turn"
+
+
+def test_batch_results_publish_one_event_per_succeeded_result(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink, seen = Sink(), list[str]()
+    client = instrument(
+        sync_client(seen=seen), sink, tenant_id="acme", source="agent", metadata={"svc": "m"}
+    )
+    with caplog.at_level(logging.INFO, logger="producers.instrument"):
+        results = list(client.messages.batches.results(BATCH_ID))
+    assert [r.result.type for r in results] == [line["result"]["type"] for line in BATCH_LINES]
+    assert isinstance(results[0].result, anthropic.types.messages.MessageBatchSucceededResult)
+    assert seen == [  # one retrieve (the SDK's own, for results_url), then the file
+        f"GET /v1/messages/batches/{BATCH_ID}",
+        f"GET /v1/messages/batches/{BATCH_ID}/results",
+    ]
+    check_batch_events(sink.events)
+    foreign = sink.events[2]  # attributed with the instrument() tags, custom_id kept
+    assert (foreign.source, foreign.source_id) == (Source.AGENT, UNATTRIBUTED)
+    assert foreign.metadata["svc"] == "m"
+    assert "3 succeeded results published" in caplog.text
+    assert "{'canceled': 1, 'errored': 1, 'expired': 1}" in caplog.text
+
+
+def test_reading_batch_results_twice_gives_the_same_event_ids() -> None:
+    sink = Sink()
+    client = instrument(sync_client(), sink, tenant_id="acme", source="memory")
+    for _ in client.messages.batches.results(BATCH_ID):
+        pass
+    first = [e.event_id for e in sink.events]
+    decoder = client.messages.batches.results(message_batch_id=BATCH_ID)
+    assert next(decoder).custom_id == "memory__conv-42__1"  # also when read with next()
+    for _ in decoder:
+        pass
+    assert [e.event_id for e in sink.events[3:]] == first and len(set(first)) == 3
+
+
+def test_beta_batch_results_and_usage_context_at_read_time() -> None:
+    sink = Sink()
+    client = instrument(sync_client(), sink, source="memory")
+    with usage_context(tenant_id="globex", source_id="nightly"):
+        decoder = client.beta.messages.batches.results(BATCH_ID)
+    results = list(decoder)  # read outside the block: the tags of the results() call hold
+    assert type(results[0]).__name__ == "BetaMessageBatchIndividualResponse"
+    check_batch_events(sink.events, tenant="globex")
+    assert sink.events[2].source_id == "nightly"
+
+
+def test_batch_attribution_overrides_the_custom_id_convention(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def attribution(custom_id: str) -> UsageTags | None:
+        if custom_id.startswith("nightly-digest-"):
+            return UsageTags(source="agent", source_id="digest-agent", source_name="Digest")
+        if custom_id == "memory__conv-42__0":
+            raise RuntimeError("lookup failed")  # logged; the result keeps the default tags
+        return None
+
+    sink = Sink()
+    client = instrument(
+        sync_client(), sink, tenant_id="acme", source="memory", batch_attribution=attribution
+    )
+    for _ in client.messages.batches.results(BATCH_ID):
+        pass
+    one, zero, foreign = sink.events
+    assert (foreign.source, foreign.source_id, foreign.source_name) == (
+        Source.AGENT,
+        "digest-agent",
+        "Digest",
+    )
+    assert (one.source, one.source_id) == (Source.MEMORY, UNATTRIBUTED)  # None: not parsed
+    assert zero.source_id == UNATTRIBUTED and "batch_attribution failed" in caplog.text
+    copy = client.with_options(timeout=5)  # copies keep the attribution
+    for _ in copy.messages.batches.results(BATCH_ID):
+        pass
+    assert sink.events[5].source_id == "digest-agent"
+
+
+def test_batch_results_through_raw_response() -> None:
+    sink = Sink()
+    client = instrument(sync_client(), sink, tenant_id="acme", source="agent")
+    raw = client.messages.batches.with_raw_response.results(BATCH_ID)
+    assert raw.headers["request-id"] == "req_results"
+    assert len(list(raw.parse())) == len(BATCH_LINES)
+    check_batch_events(sink.events)
+    with client.messages.batches.with_streaming_response.results(BATCH_ID) as streaming:
+        assert len(list(streaming.iter_lines())) == len(BATCH_LINES)
+    assert len(sink.events) == 3  # a streamed body is the caller's to read: not recorded
+
+
+def test_batch_results_without_a_tenant_are_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = Sink()
+    client = instrument(sync_client(), sink)
+    assert len(list(client.messages.batches.results(BATCH_ID))) == len(BATCH_LINES)
+    assert sink.events == [] and "no tenant_id/source" in caplog.text
+
+
+def test_async_batch_results_regular_and_beta() -> None:
+    async def main() -> tuple[list[UsageEvent], list[UsageEvent]]:
+        regular, beta = AsyncSink(), AsyncSink()
+        client = instrument(async_client(), regular, tenant_id="acme", source="agent")
+        types = [r.result.type async for r in await client.messages.batches.results(BATCH_ID)]
+        assert types == [line["result"]["type"] for line in BATCH_LINES]
+        again = await client.messages.batches.results(BATCH_ID)
+        assert (await again.__anext__()).custom_id == "memory__conv-42__1"
+        async for _ in again:
+            pass
+        other = instrument(async_client(), beta, tenant_id="acme", source="agent")
+        async for _ in await other.beta.messages.batches.results(BATCH_ID):
+            pass
+        raw = await other.messages.batches.with_raw_response.results(BATCH_ID)
+        async for _ in await raw.parse():
+            pass
+        return regular.events, beta.events
+
+    regular, beta = asyncio.run(main())
+    check_batch_events(regular[:3])
+    assert [e.event_id for e in regular[3:]] == [e.event_id for e in regular[:3]]
+    check_batch_events(beta[:3])
+    assert [e.event_id for e in beta] == [e.event_id for e in regular[:3]] * 2
+
+
+def test_other_batch_endpoints_are_untouched() -> None:
+    sink = Sink()
+    client = instrument(sync_client(), sink, tenant_id="acme", source="memory")
+    batch = client.messages.batches.retrieve(BATCH_ID)
+    assert batch.ended_at == BATCH_ENDED_AT and batch.request_counts.succeeded == 3
+    raw = client.messages.batches.with_raw_response.retrieve(BATCH_ID)
+    assert raw.parse().id == BATCH_ID
+    assert sink.events == []

@@ -1,20 +1,50 @@
-"""The demo traffic model: deterministic shape, realistic mix, manifest counts once."""
+"""The demo traffic model: deterministic shape, realistic mix, manifest counts once.
+
+The mix is the pinned SDK's line-up with its billing dimensions (batch, fast mode, web
+search, thinking, US-only inference), and the manifest prices it exactly as the worker does.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import cache
 
-from llm_usage.simulate import Manifest, SimulationConfig, generate
+from llm_usage.simulate import (
+    MODEL_MIX,
+    UNKNOWN_MODEL,
+    Manifest,
+    Published,
+    SimulationConfig,
+    book_pricer,
+    generate,
+    has_fast_mode,
+    has_us_inference,
+)
+from producers.contract import ServiceTier, Speed, UsageEvent
+from stream_processor.enrich import COLUMNS, Enricher
+from stream_processor.pricing import PriceBook
+from stream_processor.pricing.coverage import sdk_models
 
 END = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
-def _flat_price(event) -> Decimal | None:  # type: ignore[no-untyped-def]
-    if event.model.startswith("claude-3-5"):
-        return None  # stands in for a model missing from the price book
+def _flat_price(event: UsageEvent) -> Decimal | None:
+    if event.model == UNKNOWN_MODEL:
+        return None  # the deliberate model missing from the price book
     return Decimal("0.000001") * event.input_tokens
+
+
+@cache
+def _week() -> list[UsageEvent]:
+    """A week of unique calls, shared by the tests that only read it."""
+    cfg = SimulationConfig(calls=4000, days=7, seed=1, end=END)
+    return [p.call for p in generate(cfg) if p.call and not p.duplicate]
+
+
+def _of(source: str) -> list[UsageEvent]:
+    return [c for c in _week() if c.source.value == source]
 
 
 def test_same_seed_same_traffic_but_fresh_event_ids() -> None:
@@ -58,3 +88,107 @@ def test_manifest_counts_each_unique_call_once() -> None:
     assert sum(t["calls"] for t in out["by_tenant"].values()) == 1000
     assert sum(t["calls"] for t in out["by_source"].values()) == 1000
     assert out["duplicates_published"] > 0
+
+
+def test_models_are_the_sdk_line_up_and_all_priced_but_the_unknown_one() -> None:
+    book = PriceBook.load()
+    sdk = set(sdk_models())
+    mixed = {model for mix in MODEL_MIX.values() for model, _ in mix}
+    used = Counter(c.model for c in _week())
+    assert set(used) == mixed
+    assert set(used) - {UNKNOWN_MODEL} <= sdk
+    assert all(book.can_price(m) for m in used if m != UNKNOWN_MODEL)
+    assert not book.can_price(UNKNOWN_MODEL)
+    assert 0 < used[UNKNOWN_MODEL] < 0.02 * len(_week())  # a tiny share, but there
+    assert {"claude-opus-5-5", "claude-sonnet-5-5", "claude-haiku-5-5"} <= set(used)
+
+
+def test_memory_extraction_is_mostly_batch_and_only_memory_is() -> None:
+    memory = _of("memory")
+    batch = sum(c.service_tier is ServiceTier.BATCH for c in memory) / len(memory)
+    assert 0.55 <= batch <= 0.75
+    assert all(c.service_tier is not ServiceTier.BATCH for c in _of("chat") + _of("agent"))
+    assert all(c.speed is Speed.STANDARD for c in memory if c.service_tier is ServiceTier.BATCH)
+
+
+def test_agents_use_fast_mode_where_priced_and_web_search() -> None:
+    agents = _of("agent")
+    fast = [c for c in agents if c.speed is Speed.FAST]
+    assert 0.05 * len(agents) <= len(fast) <= 0.4 * len(agents)
+    assert all(has_fast_mode(c.model) for c in _week() if c.speed is Speed.FAST)
+    book = PriceBook.load()
+    for model in {c.model for c in fast}:
+        entry = book.entry(book.resolve(model), END)
+        assert entry is not None and "fast" in entry.tiers, model
+    searched = [c for c in agents if c.web_search_requests]
+    assert 0.1 * len(agents) <= len(searched) <= 0.4 * len(agents)
+    assert {c.web_search_requests for c in searched} == {1, 2, 3, 4, 5}
+    assert any(c.web_fetch_requests for c in searched)
+    assert all(c.web_search_requests for c in _week() if c.web_fetch_requests)
+
+
+def test_thinking_and_us_only_inference() -> None:
+    calls = _week()
+    assert all(c.thinking_tokens <= c.output_tokens for c in calls)
+    agents, opus = _of("agent"), [c for c in calls if "opus" in c.model]
+    assert sum(c.thinking_tokens > 0 for c in agents) > 0.4 * len(agents)
+    assert sum(c.thinking_tokens > 0 for c in opus) > 0.5 * len(opus)
+    assert not any(c.thinking_tokens for c in _of("memory"))
+    us = [c for c in calls if c.inference_geo == "us"]
+    assert 0 < len(us) < 0.15 * len(calls)
+    assert all(has_us_inference(c.model) for c in us)
+    assert {c.inference_geo for c in calls} == {"us", "global"}
+
+
+def test_book_pricer_is_the_workers_pricing() -> None:
+    """The manifest's price of every call is the cost the worker's enricher writes."""
+    book = PriceBook.load()
+    price = book_pricer(book)
+    rows = Enricher(book, {}).rows(_week(), "calls", 0, 0)
+    cost, priced = COLUMNS.index("cost_usd"), COLUMNS.index("priced")
+    for event, row in zip(_week(), rows, strict=True):
+        assert price(event) == (row[cost] if row[priced] else None), event
+    tiers = Counter(row[COLUMNS.index("price_tier")] for row in rows)
+    assert tiers["batch"] and tiers["fast"] and tiers["standard"]
+    assert any(row[COLUMNS.index("tool_cost_usd")] for row in rows)
+
+
+def _priced_without_tools(key: str, unless: object) -> list[UsageEvent]:
+    """Priced calls without web-search fees whose ``key`` is not ``unless``."""
+    return [
+        c for c in _week()
+        if getattr(c, key) != unless and c.model != UNKNOWN_MODEL and not c.web_search_requests
+    ]  # fmt: skip
+
+
+def test_book_pricer_prices_batch_at_half() -> None:
+    price = book_pricer(PriceBook.load())
+    batch = _priced_without_tools("service_tier", ServiceTier.STANDARD)
+    assert batch
+    for event in batch:
+        standard = price(event.model_copy(update={"service_tier": ServiceTier.STANDARD}))
+        assert standard is not None and price(event) == standard / 2
+
+
+def test_book_pricer_prices_us_only_inference_at_1_1x() -> None:
+    price = book_pricer(PriceBook.load())
+    us = _priced_without_tools("inference_geo", "global")
+    assert us
+    for event in us:
+        listed = price(event.model_copy(update={"inference_geo": "global"}))
+        assert listed is not None and price(event) == listed * Decimal("1.1")
+
+
+def test_manifest_by_model_uses_the_workers_model_names() -> None:
+    book = PriceBook.load()
+    manifest = Manifest(price=book_pricer(book), model_of=book.resolve)
+    for call in _week():
+        manifest.record(Published(call=call))
+    out = manifest.as_json()
+    assert "claude-haiku-4-5" in out["by_model"]  # the dated snapshot, resolved
+    assert "claude-haiku-4-5-20251001" not in out["by_model"]
+    assert out["by_model"][UNKNOWN_MODEL]["unpriced_calls"] == out["unpriced_calls"] > 0
+    assert sum(m["calls"] for m in out["by_model"].values()) == out["calls"]
+    total = sum((Decimal(m["cost_usd"]) for m in out["by_model"].values()), Decimal(0))
+    assert total == Decimal(out["cost_usd"])
+    assert out["web_search_requests"] == sum(c.web_search_requests for c in _week()) > 0
