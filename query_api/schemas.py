@@ -159,6 +159,7 @@ class ModelCosts(TokenCounts):
 
     @staticmethod
     def fields_of(model: str, totals: Totals) -> dict[str, Any]:
+        """Keyword arguments of the fields above, shared by per-tier and per-model rows."""
         return {
             "model": model,
             "web_search_requests": totals.web_search_requests,

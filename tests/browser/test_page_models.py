@@ -135,7 +135,7 @@ def test_cost_by_model_shows_every_model_and_tier(page: Any, api: Api) -> None:
             assert row.locator(".pct").inner_text() == f"{share:.1f}%"
         else:
             assert cost == "unpriced"
-            assert row.locator("td.share").inner_text() == "–", "no share of an unknown cost"
+            assert row.locator("td.share").inner_text() == "\u2013", "no share of an unknown cost"
     first = rows.nth(0)
     assert (first.get_attribute("data-model"), first.get_attribute("data-tier")) == (
         "claude-opus-4-5", "fast"
