@@ -8,7 +8,7 @@ Already covered there (not repeated here):
 And in tests/integration/test_api_endpoints.py, ``test_auth_is_required_and_decides_the_tenant``.
 
 Added here:
-- every aggregate endpoint (summary, timeseries, by-source, top) of each tenant equals
+- every aggregate endpoint (summary, timeseries, by-source, by-model, top) of each tenant equals
   brute force over that tenant's raw rows, and the two tenants add up to the whole table;
 - the tenant cannot be chosen by a parameter or a header, only by the key;
 - a cursor forged from another tenant's row reveals nothing of that tenant;
@@ -65,7 +65,7 @@ PAYLOADS = [
 ]  # fmt: skip
 PARAMETERS = ["period", "from", "to", "source", "search", "tz", "granularity", "by", "limit",
               "page", "page_size", "cursor"]  # fmt: skip
-ENDPOINTS = ["summary", "timeseries", "by-source", "top", "records"]
+ENDPOINTS = ["summary", "timeseries", "by-source", "by-model", "top", "records"]
 
 
 @dataclass
@@ -152,6 +152,9 @@ def test_tenant_isolation_every_aggregate_sums_only_the_callers_rows(env: Env) -
         series = _get(env, "timeseries", {**EVERYTHING, "granularity": "day"}, headers)
         assert sum(p["calls"] for p in series["points"]) == calls
         assert sum(Decimal(p["cost_usd"]) for p in series["points"]) == cost
+        models = _get(env, "by-model", EVERYTHING, headers)
+        assert sum(i["calls"] for i in models["items"]) == calls
+        assert sum(Decimal(i["cost_usd"]) for i in models["items"]) == cost
         top = _get(env, "top", {**EVERYTHING, "limit": 100}, headers)
         assert sum(i["calls"] for i in top["items"]) <= calls
         if tenant == "tenant-a":
