@@ -170,12 +170,12 @@ def _shipped_book() -> PriceBook:
 
 @functools.cache
 def _features(model: str) -> frozenset[str]:
-    """Price tiers and inference geos the book's latest entry for ``model`` has."""
+    """Price tiers and inference geos the book prices ``model`` with today."""
     book = _shipped_book()
-    entries = book.entries.get(book.resolve(model))
-    if not entries:
-        return frozenset()
-    return frozenset(entries[-1].tiers) | frozenset(entries[-1].geo_multipliers)
+    canonical = book.resolve(model)
+    entry = book.entry(canonical, datetime.now(UTC))
+    geos = frozenset(entry.geo_multipliers) if entry else frozenset()
+    return book.rate_sets(canonical) | geos
 
 
 def has_fast_mode(model: str) -> bool:
@@ -445,19 +445,7 @@ def book_pricer(book: PriceBook) -> Callable[[UsageEvent], Decimal | None]:
     normalisation, same billing fields (tier, fast mode, inference geo, web searches)."""
 
     def price(event: UsageEvent) -> Decimal | None:
-        quote = book.quote(
-            book.resolve(event.model),
-            event.occurred_at,
-            event.input_tokens,
-            event.output_tokens,
-            event.cache_creation_5m_input_tokens,
-            event.cache_creation_1h_input_tokens,
-            event.cache_read_input_tokens,
-            service_tier=event.service_tier,
-            speed=event.speed,
-            inference_geo=event.inference_geo,
-            web_search_requests=event.web_search_requests,
-        )
+        quote = book.quote_event(book.resolve(event.model), event)
         return quote.cost_usd if quote.priced else None
 
     return price

@@ -135,22 +135,23 @@ class UsageEvent(BaseModel):
     cache_creation_5m_input_tokens: TokenCount = 0
     cache_creation_1h_input_tokens: TokenCount = 0
     cache_read_input_tokens: TokenCount = 0
-    # v2: the billing dimensions of the SDK's ``Usage`` (same names and values)
-    service_tier: ServiceTier = Field(
-        default=ServiceTier.STANDARD, description="usage.service_tier: standard, priority or batch"
+    # v2: the billing dimensions of the SDK's ``Usage``, same names and values; None (or
+    # absent) means not reported, as the SDK's Optional fields allow: standard, no tools
+    service_tier: ServiceTier | None = Field(
+        default=None, description="usage.service_tier: standard, priority or batch"
     )
-    speed: Speed = Field(default=Speed.STANDARD, description="usage.speed: standard or fast")
+    speed: Speed | None = Field(default=None, description="usage.speed: standard or fast")
     inference_geo: Annotated[str, Field(max_length=32)] | None = Field(
         default=None, description="usage.inference_geo, e.g. 'global' or 'us' (US-only inference)"
     )
-    web_search_requests: ToolRequests = Field(
-        default=0, description="usage.server_tool_use.web_search_requests (billed per 1,000)"
+    web_search_requests: ToolRequests | None = Field(
+        default=None, description="usage.server_tool_use.web_search_requests (billed per 1,000)"
     )
-    web_fetch_requests: ToolRequests = Field(
-        default=0, description="usage.server_tool_use.web_fetch_requests (no fee of its own)"
+    web_fetch_requests: ToolRequests | None = Field(
+        default=None, description="usage.server_tool_use.web_fetch_requests (no fee of its own)"
     )
-    thinking_tokens: TokenCount = Field(
-        default=0, description="usage.output_tokens_details.thinking_tokens: part of output_tokens"
+    thinking_tokens: TokenCount | None = Field(
+        default=None, description="usage.output_tokens_details.thinking_tokens, part of output"
     )
     duration_ms: Annotated[StrictInt, Field(ge=0, le=MAX_DURATION_MS)] = 0
     status: Status = Status.OK
@@ -189,31 +190,36 @@ class UsageEvent(BaseModel):
 
         The API reports a cache-write total and, for newer models, a split. A total without
         a split is priced as 5-minute writes (the API's default TTL); a split without a total
-        fills it.
+        fills it. Runs once per event: kept to plain lookups (no copies unless it fills in).
         """
         if not isinstance(data, dict):
             return data
-        if data.get("schema_version") == 1:
-            extra = [name for name in V2_FIELDS if name in data]
+        get = data.get
+        if get("schema_version") == 1:
+            extra = [name for name in V2_FIELDS if get(name) is not None]
             if extra:
                 raise ValueError(
                     f"schema_version 1 has no field {', '.join(extra)}: send schema_version 2"
                 )
-        thinking, output = data.get("thinking_tokens"), data.get("output_tokens", 0)
-        if type(thinking) is int and type(output) is int and thinking > output:
-            raise ValueError("thinking_tokens must not exceed output_tokens (they are part of it)")
-        total = data.get("cache_creation_input_tokens")
-        five = data.get("cache_creation_5m_input_tokens")
-        hour = data.get("cache_creation_1h_input_tokens")
-        if not all(v is None or (type(v) is int and v >= 0) for v in (total, five, hour)):
-            return data  # let field validation name the offending field (and only that one)
-        data = dict(data)
+        thinking = get("thinking_tokens")
+        if type(thinking) is int:
+            output = get("output_tokens", 0)
+            if type(output) is int and thinking > output:
+                raise ValueError("thinking_tokens must not exceed output_tokens (part of it)")
+        total = get("cache_creation_input_tokens")
+        five = get("cache_creation_5m_input_tokens")
+        hour = get("cache_creation_1h_input_tokens")
+        for value in (total, five, hour):
+            if value is not None and (type(value) is not int or value < 0):
+                return data  # let field validation name the offending field (and only that one)
         if five is None and hour is None:
-            data["cache_creation_5m_input_tokens"] = total or 0
-            data["cache_creation_1h_input_tokens"] = 0
-        elif total is None:
-            data["cache_creation_input_tokens"] = (five or 0) + (hour or 0)
-        elif total != (five or 0) + (hour or 0):
+            if not total:
+                return data  # the defaults (0, 0) already hold
+            return {**data, "cache_creation_5m_input_tokens": total,
+                    "cache_creation_1h_input_tokens": 0}  # fmt: skip
+        if total is None:
+            return {**data, "cache_creation_input_tokens": (five or 0) + (hour or 0)}
+        if total != (five or 0) + (hour or 0):
             raise ValueError(
                 "cache_creation_input_tokens must equal cache_creation_5m_input_tokens "
                 "+ cache_creation_1h_input_tokens"
@@ -226,13 +232,9 @@ class UsageEvent(BaseModel):
         return f"{self.tenant_id}:{self.source_id}".encode()
 
     def to_json(self) -> bytes:
-        """Wire JSON; a version-1 event is written without the fields version 2 added."""
-        if self.schema_version == 1:
-            return self.model_dump_json(exclude=_V2_EXCLUDE).encode()
-        return self.model_dump_json().encode()
-
-
-_V2_EXCLUDE = set(V2_FIELDS)
+        """Wire JSON without the optional fields that are not set (smaller, and a v1 event
+        stays a v1 event)."""
+        return self.model_dump_json(exclude_none=True).encode()
 
 
 class EntityRenamed(BaseModel):

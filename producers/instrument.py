@@ -258,6 +258,11 @@ class _Call:
             "request_id": self.request_id,
             "metadata": {**tags.metadata, **self.extra},
         }
+        if self.default_tier is ServiceTier.BATCH:  # a batch result is billed at batch prices
+            reported = self.labels.get("service_tier")
+            if reported not in (None, ServiceTier.BATCH):
+                data["metadata"]["service_tier_reported"] = str(reported)
+            data["service_tier"] = ServiceTier.BATCH
         if self.event_id is not None:
             data["event_id"] = self.event_id
         return _validated(data, self.default_tier)

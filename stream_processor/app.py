@@ -224,12 +224,12 @@ class Processor:
         if duplicates:
             metrics.events_deduped.inc(duplicates)
         enricher = self.enricher
-        unpriced, fast_unavailable = enricher.unpriced, enricher.fast_unavailable
+        unpriced, unavailable = enricher.unpriced, enricher.tier_unavailable
         rows = enricher.rows(kept, message.topic, partition, offset)
         if enricher.unpriced != unpriced:
             metrics.events_unpriced.inc(enricher.unpriced - unpriced)
-        if enricher.fast_unavailable != fast_unavailable:
-            metrics.events_fast_unavailable.inc(enricher.fast_unavailable - fast_unavailable)
+        if enricher.tier_unavailable != unavailable:
+            metrics.events_tier_unavailable.inc(enricher.tier_unavailable - unavailable)
         for item in rejected:
             await self._dead_letter(event, item)
         await self.sink.add(partition, offset, event, rows)

@@ -21,9 +21,9 @@ COLUMNS = (
     "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens",
     "cache_read_input_tokens", "cost_usd", "priced", "price_version", "duration_ms", "status",
     "request_id", "metadata", "schema_version", "kafka_topic", "kafka_partition", "kafka_offset",
-    "service_tier", "speed", "inference_geo", "price_tier", "web_search_requests",
-    "web_fetch_requests", "thinking_tokens", "token_cost_usd", "tool_cost_usd",
-)  # fmt: skip
+    "service_tier", "speed", "inference_geo", "web_search_requests", "web_fetch_requests",
+    "thinking_tokens", "tool_cost_usd",
+)  # fmt: skip  (price_tier and token_cost_usd: computed by ClickHouse, see migration 0011)
 
 Row = tuple[Any, ...]
 
@@ -46,15 +46,14 @@ def decode_name(value: bytes | None) -> tuple[str, int] | None:
 
 
 class Enricher:
-    """Prices events and fills names; counts calls of unknown models and of fast mode
-    reported on a model without fast-mode prices (billed at standard prices)."""
+    """Prices events and fills names; counts calls of unknown models, and batch or fast
+    calls of models without such prices (billed at standard prices)."""
 
     def __init__(self, book: PriceBook, names: Mapping[bytes, Any]) -> None:
         self.book = book
         self.names = names
         self.unpriced = 0
-        self.fast_unavailable = 0
-        self.unknown_models: set[str] = set()
+        self.tier_unavailable = 0
 
     def rows(self, events: list[UsageEvent], topic: str, partition: int, offset: int) -> list[Row]:
         book, names = self.book, self.names
@@ -62,19 +61,11 @@ class Enricher:
         append = rows.append
         for e in events:
             model = book.resolve(e.model)
-            c5 = e.cache_creation_5m_input_tokens
-            c1h = e.cache_creation_1h_input_tokens
-            quote = book.quote(
-                model, e.occurred_at, e.input_tokens, e.output_tokens, c5, c1h,
-                e.cache_read_input_tokens, service_tier=e.service_tier, speed=e.speed,
-                inference_geo=e.inference_geo, web_search_requests=e.web_search_requests,
-            )  # fmt: skip
+            quote = book.quote_event(model, e)
             if not quote.priced:
                 self.unpriced += 1
-                if len(self.unknown_models) < 1000:
-                    self.unknown_models.add(model)
-            elif quote.fast_unavailable:
-                self.fast_unavailable += 1
+            elif quote.tier_unavailable:
+                self.tier_unavailable += 1
             source = e.source.value
             name = e.source_name
             if not name:
@@ -82,12 +73,13 @@ class Enricher:
                 name = known[0] if known else ""
             append((
                 e.event_id, e.tenant_id, e.occurred_at, source, e.source_id, name, model,
-                e.input_tokens, e.output_tokens, e.cache_creation_input_tokens, c5, c1h,
+                e.input_tokens, e.output_tokens, e.cache_creation_input_tokens,
+                e.cache_creation_5m_input_tokens, e.cache_creation_1h_input_tokens,
                 e.cache_read_input_tokens, quote.cost_usd, quote.priced, quote.version,
                 e.duration_ms, e.status.value, e.request_id or "",
                 json.dumps(e.metadata, separators=(",", ":")) if e.metadata else "{}",
-                e.schema_version, topic, partition, offset, e.service_tier.value, e.speed.value,
-                e.inference_geo or "", quote.price_tier, e.web_search_requests,
-                e.web_fetch_requests, e.thinking_tokens, quote.token_cost_usd, quote.tool_cost_usd,
+                e.schema_version, topic, partition, offset, e.service_tier or "standard",
+                e.speed or "standard", e.inference_geo or "", e.web_search_requests or 0,
+                e.web_fetch_requests or 0, e.thinking_tokens or 0, quote.tool_cost_usd,
             ))  # fmt: skip
         return rows

@@ -32,9 +32,9 @@ class Metrics:
         self.events_unpriced = counter(
             "events_unpriced", "Events whose model is not in the price book (priced=false)"
         )
-        self.events_fast_unavailable = counter(
-            "events_fast_unavailable",
-            "Events reporting speed=fast on a model without fast-mode prices (billed standard)",
+        self.events_tier_unavailable = counter(
+            "events_tier_unavailable",
+            "Batch or fast-mode events of a model without such prices (billed at standard)",
         )
         self.renames = counter("renames", "Rename events applied to the names table")
         self.batches = counter("batches", "Batches inserted into ClickHouse")

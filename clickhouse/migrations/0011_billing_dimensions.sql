@@ -1,29 +1,32 @@
--- Contract v2: every field of the SDK's Usage that changes the bill, the price tier a call was
--- billed at, and its cost split into tokens and server tools (issue "Costs that match the
+-- Contract v2: every field of the SDK's Usage that changes the bill, the price tier of the
+-- call, and its cost split into tokens and server tools (issue "Costs that match the
 -- invoice"). Rows written before this migration read the defaults: standard tier, no tools,
--- token cost = cost.
+-- token cost = cost. price_tier and token_cost_usd are computed by ClickHouse on insert
+-- (MATERIALIZED: the worker does not send them, and a reprice that updates cost_usd and
+-- tool_cost_usd cannot leave them behind). Stop the workers while this migration runs: a
+-- batch written between a rollup's new key and its view's new query would miss its tier.
 ALTER TABLE ${database}.usage_events${local} ${on_cluster}
     ADD COLUMN IF NOT EXISTS service_tier LowCardinality(String) DEFAULT 'standard' COMMENT 'usage.service_tier as reported: standard, priority or batch',
     ADD COLUMN IF NOT EXISTS speed LowCardinality(String) DEFAULT 'standard' COMMENT 'usage.speed as reported: standard or fast',
     ADD COLUMN IF NOT EXISTS inference_geo LowCardinality(String) DEFAULT '' COMMENT 'usage.inference_geo as reported (us = US-only inference); empty if not reported',
-    ADD COLUMN IF NOT EXISTS price_tier LowCardinality(String) DEFAULT 'standard' COMMENT 'Prices the call was billed at: standard, batch, fast or priority (fast on a model without fast mode is standard)',
+    ADD COLUMN IF NOT EXISTS price_tier LowCardinality(String) MATERIALIZED multiIf(service_tier = 'batch', 'batch', speed = 'fast', 'fast', service_tier = 'priority', 'priority', 'standard') COMMENT 'The price list of the call: batch, fast, priority or standard (billed at standard prices where the model has no batch or fast prices)',
     ADD COLUMN IF NOT EXISTS web_search_requests UInt32 DEFAULT 0 COMMENT 'usage.server_tool_use.web_search_requests',
     ADD COLUMN IF NOT EXISTS web_fetch_requests UInt32 DEFAULT 0 COMMENT 'usage.server_tool_use.web_fetch_requests (no fee of its own)',
     ADD COLUMN IF NOT EXISTS thinking_tokens UInt64 DEFAULT 0 COMMENT 'usage.output_tokens_details.thinking_tokens (part of output_tokens)',
-    ADD COLUMN IF NOT EXISTS token_cost_usd Decimal(38, 12) DEFAULT cost_usd COMMENT 'USD for the tokens (input, output, cache writes and reads)',
-    ADD COLUMN IF NOT EXISTS tool_cost_usd Decimal(38, 12) DEFAULT 0 COMMENT 'USD for server tools (web search fee); cost_usd = token_cost_usd + tool_cost_usd';
+    ADD COLUMN IF NOT EXISTS tool_cost_usd Decimal(38, 12) DEFAULT 0 COMMENT 'USD for server tools (web search fee)',
+    ADD COLUMN IF NOT EXISTS token_cost_usd Decimal(38, 12) MATERIALIZED cost_usd - tool_cost_usd COMMENT 'USD for the tokens (input, output, cache writes and reads): cost_usd - tool_cost_usd';
 
 -- @cluster-only
 ALTER TABLE ${database}.usage_events ${on_cluster}
     ADD COLUMN IF NOT EXISTS service_tier LowCardinality(String) DEFAULT 'standard',
     ADD COLUMN IF NOT EXISTS speed LowCardinality(String) DEFAULT 'standard',
     ADD COLUMN IF NOT EXISTS inference_geo LowCardinality(String) DEFAULT '',
-    ADD COLUMN IF NOT EXISTS price_tier LowCardinality(String) DEFAULT 'standard',
+    ADD COLUMN IF NOT EXISTS price_tier LowCardinality(String) MATERIALIZED multiIf(service_tier = 'batch', 'batch', speed = 'fast', 'fast', service_tier = 'priority', 'priority', 'standard'),
     ADD COLUMN IF NOT EXISTS web_search_requests UInt32 DEFAULT 0,
     ADD COLUMN IF NOT EXISTS web_fetch_requests UInt32 DEFAULT 0,
     ADD COLUMN IF NOT EXISTS thinking_tokens UInt64 DEFAULT 0,
-    ADD COLUMN IF NOT EXISTS token_cost_usd Decimal(38, 12) DEFAULT cost_usd,
-    ADD COLUMN IF NOT EXISTS tool_cost_usd Decimal(38, 12) DEFAULT 0;
+    ADD COLUMN IF NOT EXISTS tool_cost_usd Decimal(38, 12) DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS token_cost_usd Decimal(38, 12) MATERIALIZED cost_usd - tool_cost_usd;
 
 -- The hourly and daily rollups gain the price tier as a key column (rows from before this
 -- migration have price_tier '') and the new sums; their views are replaced in place
@@ -223,9 +226,10 @@ SELECT
 FROM ${database}.usage_events${local}
 GROUP BY tenant_id, day, source, model, price_tier;
 
--- Backfill rows written before the views existed (apply before the worker first writes, as
--- `make run` and deploys do; see 0010).
+-- Backfill rows written before the views existed (with the workers stopped, as above). The
+-- tokens make a re-run of a half-applied migration drop the repeat.
 INSERT INTO ${database}.usage_api_models_15m
+SETTINGS insert_deduplication_token = 'migration-0011-backfill-15m'
 SELECT
     tenant_id, toStartOfFifteenMinutes(occurred_at) AS slot, source, model, price_tier,
     count(), countIf(NOT priced), sum(input_tokens), sum(output_tokens),
@@ -235,6 +239,7 @@ FROM ${database}.usage_events
 GROUP BY tenant_id, slot, source, model, price_tier;
 
 INSERT INTO ${database}.usage_api_models_daily
+SETTINGS insert_deduplication_token = 'migration-0011-backfill-daily'
 SELECT
     tenant_id, toDate(occurred_at) AS day, source, model, price_tier,
     count(), countIf(NOT priced), sum(input_tokens), sum(output_tokens),

@@ -10,10 +10,12 @@ ever touches money. ``cost_usd`` is ``Decimal(pico) * 1e-12``, exactly what
 
 What one call costs (Anthropic's billing rules, as the book encodes them per model entry):
 
-* the tier: ``batch`` prices when ``service_tier`` is batch, else ``fast`` prices when
-  ``speed`` is fast and the model has them (a model without fast mode is billed at its
-  normal prices: ``Quote.fast_unavailable``), else ``standard``; ``priority`` is billed at
-  standard prices and reported as its own tier;
+* the tier, a pure function of the call (ClickHouse computes the same ``price_tier``):
+  ``batch`` when ``service_tier`` is batch, else ``fast`` when ``speed`` is fast, else
+  ``priority`` or ``standard``. A tier is billed at its own prices where the model's entry
+  has them (``batch``, ``fast``); priority, and a batch or fast call of a model without
+  such prices, are billed at the standard prices (the latter flagged:
+  ``Quote.tier_unavailable``);
 * long context: when input + cache writes + cache reads of the call exceed the tier's
   ``above_input_tokens``, every token of the call is billed at the long-context prices
   (models with flat pricing across their window have no such rule);
@@ -31,12 +33,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from producers.contract import UsageEvent
 
 DEFAULT_BOOK = Path(__file__).with_name("prices.json")
 PRICE_FIELDS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
-TIERS = ("standard", "batch", "fast")  # rate sets an entry can have; priority bills standard
-PRICE_TIERS = ("standard", "batch", "fast", "priority")  # what a row's price_tier can say
+RATE_SETS = ("batch", "fast")  # tiers an entry can price apart from standard
 _PICO_PER_MTOK = Decimal(10**6)  # $/MTok -> 1e-12 $/token: x * 1e12 / 1e6
 _PICO_PER_KREQUEST = Decimal(10**9)  # $ per 1,000 requests -> 1e-12 $ per request
 _ZERO = Decimal(0)
@@ -44,6 +48,7 @@ _ZERO = Decimal(0)
 _PROVIDER_PATH = re.compile(r"^.*/")  # anthropic/claude-..., openrouter paths
 _BEDROCK_PREFIX = re.compile(r"^(?:[a-z]{2,6}\.)?anthropic\.")  # us.anthropic.claude-...
 _BEDROCK_SUFFIX = re.compile(r"-v\d+:\d+$")  # ...-20250929-v1:0
+_BEDROCK_VERSION = re.compile(r"-v\d+(?::\d+)?$")  # after a Bedrock prefix: -v1 or -v1:0
 _VERTEX_DATE = re.compile(r"@(\d{8})$")  # claude-sonnet-4-5@20250929
 _DATE_SUFFIX = re.compile(r"-(?:\d{8}|\d{4}-\d{2}-\d{2})$")
 
@@ -109,17 +114,8 @@ class PriceEntry:
     def base(self) -> Rates:
         return self.tiers["standard"].base
 
-    @property
-    def long_context(self) -> Rates | None:
-        return self.tiers["standard"].long_context
 
-    @property
-    def long_context_above(self) -> int | None:
-        return self.tiers["standard"].long_context_above
-
-
-@dataclass(frozen=True, slots=True)
-class Quote:
+class Quote(NamedTuple):  # a tuple: one is built per call on the worker's hot path
     """Result of pricing one call; ``priced`` is False for models not in the book."""
 
     model: str
@@ -130,7 +126,16 @@ class Quote:
     token_cost_usd: Decimal = _ZERO
     tool_cost_usd: Decimal = _ZERO
     long_context: bool = False
-    fast_unavailable: bool = False  # reported fast mode on a model without fast prices
+    tier_unavailable: bool = False  # a batch or fast call of a model without such prices
+
+
+def price_tier(service_tier: str | None, speed: str | None) -> str:
+    """The call's tier (the ``price_tier`` column computes the same in ClickHouse)."""
+    if service_tier == "batch":
+        return "batch"
+    if speed == "fast":
+        return "fast"
+    return "priority" if service_tier == "priority" else "standard"
 
 
 # One compiled rate table: (base pico, long-context threshold or -1, long-context pico)
@@ -139,10 +144,12 @@ _Table = tuple[Pico, int, Pico]
 
 def normalise_model(raw: str) -> str:
     """Lower-case, trim and strip provider decorations (Bedrock, Vertex, router prefixes)."""
-    name = raw.strip().lower()
-    name = _PROVIDER_PATH.sub("", name)
-    name = _BEDROCK_PREFIX.sub("", name)
-    name = _BEDROCK_SUFFIX.sub("", name)
+    name = _PROVIDER_PATH.sub("", raw.strip().lower())
+    bedrock = _BEDROCK_PREFIX.match(name)
+    if bedrock:
+        name = _BEDROCK_VERSION.sub("", name[bedrock.end() :])
+    else:
+        name = _BEDROCK_SUFFIX.sub("", name)
     return _VERTEX_DATE.sub(r"-\1", name)
 
 
@@ -175,33 +182,30 @@ def _tier(raw: Mapping[str, Any], where: str) -> TierPrices:
     long_raw = raw.get("long_context")
     if not long_raw:
         return TierPrices(_rates(raw, where))
-    try:
-        above = int(long_raw["above_input_tokens"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PriceBookError(f"{where}.long_context: needs above_input_tokens") from exc
+    above = long_raw.get("above_input_tokens")
+    if type(above) is not int or above <= 0:
+        raise PriceBookError(f"{where}.long_context: above_input_tokens must be an integer > 0")
     return TierPrices(_rates(raw, where), _rates(long_raw, f"{where}.long_context"), above)
 
 
-def _entry(
-    model: str, provider: str, raw: Mapping[str, Any], where: str, override: bool
-) -> PriceEntry:
+def _entry(model: str, provider: str, raw: Mapping[str, Any], where: str) -> PriceEntry:
     try:
         effective = date.fromisoformat(raw["effective_from"])
     except (KeyError, TypeError, ValueError) as exc:
         raise PriceBookError(f"{where}: effective_from must be YYYY-MM-DD") from exc
     tiers = {"standard": _tier(raw, where)}
-    for name in ("batch", "fast"):
+    for name in RATE_SETS:
         if raw.get(name):
             tiers[name] = _tier(raw[name], f"{where}.{name}")
     fee = raw.get("web_search_per_1k")
     geo = {
-        str(k): _decimal(v, f"{where}.inference_geo_multipliers.{k}")
+        str(k).lower(): _decimal(v, f"{where}.inference_geo_multipliers.{k}")
         for k, v in dict(raw.get("inference_geo_multipliers") or {}).items()
     }
     return PriceEntry(
         model, provider, effective, tiers,
         _decimal(fee, f"{where}.web_search_per_1k") if fee is not None else None,
-        geo, str(raw.get("source", "")), override,
+        geo, str(raw.get("source", "")), bool(raw.get(_OVERRIDE)),
     )  # fmt: skip
 
 
@@ -220,6 +224,54 @@ def _compile(entry: PriceEntry, where: str) -> dict[tuple[str, str], _Table]:
     return tables
 
 
+def halved(rates: Mapping[str, Any]) -> dict[str, Any]:
+    """Anthropic's batch rule: 50% of every price of a rate set (long context included)."""
+    out: dict[str, Any] = {n: _text(Decimal(rates[n]) / 2) for n in PRICE_FIELDS}
+    if rates.get("long_context"):
+        long = rates["long_context"]
+        out["long_context"] = {
+            "above_input_tokens": long["above_input_tokens"],
+            **{n: _text(Decimal(long[n]) / 2) for n in PRICE_FIELDS},
+        }
+    return out
+
+
+def _text(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
+_OVERRIDE = "_override"  # marks, in a layered spec, the entries that came from the overrides
+_INHERITED = ("fast", "web_search_per_1k", "inference_geo_multipliers")
+
+
+def layer(book: Mapping[str, Any] | None, override: Mapping[str, Any]) -> dict[str, Any]:
+    """A model's spec with the overrides file's entries laid over the book's.
+
+    From the first override date on, the override's prices apply; earlier calls keep the
+    book's. An override entry inherits from the book entry in force on its day what it does
+    not set itself (fast-mode prices, the web-search fee, the geo multipliers), and an
+    Anthropic model without ``batch`` prices gets 50% of the override's. Aliases add up.
+    """
+    provider = str(override.get("provider") or (book or {}).get("provider", ""))
+    entries = sorted(override.get("prices", []), key=lambda e: str(e.get("effective_from")))
+    book_entries = sorted((book or {}).get("prices", []), key=lambda e: e["effective_from"])
+    first = str(entries[0].get("effective_from")) if entries else ""
+    layered = [dict(e) for e in book_entries if e["effective_from"] < first]
+    for raw in entries:
+        entry = {**raw, _OVERRIDE: True}
+        day = str(raw.get("effective_from"))
+        in_force = [e for e in book_entries if e["effective_from"] <= day] or book_entries[:1]
+        for key in _INHERITED:
+            if key not in entry and in_force and key in in_force[-1]:
+                entry[key] = in_force[-1][key]
+        if "batch" not in entry and provider == "anthropic":
+            entry["batch"] = halved(entry)
+        layered.append(entry)
+    aliases = [*(book or {}).get("aliases", []), *override.get("aliases", [])]
+    return {**(book or {}), **override, "provider": provider, "aliases": aliases,
+            "prices": layered}  # fmt: skip
+
+
 class PriceBook:
     """Model prices by effective date, with aliases; loaded once per worker."""
 
@@ -234,16 +286,16 @@ class PriceBook:
         self.overrides_source = overrides_source
         self.book_version = str(data.get("book_version", ""))
         self.entries: dict[str, list[PriceEntry]] = {}
-        self.overridden: set[str] = set()
         self._names: dict[str, str] = {}  # canonical name or alias -> canonical name
         self._starts: dict[str, list[tuple[datetime, PriceEntry]]] = {}
         self._tables: dict[PriceEntry, dict[tuple[str, str], _Table]] = {}
         self._web_search: dict[PriceEntry, int] = {}
         self._resolved: dict[str, str] = {}
-        for model, spec in dict(data.get("models", {})).items():
-            self._add_model(str(model), spec, override=False)
+        models = dict(data.get("models", {}))
         for model, spec in dict((overrides or {}).get("models", {})).items():
-            self._add_model(str(model), spec, override=True)
+            models[str(model)] = layer(models.get(str(model)), spec)
+        for model, spec in models.items():
+            self._add_model(str(model), spec)
         if not self.entries:
             raise PriceBookError(f"{source}: no models")
 
@@ -253,12 +305,12 @@ class PriceBook:
         extra = _read(overrides) if overrides is not None else None
         return cls(_read(path), str(path), extra, str(overrides or ""))
 
-    def _add_model(self, model: str, spec: Mapping[str, Any], override: bool) -> None:
+    def _add_model(self, model: str, spec: Mapping[str, Any]) -> None:
         if normalise_model(model) != model:
             raise PriceBookError(f"{model}: canonical names are normalised (lower case)")
         provider = str(spec.get("provider", ""))
         entries = [
-            _entry(model, provider, raw, f"{model}.prices[{i}]", override)
+            _entry(model, provider, raw, f"{model}.prices[{i}]")
             for i, raw in enumerate(spec.get("prices", []))
         ]
         if not entries:
@@ -266,9 +318,6 @@ class PriceBook:
         entries.sort(key=lambda e: e.effective_from)
         if len({e.effective_from for e in entries}) != len(entries):
             raise PriceBookError(f"{model}: two entries with the same effective_from")
-        if override:  # an overridden model is priced by the overrides file alone
-            self.overridden.add(model)
-            self._names = {k: v for k, v in self._names.items() if v != model}
         self.entries[model] = entries
         self._starts[model] = [(_midnight(e.effective_from), e) for e in entries]
         for e in entries:
@@ -280,10 +329,9 @@ class PriceBook:
                 self._web_search[e] = int(fee)
         for name in [model, *spec.get("aliases", [])]:
             key = normalise_model(str(name))
-            if not override and self._names.get(key, model) != model:
+            if self._names.get(key, model) != model:
                 raise PriceBookError(f"alias {name!r} points at two models")
             self._names[key] = model
-        self._resolved.clear()
 
     def resolve(self, raw_model: str) -> str:
         """Canonical model name for ``raw_model`` (dated, aliased or decorated names)."""
@@ -317,27 +365,22 @@ class PriceBook:
         cache_write_1h: int = 0,
         cache_read: int = 0,
         *,
-        service_tier: str = "standard",
-        speed: str = "standard",
+        service_tier: str | None = None,
+        speed: str | None = None,
         inference_geo: str | None = None,
         web_search_requests: int = 0,
     ) -> Quote:
         """Exact cost of one call of canonical ``model`` made at ``at`` (aware datetime)."""
+        tier = price_tier(service_tier, speed)
         entry = self.entry(model, at)
         if entry is None:
-            tier = "batch" if service_tier == "batch" else "standard"
             return Quote(model, _ZERO, False, "", tier)
         tables = self._tables[entry]
-        fast_unavailable = False
-        if service_tier == "batch" and "batch" in entry.tiers:
-            tier = key = "batch"
-        elif speed == "fast" and service_tier != "batch" and "fast" in entry.tiers:
-            tier = key = "fast"
-        else:
-            key = "standard"
-            tier = "priority" if service_tier == "priority" else "standard"
-            fast_unavailable = speed == "fast"
-        geo = inference_geo if inference_geo and inference_geo in entry.geo_multipliers else ""
+        key = tier if tier in entry.tiers else "standard"
+        unavailable = key != tier and tier != "priority"
+        geo = inference_geo.lower() if inference_geo else ""
+        if geo not in entry.geo_multipliers:
+            geo = ""
         base, above, long = tables[key, geo]
         long_context = 0 <= above < input_tokens + cache_write_5m + cache_write_1h + cache_read
         p_in, p_out, p_5m, p_1h, p_read = long if long_context else base
@@ -353,7 +396,16 @@ class PriceBook:
         tool_cost = Decimal(tools).scaleb(-12) if tools else _ZERO
         return Quote(
             model, token_cost + tool_cost if tools else token_cost, True, entry.version, tier,
-            token_cost, tool_cost, long_context, fast_unavailable,
+            token_cost, tool_cost, long_context, unavailable,
+        )  # fmt: skip
+
+    def quote_event(self, model: str, event: UsageEvent) -> Quote:
+        """:meth:`quote` of a contract event, whose model resolved to ``model``."""
+        return self.quote(
+            model, event.occurred_at, event.input_tokens, event.output_tokens,
+            event.cache_creation_5m_input_tokens, event.cache_creation_1h_input_tokens,
+            event.cache_read_input_tokens, service_tier=event.service_tier, speed=event.speed,
+            inference_geo=event.inference_geo, web_search_requests=event.web_search_requests or 0,
         )  # fmt: skip
 
     def models(self) -> list[str]:
@@ -364,6 +416,11 @@ class PriceBook:
 
     def can_price(self, raw_model: str) -> bool:
         return self.resolve(raw_model) in self.entries
+
+    def rate_sets(self, model: str, at: datetime | None = None) -> frozenset[str]:
+        """The tiers a model prices apart from standard (``batch``, ``fast``), at ``at``."""
+        entry = self.entry(model, at or datetime.now(UTC))
+        return frozenset(entry.tiers) - {"standard"} if entry else frozenset()
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -13,6 +13,10 @@ batch (``processing: batch``) and fast (``speed: fast``) prices in force. Where 
 has no batch variant for a date (it records batch prices from 2026-10-14 only), Anthropic's
 rule applies: batch is 50% of every standard price. Missing cache prices follow the
 provider's rules (Anthropic: 5-minute writes 1.25x, 1-hour writes 2x, reads 0.1x of input).
+
+Only Anthropic's models are imported. The book's entries of other providers (OpenAI,
+Google) are carried over as they are: the library's current data would rewrite their
+earlier dated prices.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from stream_processor.pricing.book import (
     DEFAULT_BOOK,
     PRICE_FIELDS,
     PriceBook,
+    _text,
+    halved,
     normalise_model,
 )
 
@@ -49,7 +55,6 @@ _KEYS = {
 # Anthropic's cache multipliers of the input price, for entries the library leaves blank.
 _CACHE_RULE = {"cache_write_5m": Decimal("1.25"), "cache_write_1h": Decimal(2),
                "cache_read": Decimal("0.1")}  # fmt: skip
-OTHER_PROVIDERS = ("openai", "google")  # only the models our book already lists
 _PARTIAL_DATE = re.compile(r"-\d{3,7}$")  # a library prefix pattern such as claude-sonnet-4-2025
 
 
@@ -59,10 +64,6 @@ class ImportProblem(ValueError):
 
 def library_version() -> str:
     return metadata.version(LIBRARY)
-
-
-def _text(value: Decimal) -> str:
-    return format(value.normalize(), "f")
 
 
 def _tiered(price: Any) -> tuple[Decimal, int | None, Decimal | None]:
@@ -111,15 +112,6 @@ def _rate_set(prices: Any, provider: str, where: str) -> dict[str, Any]:
     return out
 
 
-def _halved(rates: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {n: _text(Decimal(rates[n]) / 2) for n in PRICE_FIELDS}
-    if "long_context" in rates:
-        lc = rates["long_context"]
-        out["long_context"] = {"above_input_tokens": lc["above_input_tokens"],
-                               **{n: _text(Decimal(lc[n]) / 2) for n in PRICE_FIELDS}}  # fmt: skip
-    return out
-
-
 def _breakpoints(model: Any, first: date) -> list[date]:
     days = {first}
     conditional = model.prices if isinstance(model.prices, list) else []
@@ -151,7 +143,7 @@ def _entries(model: Any, provider: str, first: date, name: str) -> list[dict[str
             entry["batch"] = _rate_set(model.get_prices(at, {"processing": "batch"}),
                                        provider, f"{where} batch")  # fmt: skip
         elif provider == "anthropic":
-            entry["batch"] = _halved(entry)
+            entry["batch"] = halved(entry)
             notes.append("batch derived: 50% of every standard price (Anthropic's batch rule)")
         if _variant_active(model, {"speed": "fast"}, at):
             entry["fast"] = _rate_set(model.get_prices(at, {"speed": "fast"}),
@@ -195,21 +187,13 @@ def build_book(previous: Mapping[str, Any], supplement: Mapping[str, Any]) -> di
         old = next((n for n in old_models if model.is_match(n)), None)
         name = old or _CANONICAL.get(model.id) or model.id.removesuffix("-latest")
         first = _first_date(old_models.get(old or name))
-        aliases = set(_literal_names(model.match)) | set(
-            old_models.get(old or name, {}).get("aliases", [])
-        )
+        library = {a for a in _literal_names(model.match) if not _PARTIAL_DATE.search(a)}
+        aliases = library | set(old_models.get(old or name, {}).get("aliases", []))
         models[name] = {"provider": "anthropic", "aliases": aliases,
                         "prices": _entries(model, "anthropic", first, name)}  # fmt: skip
-    for old, spec in old_models.items():  # other providers: the models we already list
-        if old in models or spec.get("provider") not in OTHER_PROVIDERS:
-            continue
-        found = next((m for m in providers[spec["provider"]].models if m.is_match(old)), None)
-        if found is None:
-            models[old] = spec  # not in the library: carried over unchanged
-            continue
-        prices = _entries(found, spec["provider"], _first_date(spec), old)
-        models[old] = {"provider": spec["provider"], "aliases": set(spec.get("aliases", [])),
-                       "prices": prices}  # fmt: skip
+    for old, spec in old_models.items():  # other providers: kept as they are (see above)
+        if spec.get("provider") != "anthropic":
+            models[old] = {**spec, "aliases": set(spec.get("aliases", []))}
     for name, ref in dict(supplement.get("same_as", {})).items():
         twin = models[ref["model"]]
         prices = [{**e, "source": f"{e['source']}; {ref['source']}"} for e in twin["prices"]]
@@ -241,8 +225,7 @@ def _tidy_aliases(models: dict[str, Any]) -> None:
     """Normalised, sorted aliases; an alias two models claim goes to neither but its own."""
     claimed: dict[str, list[str]] = {}
     for name, spec in models.items():
-        names = {normalise_model(a) for a in spec["aliases"]} - {name}
-        for alias in {a for a in names if not _PARTIAL_DATE.search(a)}:
+        for alias in {normalise_model(a) for a in spec["aliases"]} - {name}:
             claimed.setdefault(alias, []).append(name)
     for spec in models.values():
         spec["aliases"] = []

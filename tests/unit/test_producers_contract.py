@@ -205,15 +205,18 @@ def test_v2_billing_fields_use_the_sdk_names_and_values() -> None:
         2,
         15,
     )
-    defaults = parse_call(raw())
-    assert (defaults.service_tier, defaults.speed, defaults.inference_geo) == (
-        "standard", "standard", None
-    )  # fmt: skip
+    defaults = parse_call(raw())  # not reported: standard tier, no tools
+    assert (defaults.service_tier, defaults.speed, defaults.web_search_requests) == (None,) * 3
+    # the SDK's Usage fields are Optional: null is "not reported", never a dead letter
+    nulls = dict.fromkeys(("service_tier", "speed", "inference_geo", "web_search_requests",
+                           "web_fetch_requests", "thinking_tokens"))  # fmt: skip
+    base = raw(event_id=str(defaults.event_id))
+    assert parse_call({**base, **nulls}) == parse_call(base)
 
 
 def test_a_v1_event_is_accepted_as_before_but_carries_no_v2_fields() -> None:
     v1 = parse_call(raw(schema_version=1))
-    assert v1.schema_version == 1 and v1.service_tier == "standard"
+    assert v1.schema_version == 1 and v1.service_tier is None
     assert "schema_version 1 has no field speed" in reason(schema_version=1, speed="fast")
 
 
