@@ -281,6 +281,71 @@ def prices_check() -> None:
     console.print(f"all {len(names)} models of anthropic {anthropic.__version__} are priced")
 
 
+@app.command()
+def reprice(
+    model: list[str] = typer.Option([], "--model", help="only this model (repeatable)"),
+    tenant: str = typer.Option(None, help="only this tenant"),
+    from_day: str = typer.Option(None, "--from", help="YYYY-MM-DD: first UTC day (inclusive)"),
+    to_day: str = typer.Option(None, "--to", help="YYYY-MM-DD: last UTC day (inclusive)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the changes, change nothing"),
+) -> None:
+    """Reprice stored calls with the current book and overrides, rollups included.
+
+    Safe to interrupt and run again (it completes an interrupted run first) and while
+    workers ingest. See README "Reprice stored calls".
+    """
+    from datetime import date
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.table import Table
+
+    from llm_usage.clickhouse import connect
+    from stream_processor.reprice import Repricer, Selection
+
+    settings = get_settings()
+    try:
+        first = date.fromisoformat(from_day) if from_day else None
+        last = date.fromisoformat(to_day) if to_day else None
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] --from/--to: {exc}")
+        raise typer.Exit(2) from exc
+    client = connect(settings)
+    try:
+        repricer = Repricer(client, settings.clickhouse_database, _load_book())
+        selection = Selection(repricer.stored_names(model) if model else (), tenant, first, last)
+        total = repricer.count(selection)
+        columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress("{task.description}", *columns, console=console) as bar:
+            task = bar.add_task("pricing stored calls", total=total)
+
+            def advance(done: int) -> None:
+                bar.update(task, completed=done)
+
+            if dry_run:
+                changes = repricer.dry_run(selection, advance)
+            else:
+                result = repricer.run(selection, advance)
+    finally:
+        client.close()
+    if dry_run:
+        table = Table(title=f"reprice --dry-run: {total:,} stored calls, nothing changed")
+        for column in ("model", "calls", "changed", "old cost (USD)", "new cost (USD)", "diff"):
+            table.add_column(column, justify="left" if column == "model" else "right")
+        for name, item in sorted(changes.items()):
+            table.add_row(name, f"{item.calls:,}", f"{item.changed:,}", f"{item.old_cost:f}",
+                          f"{item.new_cost:f}", f"{item.new_cost - item.old_cost:+f}")  # fmt: skip
+        console.print(table)
+        return
+    rate = result.scanned / result.seconds if result.seconds else 0.0
+    if result.resumed:
+        console.print("completed an interrupted reprice run first")
+    console.print(
+        f"repriced {result.changed:,} of {result.scanned:,} calls in {result.seconds:.1f}s "
+        f"({rate:,.0f} calls/s, {result.passes} passes): "
+        f"${result.old_cost:f} -> ${result.new_cost:f} (run {result.run_id})"
+    )
+
+
 # --- query API commands (issue 5, 6) -------------------------------------------------------
 
 

@@ -374,7 +374,7 @@ class Totals:
         self.output_tokens += event.output_tokens
         self.cache_creation_input_tokens += event.cache_creation_input_tokens
         self.cache_read_input_tokens += event.cache_read_input_tokens
-        self.web_search_requests += event.web_search_requests
+        self.web_search_requests += event.web_search_requests or 0
         if cost is None:
             self.unpriced_calls += 1
         else:

@@ -29,6 +29,7 @@ from stream_processor.dedupe import Deduper, table_key
 from stream_processor.enrich import Enricher, decode_name, encode_name, name_key
 from stream_processor.metrics import Metrics
 from stream_processor.pricing import PriceBook
+from stream_processor.pricing.watch import WatchedBook
 from stream_processor.sink import Aborted, ClickHouseWriter, Sink
 from stream_processor.validate import Rejected, validate_message
 from stream_processor.watchdog import StallDetector
@@ -51,6 +52,7 @@ DEAD_LETTER_MAX_BYTES = 512 * 1024
 # message.max.bytes (1 MiB + 12 B); producers/ never writes more than 900 kB per message.
 CONSUMER_MAX_FETCH_BYTES = 4 * 1024 * 1024
 END_OFFSETS_TIMEOUT_S = 2.0  # the watchdog's ListOffsets request, once a second
+PRICE_RELOAD_SECONDS = 2.0  # how often the price book's files are checked for changes
 
 
 def faust_app(settings: Settings) -> faust.App:
@@ -147,9 +149,11 @@ class Processor:
             help="latest name per tenant/source/source_id: JSON [name, renamed_at ms]",
         )  # fmt: skip
         self.deduper = Deduper(settings.processor_dedupe_window_seconds)
-        self.enricher = Enricher(
-            book or PriceBook.load(overrides=settings.price_overrides), self.names
-        )
+        self.prices: WatchedBook | None = None  # None: a fixed book was given (tests)
+        if book is None:
+            self.prices = WatchedBook(overrides=settings.price_overrides)
+            book = self.prices.book
+        self.enricher = Enricher(book, self.names)
         self.sink = Sink(
             ClickHouseWriter(settings), self.metrics, cluster_id=cluster_id,
             topic=settings.topic_calls, max_events=settings.processor_batch_max_events,
@@ -176,6 +180,7 @@ class Processor:
         app.task(self._flush_loop)
         app.timer(interval=30.0, name="dedupe-expiry")(self._expiry_timer)
         app.timer(interval=1.0, name="lag")(self._lag_timer)
+        app.timer(interval=PRICE_RELOAD_SECONDS, name="prices")(self._prices_timer)
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
 
@@ -315,6 +320,12 @@ class Processor:
         if expired:
             log.info("dedupe: forgot %d messages older than the window", expired)
         self.metrics.dedupe_ids.set(self.deduper.size())
+
+    async def _prices_timer(self) -> None:
+        """Price with a changed book or overrides file from the next message on."""
+        if self.prices is not None and self.prices.refresh():
+            self.enricher.book = self.prices.book
+            self.metrics.price_book_reloads.inc()
 
     async def _lag_timer(self) -> None:
         if time.monotonic() - self._progress_logged >= 10:

@@ -32,6 +32,9 @@ class Metrics:
         self.events_unpriced = counter(
             "events_unpriced", "Events whose model is not in the price book (priced=false)"
         )
+        self.price_book_reloads = counter(
+            "price_book_reloads", "Times a changed price book or overrides file was loaded"
+        )
         self.events_tier_unavailable = counter(
             "events_tier_unavailable",
             "Batch or fast-mode events of a model without such prices (billed at standard)",

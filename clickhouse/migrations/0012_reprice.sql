@@ -36,7 +36,6 @@ CREATE TABLE IF NOT EXISTS ${database}.reprice_values${local} ${on_cluster}
     model LowCardinality(String) COMMENT 'Canonical model',
     old_cost_usd Decimal(38, 12) COMMENT 'cost_usd before',
     cost_usd Decimal(38, 12) COMMENT 'cost_usd after',
-    token_cost_usd Decimal(38, 12) COMMENT 'token_cost_usd after',
     tool_cost_usd Decimal(38, 12) COMMENT 'tool_cost_usd after',
     priced Bool COMMENT 'priced after',
     price_version LowCardinality(String) COMMENT 'price_version after'

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-# usage_events columns a reprice changes; reprice_values holds their new values.
-REPRICED = ("cost_usd", "token_cost_usd", "tool_cost_usd", "priced", "price_version")
+# usage_events columns a reprice changes; reprice_values holds their new values. Its
+# MATERIALIZED columns (token_cost_usd = cost_usd - tool_cost_usd) follow from them.
+REPRICED = ("cost_usd", "tool_cost_usd", "priced", "price_version")
 # A view is a cost rollup when its target has one of these.
 COST_COLUMNS = frozenset({"cost_usd", "token_cost_usd", "tool_cost_usd", "unpriced_calls"})
 # What the pricing needs of each stored call (and its current prices, to compare).
@@ -27,7 +28,7 @@ STAGE_COLUMNS = (
     "event_id", "tenant_id", "occurred_at", "model", "input_tokens", "output_tokens",
     "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens",
     "cache_read_input_tokens", "service_tier", "speed", "inference_geo", "web_search_requests",
-    *REPRICED,
+    "cost_usd", "token_cost_usd", *REPRICED[1:],
 )  # fmt: skip
 VALUE_COLUMNS = ("run_id", "event_id", "tenant_id", "occurred_at", "model", "old_cost_usd",
                  *REPRICED)  # fmt: skip
@@ -113,6 +114,10 @@ COLUMNS_SQL = (
     "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {t:String}"
     " ORDER BY position"
 )
+MATERIALIZED_SQL = (
+    "SELECT name, default_expression FROM system.columns WHERE database = {db:String}"
+    " AND table = 'usage_events' AND default_kind = 'MATERIALIZED' ORDER BY position"
+)
 
 
 def rollup_of(
@@ -154,20 +159,28 @@ def _plus(column: str, ch_type: str) -> str:
     return f"toInt64({column})" if _INTEGER.match(ch_type) else column
 
 
-def delta_sql(database: str, rollup: Rollup) -> str:
-    """INSERT of the rollup's delta rows for run ``{run:String}`` (new minus old prices)."""
+def delta_sql(database: str, rollup: Rollup, materialized: list[tuple[str, str]]) -> str:
+    """INSERT of the rollup's delta rows for run ``{run:String}`` (new minus old prices).
+
+    ``materialized`` are usage_events' MATERIALIZED columns (name, expression): ``*`` does
+    not return them, so the old rows name them and the new rows compute them again from
+    the new prices.
+    """
     source = re.compile(rf"\bFROM\s+`?{re.escape(database)}`?\.`?usage_events(?:_local)?`?\b")
     values = (
         f"SELECT event_id AS repriced_id, {', '.join(f'{c} AS new_{c}' for c in REPRICED)}"
         f" FROM {database}.reprice_values WHERE run_id = {{run:String}}"
     )
     replaced = ", ".join(f"new_{c} AS {c}" for c in REPRICED)
+    computed = "".join(f", {expr} AS {name}" for name, expr in materialized)
+    named = "".join(f", {name}" for name, _ in materialized)
     new_rows = (
-        f"(SELECT * REPLACE ({replaced}) FROM {database}.usage_events AS e"
-        f" INNER JOIN ({values}) AS v ON e.event_id = v.repriced_id)"
+        f"(SELECT *{computed} FROM (SELECT * REPLACE ({replaced})"
+        f" FROM {database}.usage_events AS e"
+        f" INNER JOIN ({values}) AS v ON e.event_id = v.repriced_id))"
     )
     old_rows = (
-        f"(SELECT * FROM {database}.usage_events WHERE event_id IN"
+        f"(SELECT *{named} FROM {database}.usage_events WHERE event_id IN"
         f" (SELECT event_id FROM {database}.reprice_values WHERE run_id = {{run:String}}))"
     )
     with_new = source.sub(lambda _: f"FROM {new_rows} AS repriced", rollup.select)
@@ -197,8 +210,8 @@ def join_ddl(database: str, run_id: str) -> list[str]:
     return [
         f"DROP TABLE IF EXISTS {table} SYNC",
         f"CREATE TABLE {table} (event_id UUID, cost_usd Decimal(38, 12),"
-        " token_cost_usd Decimal(38, 12), tool_cost_usd Decimal(38, 12), priced Bool,"
-        " price_version String) ENGINE = Join(ANY, LEFT, event_id)",
+        " tool_cost_usd Decimal(38, 12), priced Bool, price_version String)"
+        " ENGINE = Join(ANY, LEFT, event_id)",
         f"INSERT INTO {table} SELECT event_id, {', '.join(REPRICED)}"
         f" FROM {database}.reprice_values WHERE run_id = {{run:String}}",
     ]

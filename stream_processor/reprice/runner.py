@@ -19,7 +19,8 @@ before it does anything else: it continues after the last recorded step, with th
 values. Calls the worker writes meanwhile are priced by
 the worker (which reloads a changed book, see ``pricing/watch.py``); calls it wrote with the
 old book while the run was under way are found by a catch-up pass over what was ingested
-since the run started, repeated until nothing changes.
+since the run started, repeated until a pass that started 10 s or more after the run (when
+every worker prices with the new book) finds nothing to change.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -39,6 +40,7 @@ from stream_processor.pricing import PriceBook
 from stream_processor.reprice.queries import (
     COLUMNS_SQL,
     DELTA_SETTINGS,
+    MATERIALIZED_SQL,
     VALUE_COLUMNS,
     VIEWS_SQL,
     Rollup,
@@ -54,8 +56,11 @@ from stream_processor.reprice.queries import (
 )
 
 STAGE_CHUNK = 50_000
-CATCH_UP_PASSES = 10
 CATCH_UP_MARGIN = timedelta(seconds=5)  # calls ingested just before a pass started
+# A worker prices with a changed book within PRICE_RELOAD_SECONDS (2 s) plus the calls it
+# already had in hand: the last catch-up pass starts at least this long after the run.
+CATCH_UP_SETTLE_SECONDS = 10.0
+CATCH_UP_MAX_PASSES = 60
 _ZERO = Decimal(0)
 
 
@@ -134,15 +139,16 @@ class Repricer:
     def _quote(self, row: tuple[Any, ...]) -> tuple[Any, ...] | None:
         """New (cost, token cost, tool cost, priced, version) of a stored call, or None."""
         (_, _, occurred_at, model, inp, out, c5, c1h, read, tier, speed, geo, searches,
-         cost, token_cost, tool_cost, priced, version) = row  # fmt: skip
+         cost, _token_cost, tool_cost, priced, version) = row  # fmt: skip
+        if occurred_at.tzinfo is None:  # DateTime64(3, 'UTC') comes back naive
+            occurred_at = occurred_at.replace(tzinfo=UTC)
         quote = self.book.quote(
             self.book.resolve(model), occurred_at, inp, out, c5, c1h, read,
             service_tier=tier, speed=speed, inference_geo=geo or None,
             web_search_requests=searches,
         )  # fmt: skip
-        new = (quote.cost_usd, quote.token_cost_usd, quote.tool_cost_usd, quote.priced,
-               quote.version)  # fmt: skip
-        return None if new == (cost, token_cost, tool_cost, bool(priced), version) else new
+        new = (quote.cost_usd, quote.tool_cost_usd, quote.priced, quote.version)
+        return None if new == (cost, tool_cost, bool(priced), version) else new
 
     def count(self, selection: Selection) -> int:
         sql, params = count_sql(selection)
@@ -174,17 +180,18 @@ class Repricer:
         result = self._run_once(selection, progress)
         result.resumed = resumed > 0
         last = result.run_id
-        for _ in range(CATCH_UP_PASSES):
+        while result.passes < CATCH_UP_MAX_PASSES:
+            pass_started = time.monotonic()
             since = self._run_started(last) - CATCH_UP_MARGIN
-            last_pass = self._run_once(replace(selection, since=since), None)
-            last = last_pass.run_id
+            catch_up = self._run_once(replace(selection, since=since), None)
+            last = catch_up.run_id
             result.passes += 1
-            result.changed += last_pass.changed
-            result.old_cost += last_pass.old_cost
-            result.new_cost += last_pass.new_cost
-            if last_pass.changed == 0:
+            result.changed += catch_up.changed
+            result.old_cost += catch_up.old_cost
+            result.new_cost += catch_up.new_cost
+            if catch_up.changed == 0 and pass_started - started >= CATCH_UP_SETTLE_SECONDS:
                 break
-            time.sleep(1.0)  # a worker still on the old book reloads within seconds
+            time.sleep(1.0)
         result.seconds = time.monotonic() - started
         return result
 
@@ -223,13 +230,19 @@ class Repricer:
 
     def _apply(self, run_id: str, selection: Selection, done: set[str]) -> None:
         """Steps 2 and 3 for a staged run, skipping those recorded in ``done``."""
+        materialized = [
+            (str(name), str(expr))
+            for name, expr in self.client.query(
+                MATERIALIZED_SQL, parameters={"db": self.database}
+            ).result_rows
+        ]
         for rollup in self.rollups():
             step = f"delta:{rollup.target}"
             if step in done:
                 continue
             token = f"reprice:{run_id}:{rollup.target}"
             self.client.command(
-                delta_sql(self.database, rollup),
+                delta_sql(self.database, rollup, materialized),
                 parameters={"run": run_id},
                 settings={**DELTA_SETTINGS, "insert_deduplication_token": token},
             )

@@ -45,7 +45,7 @@ def test_fast_mode_has_its_own_prices_and_cache_multipliers_apply_on_top(book: P
     q = book.quote("claude-opus-4-8", NOW, input_tokens=100_000, output_tokens=10_000,
                    cache_write_5m=8_000, cache_read=50_000, speed="fast")  # fmt: skip
     assert q.cost_usd == Decimal("1.0") + Decimal("0.5") + Decimal("0.1") + Decimal("0.05")
-    assert q.price_tier == "fast" and not q.fast_unavailable
+    assert q.price_tier == "fast" and not q.tier_unavailable
     normal = book.quote("claude-opus-4-8", NOW, input_tokens=100_000, output_tokens=10_000)
     assert normal.cost_usd == Decimal("0.75")  # $5 / $25: fast mode is 2x here
 
@@ -54,8 +54,35 @@ def test_fast_on_a_model_without_fast_mode_is_billed_at_standard_and_flagged(
     book: PriceBook,
 ) -> None:
     # Claude Sonnet 5.5 has no fast-mode row in PRICING#fast-mode-pricing: $2 / $10 apply.
+    # The tier stays what the call asked for (a pure function of the call).
     q = book.quote("claude-sonnet-5-5", NOW, input_tokens=1_000_000, speed="fast")
-    assert (q.cost_usd, q.price_tier, q.fast_unavailable) == (Decimal(2), "standard", True)
+    assert (q.cost_usd, q.price_tier, q.tier_unavailable) == (Decimal(2), "fast", True)
+
+
+def test_combinations_stack_as_the_rules_say(book: PriceBook) -> None:
+    # batch + long context: Sonnet 4.5 batch above 200K is half of $6 / $22.50
+    q = book.quote("claude-sonnet-4-5", NOW, input_tokens=250_000, output_tokens=1_000,
+                   service_tier="batch")  # fmt: skip
+    assert (q.cost_usd, q.long_context) == (Decimal("0.76125"), True)
+    # US geo + long context: Haiku 5.5 above 100K ($0.50) x 1.1
+    q = book.quote("claude-haiku-5-5", NOW, input_tokens=200_000, inference_geo="US")
+    assert q.cost_usd == Decimal("0.11") and q.long_context  # geo names are case-blind
+    # fast + US geo: Opus 5.5 fast $8 x 1.1
+    q = book.quote("claude-opus-5-5", NOW, input_tokens=1_000_000, speed="fast",
+                   inference_geo="us")  # fmt: skip
+    assert (q.cost_usd, q.price_tier) == (Decimal("8.8"), "fast")
+    # batch wins over fast (genai-prices resolves variants in that order)
+    q = book.quote("claude-opus-5-5", NOW, input_tokens=1_000_000, speed="fast",
+                   service_tier="batch")  # fmt: skip
+    assert (q.cost_usd, q.price_tier) == (Decimal(2), "batch")
+    # priority + fast: the fast prices
+    q = book.quote("claude-opus-5-5", NOW, input_tokens=1_000_000, speed="fast",
+                   service_tier="priority")  # fmt: skip
+    assert (q.cost_usd, q.price_tier) == (Decimal(8), "fast")
+    # batch on a model whose entry has no batch prices: standard prices, flagged
+    q = book.quote("gemini-2.0-flash", NOW, input_tokens=1_000_000, service_tier="batch")
+    assert (q.price_tier, q.tier_unavailable) == ("batch", True)
+    assert q.cost_usd == book.quote("gemini-2.0-flash", NOW, input_tokens=1_000_000).cost_usd
 
 
 def test_us_only_inference_multiplies_every_token_price_by_1_1(book: PriceBook) -> None:
@@ -143,6 +170,7 @@ def test_every_model_the_pinned_sdk_names_is_priced_with_dated_bedrock_and_verte
     names = sdk_models()
     assert len(names) == 22 and unpriced_models(book, names) == []
     for name in ("claude-opus-5-5-20261001", "us.anthropic.claude-opus-5-5-v1:0",
+                 "anthropic.claude-opus-4-6-v1", "global.anthropic.claude-sonnet-4-6",
                  "claude-sonnet-4-6@20260217", "anthropic/claude-haiku-5-5"):  # fmt: skip
         assert book.can_price(name), name
 
@@ -182,15 +210,22 @@ def _overrides(tmp_path: Path) -> Path:
     return path
 
 
-def test_overrides_win_over_the_book_and_add_private_models(tmp_path: Path) -> None:
+def test_overrides_are_laid_over_the_book_and_add_private_models(tmp_path: Path) -> None:
     book = PriceBook.load(overrides=_overrides(tmp_path))
-    q = book.quote("claude-sonnet-5", NOW, input_tokens=1_000_000, service_tier="batch")
-    # the override has no batch prices: it prices the model alone, at its standard rates
-    assert (q.cost_usd, q.version, q.price_tier) == (Decimal("2.4"), "override:2026-06-01",
-                                                     "standard")  # fmt: skip
+    # from 2026-06-01 the negotiated prices ($2.40 instead of $2); batch is 50% of them
+    # (Anthropic's rule), the geo multiplier and the web-search fee come from the book
+    q = book.quote("claude-sonnet-5", NOW, input_tokens=1_000_000, service_tier="batch",
+                   inference_geo="us", web_search_requests=100)  # fmt: skip
+    assert (q.token_cost_usd, q.tool_cost_usd) == (Decimal("1.32"), Decimal(1))
+    assert (q.version, q.price_tier) == ("override:2026-06-01", "batch")
+    # earlier calls keep the book's prices, and the book's aliases still resolve
+    before = book.quote("claude-sonnet-5", datetime(2026, 5, 31, tzinfo=UTC),
+                        input_tokens=1_000_000)  # fmt: skip
+    assert (before.cost_usd, before.version) == (Decimal(2), "2023-01-01")
+    assert book.resolve("claude-sonnet-5.0") == "claude-sonnet-5"
+    # a private model, by its alias
     assert book.resolve("ft:support-1") == "ft-claude-support-1"
     assert book.quote("ft-claude-support-1", NOW, output_tokens=1_000_000).cost_usd == 12
-    assert book.resolve("claude-sonnet-5-20260601") == "claude-sonnet-5"  # book aliases stay
 
 
 def test_prices_lists_overrides_from_the_setting(tmp_path: Path) -> None:
@@ -212,3 +247,27 @@ def test_a_multiplier_that_leaves_a_fraction_of_a_pico_dollar_is_rejected() -> N
     }]}}}  # fmt: skip
     with pytest.raises(PriceBookError, match="at most 6 decimals"):
         PriceBook(data)
+
+
+SNAPSHOT = Path(__file__).with_name("data") / "prices-2025-11-24.json"
+
+
+def test_every_name_the_previous_book_priced_costs_the_same_on_its_dates(book: PriceBook) -> None:
+    """The hand-kept book of 2025-11-24 (the last one before the import): v1 events of the
+    models it knew are priced as before, on every one of its dates."""
+    old = PriceBook(json.loads(SNAPSHOT.read_text()))
+    usages = [{"input_tokens": 1_000_000}, {"output_tokens": 1_000_000},
+              {"cache_write_5m": 1_000_000}, {"cache_write_1h": 1_000_000},
+              {"cache_read": 1_000_000}, {"input_tokens": 250_000}]  # fmt: skip
+    checked = 0
+    for model in old.models():
+        for name in [model, *old.aliases(model)]:
+            assert book.can_price(name), name
+            for entry in old.entries[model]:
+                day = datetime(entry.effective_from.year, entry.effective_from.month,
+                               entry.effective_from.day, 12, tzinfo=UTC)  # fmt: skip
+                for usage in usages:
+                    was = old.quote(old.resolve(name), day, **usage).cost_usd
+                    assert book.quote(book.resolve(name), day, **usage).cost_usd == was, name
+                    checked += 1
+    assert checked == 396  # 66 names x their dates x 6 usages: none skipped

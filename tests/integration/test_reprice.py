@@ -1,0 +1,281 @@
+"""``llm-usage reprice``: stored calls repriced exactly, raw rows and every rollup.
+
+Calls of a model the book does not know are stored unpriced; the model (and a discount on
+a known one) is then added through the overrides file, and the reprice must make the raw
+rows, both rollups, the API's compact rollups, the summary and the cost-by-model breakdown
+equal to the same calls priced with the new book from the start. Also after a SIGKILL in
+the middle of a run (at each step, and at a random moment) and while a worker keeps
+ingesting calls of that model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from llm_usage.children import settings_env
+from llm_usage.clickhouse import connect
+from llm_usage.settings import Settings
+from producers.contract import UsageEvent
+from query_api.app import create_app
+from stream_processor.enrich import Enricher
+from stream_processor.harness import WorkerProcess
+from stream_processor.pricing import PriceBook
+from stream_processor.reprice import Repricer, Selection
+from stream_processor.sink import ClickHouseWriter, dedup_token
+from tests.conftest import wait_for
+from tests.integration.test_processor_e2e import publish, worker_settings
+
+pytestmark = pytest.mark.integration
+
+UNKNOWN = "ft:claude-custom-1"
+OVERRIDES = {
+    "models": {
+        # a private model, named as the unpriced list shows it
+        UNKNOWN: {"provider": "private", "prices": [{
+            "effective_from": "2026-01-01", "input": "1.5", "output": "6",
+            "cache_write_5m": "1.875", "cache_write_1h": "3", "cache_read": "0.15"}]},
+        # a negotiated 10% discount on a known model, agreed after the fact
+        "claude-sonnet-5-5": {"provider": "anthropic", "prices": [{
+            "effective_from": "2023-01-01", "input": "1.8", "output": "9",
+            "cache_write_5m": "2.25", "cache_write_1h": "3.6", "cache_read": "0.09"}]},
+    }
+}  # fmt: skip
+ROLLUPS = ("usage_hourly", "usage_daily", "usage_api_15m", "usage_api_daily",
+           "usage_api_models_15m", "usage_api_models_daily")  # fmt: skip
+
+
+def make_events(count: int, now: datetime, seed: int) -> list[UsageEvent]:
+    rng = random.Random(seed)
+    models = [UNKNOWN, "claude-sonnet-5-5", "claude-opus-5-5", "claude-haiku-5-5"]
+    events = []
+    for i in range(count):
+        model = models[i % len(models)]
+        events.append(UsageEvent(
+            tenant_id="acme", source=("chat", "agent", "memory")[i % 3],
+            source_id=f"s-{rng.randrange(12)}",
+            occurred_at=now - timedelta(minutes=rng.randrange(3 * 24 * 60)),
+            model=model, input_tokens=rng.randrange(50, 5000),
+            output_tokens=rng.randrange(10, 800), cache_read_input_tokens=rng.randrange(0, 9000),
+            service_tier="batch" if rng.random() < 0.3 else None,
+            web_search_requests=rng.randrange(3) if model == "claude-opus-5-5" else None,
+        ))  # fmt: skip
+    return events
+
+
+def write_overrides(path: Path) -> PriceBook:
+    path.write_text(json.dumps(OVERRIDES))
+    return PriceBook.load(overrides=path)
+
+
+def store_directly(settings: Settings, events: list[UsageEvent], book: PriceBook) -> None:
+    """The worker's own enrich -> insert path, without a worker (fast fixtures)."""
+    rows = Enricher(book, {}).rows(events, "calls", 0, 0)
+    ClickHouseWriter(settings).insert(rows, dedup_token("reprice-test", "calls", 0, 0, 0))
+
+
+def expected(events: list[UsageEvent], book: PriceBook) -> dict[str, Any]:
+    """What every table and the API must say: the calls priced with ``book``."""
+    per_model: dict[str, list[Any]] = defaultdict(lambda: [0, 0, Decimal(0)])
+    per_event = {}
+    for event in events:
+        model = book.resolve(event.model)
+        quote = book.quote_event(model, event)
+        per_event[str(event.event_id)] = (quote.cost_usd, quote.priced, quote.version)
+        item = per_model[model]
+        item[0] += 1
+        item[1] += 0 if quote.priced else 1
+        item[2] += quote.cost_usd
+    return {"events": per_event, "models": {m: tuple(v) for m, v in per_model.items()}}
+
+
+def stored(settings: Settings) -> dict[str, Any]:
+    client = connect(settings)
+    try:
+        rows = client.query(
+            "SELECT toString(event_id), cost_usd, priced, price_version, token_cost_usd"
+            " + tool_cost_usd FROM usage_events"
+        ).result_rows
+        for r in rows:
+            assert r[1] == r[4], "token + tool cost = cost on every row"
+        tables = {}
+        for table in ROLLUPS:
+            by = "model" if table not in ("usage_api_15m", "usage_api_daily") else "'all'"
+            tables[table] = {
+                str(m): (int(c), int(u), Decimal(cost))
+                for m, c, u, cost in client.query(
+                    f"SELECT {by} AS m, sum(calls), sum(unpriced_calls), sum(cost_usd)"
+                    f" FROM {table} GROUP BY m"
+                ).result_rows
+            }
+    finally:
+        client.close()
+    return {"events": {r[0]: (r[1], r[2], r[3]) for r in rows}, "tables": tables}
+
+
+def assert_exact(settings: Settings, want: dict[str, Any]) -> None:
+    got = stored(settings)
+    assert got["events"] == want["events"]
+    everything = (sum(v[0] for v in want["models"].values()),
+                  sum(v[1] for v in want["models"].values()),
+                  sum((v[2] for v in want["models"].values()), Decimal(0)))  # fmt: skip
+    for table, groups in got["tables"].items():
+        if table in ("usage_api_15m", "usage_api_daily"):
+            assert groups == {"all": everything}, table
+        else:
+            assert groups == want["models"], table
+    now = datetime.now(UTC)
+    window = {"from": (now - timedelta(days=4)).isoformat(), "to": now.isoformat()}
+    app = create_app(settings.model_copy(update={"api_keys": "k:acme"}))
+    with TestClient(app, headers={"Authorization": "Bearer k"}) as http:
+        summary = http.get("/v1/usage/summary", params=window).json()
+        assert summary["calls"] == everything[0]
+        assert Decimal(summary["total_cost_usd"]) == everything[2]
+        unpriced = {m: v[1] for m, v in want["models"].items() if v[1]}
+        assert {u["model"]: u["calls"] for u in summary["unpriced_models"]} == unpriced
+        assert summary["cost_incomplete"] is bool(unpriced)
+        models = http.get("/v1/usage/by-model", params=window).json()["models"]
+        got_models = {m["model"]: (m["calls"], m["unpriced_calls"], Decimal(m["cost_usd"]))
+                      for m in models}  # fmt: skip
+        assert got_models == want["models"]
+
+
+def test_a_newly_priced_model_and_a_discount_reprice_history_exactly(
+    migrated: Settings, worker_factory: Callable[[Settings], WorkerProcess], tmp_path: Path
+) -> None:
+    overrides = tmp_path / "overrides.json"
+    overrides.write_text('{"models": {}}')
+    settings = worker_settings(migrated, price_overrides=overrides)
+    worker = worker_factory(settings)
+    now = datetime.now(UTC).replace(microsecond=0)
+    events = make_events(400, now, seed=1)
+    asyncio.run(publish(settings, events))
+    worker.wait_assigned()
+    client = connect(settings)
+    try:
+        wait_for(lambda: int(client.command("SELECT count() FROM usage_events")) == len(events),
+                 90, "all rows")  # fmt: skip
+    finally:
+        client.close()
+    assert_exact(settings, expected(events, PriceBook.load()))  # stored unpriced at first
+    assert stored(settings)["tables"]["usage_hourly"][UNKNOWN][1] == 100
+
+    book = write_overrides(overrides)
+    client = connect(settings)
+    try:
+        repricer = Repricer(client, settings.clickhouse_database, book)
+        dry = repricer.dry_run(Selection())
+        assert dry[UNKNOWN].changed == 100 and dry[UNKNOWN].old_cost == 0
+        assert dry["claude-haiku-5-5"].changed == 0
+        assert_exact(settings, expected(events, PriceBook.load()))  # a dry run changes nothing
+        result = repricer.run(Selection())
+        assert result.changed == 200  # the unknown model's calls and the discounted ones
+        assert_exact(settings, expected(events, book))
+        again = repricer.run(Selection())
+        assert again.changed == 0, "a second run changes nothing"
+    finally:
+        client.close()
+    assert_exact(settings, expected(events, book))
+
+
+def _kill_at(settings: Settings, overrides: Path, step: str | None, delay: float) -> int:
+    """Run a reprice in a child process and SIGKILL it at ``step`` (or after ``delay``)."""
+    script = (
+        "import os, signal, sys\n"
+        "from llm_usage.clickhouse import connect\n"
+        "from llm_usage.settings import get_settings\n"
+        "from stream_processor.pricing import PriceBook\n"
+        "from stream_processor.reprice import Repricer, Selection\n"
+        "s = get_settings()\n"
+        "step = sys.argv[1]\n"
+        "def on_step(name):\n"
+        "    if name == step:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "book = PriceBook.load(overrides=s.price_overrides)\n"
+        "Repricer(connect(s), s.clickhouse_database, book, on_step=on_step).run(Selection())\n"
+    )
+    env = {**os.environ, **settings_env(settings.model_copy(update={"price_overrides": overrides}))}
+    child = subprocess.Popen([sys.executable, "-c", script, step or "-"], env=env)
+    if step is None:
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+    return child.wait(60)
+
+
+@pytest.mark.parametrize("step", ["staged", "delta:usage_api_daily", "delta:usage_hourly",
+                                  "raw", None])  # fmt: skip
+def test_a_reprice_killed_at_any_step_and_run_again_ends_exact(
+    migrated: Settings, tmp_path: Path, step: str | None
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    events = make_events(3000, now, seed=2)
+    store_directly(migrated, events, PriceBook.load())
+    overrides = tmp_path / "overrides.json"
+    book = write_overrides(overrides)
+    code = _kill_at(migrated, overrides, step, delay=random.uniform(0.3, 2.5))
+    if step is not None:
+        assert code == -signal.SIGKILL, "the run was killed at its step"
+    client = connect(migrated)
+    try:
+        result = Repricer(client, migrated.clickhouse_database, book).run(Selection())
+        if step is not None:
+            assert result.resumed, "the interrupted run is completed first"
+    finally:
+        client.close()
+    assert_exact(migrated, expected(events, book))
+
+
+def test_reprice_while_a_worker_ingests_calls_of_that_model(
+    migrated: Settings, worker_factory: Callable[[Settings], WorkerProcess], tmp_path: Path
+) -> None:
+    overrides = tmp_path / "overrides.json"
+    overrides.write_text('{"models": {}}')
+    settings = worker_settings(migrated, price_overrides=overrides)
+    worker = worker_factory(settings)
+    now = datetime.now(UTC).replace(microsecond=0)
+    first = make_events(1200, now, seed=3)
+    asyncio.run(publish(settings, first))
+    worker.wait_assigned()
+    client = connect(settings)
+    wait_for(lambda: int(client.command("SELECT count() FROM usage_events")) == len(first),
+             90, "the first calls")  # fmt: skip
+    book = write_overrides(overrides)  # the worker reloads it within seconds
+    # more calls of that model keep arriving during the run, late ones into the window too
+    later = make_events(1200, now, seed=4)
+
+    async def keep_publishing() -> None:
+        for i in range(0, len(later), 100):
+            await publish(settings, later[i : i + 100])
+            await asyncio.sleep(0.05)
+
+    thread = threading.Thread(target=asyncio.run, args=(keep_publishing(),))
+    thread.start()
+    try:
+        result = Repricer(client, settings.clickhouse_database, book).run(Selection())
+    finally:
+        thread.join(120)
+    assert result.passes >= 2, "calls ingested during the run were looked at again"
+    total = len(first) + len(later)
+    wait_for(lambda: int(client.command("SELECT count() FROM usage_events")) == total,
+             90, "every call")  # fmt: skip
+    assert_exact(settings, expected([*first, *later], book))  # nothing left at old prices
+    again = Repricer(client, settings.clickhouse_database, book).run(Selection())
+    client.close()
+    assert again.changed == 0
+    assert worker.metrics()["llm_usage_processor_price_book_reloads_total"] >= 1
