@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -175,6 +176,7 @@ class SummaryTotals:
 
     totals: Totals
     unpriced_models: list[tuple[str, int]]
+    repriced_at: datetime | None = None
 
 
 def by_cost(totals: Totals, *names: str) -> tuple[Any, ...]:
@@ -401,7 +403,9 @@ class UsageRepository:
         return Totals.from_row(rows[0]) if rows else Totals()
 
     def summary(self, window: Window, filters: Filters) -> SummaryTotals:
-        """Totals and unpriced models in one query over the per-model rollups."""
+        """Totals and unpriced models in one query over the per-model rollups (and, beside
+        it, when the window's calls were last repriced)."""
+        repriced = self._pool.submit(self.last_repriced, window, filters.tenant)
         rows = self._grouped(window, filters, ["model"], tiers=MODELS, metrics=MODEL_METRICS)
         totals = Totals()
         unpriced: list[tuple[str, int]] = []
@@ -411,7 +415,24 @@ class UsageRepository:
             if model.unpriced_calls:
                 unpriced.append((str(row[0]), model.unpriced_calls))
         unpriced.sort(key=lambda item: (-item[1], item[0]))
-        return SummaryTotals(totals, unpriced)
+        return SummaryTotals(totals, unpriced, repriced.result())
+
+    def last_repriced(self, window: Window, tenant: str) -> datetime | None:
+        """When a finished reprice last changed calls of ``tenant`` that may be in ``window``."""
+        params = _Params()
+        t = params.bind(tenant, "String")
+        start = params.bind(window.start.astimezone(UTC).date(), "Date")
+        end = params.bind(window.end.astimezone(UTC).date(), "Date")
+        rows = self._db.rows(
+            "SELECT max(at), count() FROM reprice_runs WHERE step = 'finished' AND calls > 0"
+            f" AND tenant_id IN ({t}, '') AND (from_day IS NULL OR from_day <= {end})"
+            f" AND (to_day IS NULL OR to_day >= {start})",
+            params.values,
+        )
+        if not rows or not rows[0][1]:
+            return None
+        moment: datetime = rows[0][0]
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
     def by_model(self, window: Window, filters: Filters) -> list[ModelUsage]:
         """Cost per model and price tier, most expensive first."""

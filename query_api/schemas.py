@@ -85,6 +85,9 @@ class Summary(WindowBody, TokenCounts):
     cost_incomplete: bool = Field(
         description="true when unpriced calls are in the window: the total is a lower bound"
     )
+    repriced_at: str | None = Field(
+        None, description="when `llm-usage reprice` last changed calls of this window, if ever"
+    )
 
     @classmethod
     def build(cls, window: Window, summary: SummaryTotals) -> Summary:
@@ -97,6 +100,7 @@ class Summary(WindowBody, TokenCounts):
             unpriced_calls=totals.unpriced_calls,
             unpriced_models=[UnpricedModel(model=m, calls=n) for m, n in summary.unpriced_models],
             cost_incomplete=totals.unpriced_calls > 0,
+            repriced_at=iso(summary.repriced_at) if summary.repriced_at else None,
         )
 
 

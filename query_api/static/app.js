@@ -9,6 +9,7 @@ import {
   formatRelativeTime,
   formatTokens,
   formatUnpricedNote,
+  formatRepricedNote,
   formatUsd,
   tierLabel,
 } from "./format.js";
@@ -196,6 +197,10 @@ function renderSummary(s) {
     ? "Not in the price book (cost unknown, counted as $0):\n" +
       models.map((m) => `${m.model}: ${formatInteger(m.calls)} calls`).join("\n")
     : "";
+  const repriced = $("card-total-cost").querySelector(".repriced");
+  repriced.textContent = formatRepricedNote(s.repriced_at, Date.now());
+  repriced.title = s.repriced_at ? `llm-usage reprice changed these calls at ${s.repriced_at}` : "";
+  repriced.hidden = !repriced.textContent;
   const cacheRead = Number(s.cache_read_input_tokens || 0);
   const cacheWrite = Number(s.cache_creation_input_tokens || 0);
   setCard(

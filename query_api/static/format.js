@@ -145,3 +145,11 @@ export function formatUnpricedNote(unpricedCalls, models, shown = 3) {
   if (names.length > shown) list += ` and ${names.length - shown} more`;
   return `cost incomplete: ${formatInteger(calls)} ${what}${list ? ` (${list})` : ""}`;
 }
+
+/** The Total Cost card's reprice line, while the last reprice is recent (7 days), else "". */
+export function formatRepricedNote(repricedAt, now, recentDays = 7) {
+  if (!repricedAt) return "";
+  const then = Date.parse(repricedAt);
+  if (!Number.isFinite(then) || Number(now) - then > recentDays * 86400000) return "";
+  return `history repriced ${formatRelativeTime(then, now)}`;
+}

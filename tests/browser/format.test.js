@@ -8,6 +8,7 @@ import {
   formatInteger,
   formatPercent,
   formatRelativeTime,
+  formatRepricedNote,
   formatTokens,
   formatUnpricedNote,
   formatUsd,
@@ -117,4 +118,11 @@ test("unpriced note names the models", () => {
   assert.equal(formatUnpricedNote(7, []), "cost incomplete: 7 calls of unknown models");
   assert.equal(formatUnpricedNote(0, models), "");
   assert.equal(formatUnpricedNote(undefined, undefined), "");
+});
+
+test("the reprice note shows while the last reprice is recent", () => {
+  const now = Date.parse("2026-12-01T12:00:00Z");
+  assert.equal(formatRepricedNote("2026-12-01T09:00:00+00:00", now), "history repriced 3 hours ago");
+  assert.equal(formatRepricedNote("2026-11-20T12:00:00+00:00", now), "");
+  assert.equal(formatRepricedNote(null, now), "");
 });

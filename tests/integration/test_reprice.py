@@ -156,6 +156,15 @@ def assert_exact(settings: Settings, want: dict[str, Any]) -> None:
         assert got_models == want["models"]
 
 
+def repriced_at(settings: Settings) -> str | None:
+    now = datetime.now(UTC)
+    window = {"from": (now - timedelta(days=4)).isoformat(), "to": now.isoformat()}
+    app = create_app(settings.model_copy(update={"api_keys": "k:acme"}))
+    with TestClient(app, headers={"Authorization": "Bearer k"}) as http:
+        value: str | None = http.get("/v1/usage/summary", params=window).json()["repriced_at"]
+    return value
+
+
 def test_a_newly_priced_model_and_a_discount_reprice_history_exactly(
     migrated: Settings, worker_factory: Callable[[Settings], WorkerProcess], tmp_path: Path
 ) -> None:
@@ -184,9 +193,13 @@ def test_a_newly_priced_model_and_a_discount_reprice_history_exactly(
         assert dry[UNKNOWN].changed == 100 and dry[UNKNOWN].old_cost == 0
         assert dry["claude-haiku-5-5"].changed == 0
         assert_exact(settings, expected(events, PriceBook.load()))  # a dry run changes nothing
+        assert repriced_at(settings) is None
         result = repricer.run(Selection())
         assert result.changed == 200  # the unknown model's calls and the discounted ones
         assert_exact(settings, expected(events, book))
+        when = repriced_at(settings)
+        assert when is not None
+        assert abs(datetime.fromisoformat(when) - datetime.now(UTC)) < timedelta(minutes=2)
         again = repricer.run(Selection())
         assert again.changed == 0, "a second run changes nothing"
     finally:
