@@ -1,0 +1,86 @@
+"""Reprice throughput (not a test): ``llm-usage reprice`` over N stored calls.
+
+Starts its own ClickHouse (the local stack's server in a temporary home, on a free port),
+loads N generated calls server-side with the API benchmark's generator (its costs are
+random, so repricing them with the book changes almost every call: the worst case), then
+runs one reprice over all of them and prints calls scanned and changed per second, the
+time of each phase, and a check that the rollups equal the raw table afterwards.
+
+    .venv/bin/python benchmarks/bench_reprice.py --events 10000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from llm_usage.bench_api import load
+from llm_usage.clickhouse import apply_migrations, connect
+from llm_usage.localstack import LocalStack
+from llm_usage.localstack.processes import free_port
+from llm_usage.settings import Settings
+from stream_processor.pricing import PriceBook
+from stream_processor.reprice import Repricer, Selection
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--chunk", type=int, default=1_000_000, help="rows per load insert")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="bench-reprice-"))
+    settings = Settings(
+        home=home,
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        clickhouse_url=f"http://127.0.0.1:{free_port()}",
+        clickhouse_database="bench_reprice",
+    )
+    stack = LocalStack(settings)
+    stack.up()
+    try:
+        apply_migrations(connect(settings, database=""), settings)
+        client = connect(settings, query_settings={"max_execution_time": 0})
+        end_ms = int(datetime.now(UTC).timestamp() * 1000)
+        load_s = load(client, args.events, end_ms, args.chunk)
+        steps: dict[str, float] = {}
+        mark = [time.monotonic()]
+
+        def on_step(step: str) -> None:
+            now = time.monotonic()
+            steps[step] = round(now - mark[0], 2)
+            mark[0] = now
+
+        repricer = Repricer(client, settings.clickhouse_database, PriceBook.load(),
+                            on_step=on_step)  # fmt: skip
+        started = time.monotonic()
+        result = repricer.run(Selection())
+        seconds = time.monotonic() - started
+        raw = client.query("SELECT count(), sum(cost_usd) FROM usage_events").result_rows[0]
+        checks = {}
+        for table in ("usage_hourly", "usage_daily", "usage_api_models_daily"):
+            rolled = client.query(f"SELECT sum(calls), sum(cost_usd) FROM {table}").result_rows
+            checks[table] = tuple(rolled[0]) == tuple(raw)
+        print(json.dumps({
+            "events": args.events,
+            "load_seconds": round(load_s, 1),
+            "reprice_seconds": round(seconds, 1),
+            "scanned": result.scanned,
+            "changed": result.changed,
+            "scanned_per_s": round(result.scanned / seconds),
+            "changed_per_s": round(result.changed / seconds),
+            "passes": result.passes,
+            "step_seconds": steps,
+            "rollups_equal_raw": checks,
+        }, indent=2))  # fmt: skip
+    finally:
+        stack.down()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
