@@ -51,13 +51,14 @@ SPAN_DAYS = 35
 # filtering is real work), spread uniformly over the last 35 days; 100 new conversations an
 # hour and 500 long-lived agents; costs with 12 decimals; 2% unpriced (mostly calls of two
 # models the price book does not know); 20% batch and 10% fast calls; 6% with web searches
-# (a tool cost of $0.01 each); 1% errors.
+# (a tool cost of $0.01 each); 1% errors. The price tier and the token cost are computed by
+# ClickHouse from service_tier / speed and cost_usd - tool_cost_usd (MATERIALIZED columns).
 LOAD_SQL = """
 INSERT INTO usage_events (event_id, tenant_id, occurred_at, source, source_id, source_name,
     model, input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
-    priced, price_tier, web_search_requests, token_cost_usd, tool_cost_usd, cost_usd,
+    priced, service_tier, speed, web_search_requests, tool_cost_usd, cost_usd,
     duration_ms, status, kafka_topic, kafka_partition, kafka_offset)
-SELECT * EXCEPT conversation FROM (SELECT
+SELECT * EXCEPT (conversation, token_cost) FROM (SELECT
     generateUUIDv4(number) AS event_id,
     multiIf(h % 10 < 8, 'bench', h % 10 = 8, 'other-1', 'other-2') AS tenant_id,
     fromUnixTimestamp64Milli(toInt64({end_ms:Int64} - cityHash64(number, 1) % {span_ms:UInt64}),
@@ -75,13 +76,14 @@ SELECT * EXCEPT conversation FROM (SELECT
     (h % 7 = 0) * (h % 5000) AS cache_creation_input_tokens,
     (h % 3 = 0) * (h % 30000) AS cache_read_input_tokens,
     h % 50 != 0 AS priced,
-    multiIf(NOT priced OR h4 % 10 < 7, 'standard', h4 % 10 < 9, 'batch', 'fast') AS price_tier,
+    if(priced AND h4 % 10 IN (7, 8), 'batch', 'standard') AS service_tier,
+    if(priced AND h4 % 10 = 9, 'fast', 'standard') AS speed,
     toUInt32(if(h4 % 17 = 0, 1 + h4 % 4, 0)) AS web_search_requests,
     if(priced, CAST(cityHash64(number, 7) % 100000000 AS Decimal(38, 12)) / 1000000000000,
-       toDecimal128(0, 12)) AS token_cost_usd,
+       toDecimal128(0, 12)) AS token_cost,
     if(priced, CAST(web_search_requests AS Decimal(38, 12)) / 100,
        toDecimal128(0, 12)) AS tool_cost_usd,
-    token_cost_usd + tool_cost_usd AS cost_usd,
+    token_cost + tool_cost_usd AS cost_usd,
     toUInt32(h % 60000) AS duration_ms,
     if(h % 97 = 0, 'error', 'ok') AS status,
     'bench' AS kafka_topic,

@@ -31,13 +31,20 @@ from tests.browser.conftest import (
 from tests.conftest import unique
 
 PRICED_KEY, PRICED_TENANT = "browser-priced-key", "browser-priced-tenant"
+# price_tier and token_cost_usd are MATERIALIZED: ClickHouse computes them, inserts omit them
 COLUMNS = [
     "event_id", "tenant_id", "occurred_at", "source", "source_id", "source_name", "model",
     "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-    "cost_usd", "token_cost_usd", "tool_cost_usd", "priced", "price_tier",
-    "web_search_requests", "duration_ms", "status", "kafka_topic", "kafka_partition",
-    "kafka_offset",
+    "cost_usd", "tool_cost_usd", "priced", "service_tier", "speed", "web_search_requests",
+    "duration_ms", "status", "kafka_topic", "kafka_partition", "kafka_offset",
 ]  # fmt: skip
+# (service_tier, speed) of a call of each price tier
+CALL_OF_TIER = {
+    "standard": ("standard", "standard"),
+    "batch": ("batch", "standard"),
+    "fast": ("standard", "fast"),
+    "priority": ("priority", "standard"),
+}
 # (model, price tier, priced, calls, token cost per call, web searches per call)
 MIX = [
     ("claude-opus-4-5", "standard", True, 6, "0.4100", 0),
@@ -58,11 +65,11 @@ def _rows(tenant: str, now: datetime, mix: list[tuple[str, str, bool, int, str, 
     for model, tier, priced, calls, token_cost, searches in mix:
         for i in range(calls):
             tool = Decimal("0.01") * searches if priced else Decimal(0)
-            cost = Decimal(token_cost) + tool
+            cost = Decimal(token_cost) + tool  # token_cost_usd = cost_usd - tool_cost_usd
             rows.append([
                 uuid.uuid4(), tenant, now - timedelta(hours=1 + 3 * len(rows)), "chat",
                 f"conv-{i % 3}", f"Conversation {i % 3}", model, 1_000 + 37 * i, 200 + i,
-                0, 500 * (i % 2), cost, Decimal(token_cost), tool, priced, tier, searches,
+                0, 500 * (i % 2), cost, tool, priced, *CALL_OF_TIER[tier], searches,
                 1_500, "ok", "calls", 0, len(rows),
             ])  # fmt: skip
     return rows

@@ -38,13 +38,10 @@ def _event(at: datetime, cost: str, **over: object) -> list[object]:
         "input_tokens": 1_500_000, "output_tokens": 45_000, "cache_creation_input_tokens": 10,
         "cache_read_input_tokens": 20, "cost_usd": Decimal(cost), "priced": True,
         "duration_ms": 1234, "status": "ok", "kafka_topic": "calls", "kafka_partition": 0,
-        "kafka_offset": 0, "price_tier": "standard", "web_search_requests": 0,
-        "tool_cost_usd": Decimal(0),
+        "kafka_offset": 0, "service_tier": "standard", "speed": "standard",
+        "web_search_requests": 0, "tool_cost_usd": Decimal(0),
     }  # fmt: skip
     row.update(over)
-    row.setdefault(
-        "token_cost_usd", Decimal(str(row["cost_usd"])) - Decimal(str(row["tool_cost_usd"]))
-    )
     return [row[c] for c in COLUMNS]
 
 

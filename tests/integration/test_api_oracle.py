@@ -16,15 +16,25 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from stream_processor.pricing.book import price_tier
+
+# price_tier and token_cost_usd are MATERIALIZED: ClickHouse computes them, inserts omit them
 COLUMNS = [
     "event_id", "tenant_id", "occurred_at", "source", "source_id", "source_name", "model",
     "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
     "cost_usd", "priced", "duration_ms", "status", "kafka_topic", "kafka_partition",
-    "kafka_offset", "price_tier", "web_search_requests", "token_cost_usd", "tool_cost_usd",
+    "kafka_offset", "service_tier", "speed", "web_search_requests", "tool_cost_usd",
 ]  # fmt: skip
 # Models the generated unpriced calls use (besides a few of the priced models' names).
 UNKNOWN_MODELS = ["claude-future-9", "acme-llm-2"]
 TIERS = ["standard", "batch", "fast", "priority"]
+# The (service_tier, speed) of calls of each price tier: batch wins over fast, fast over priority.
+CALLS_OF_TIER = {
+    "standard": [("standard", "standard")],
+    "batch": [("batch", "standard"), ("batch", "fast")],
+    "fast": [("standard", "fast"), ("priority", "fast")],
+    "priority": [("priority", "standard")],
+}
 
 WORDS = ["Alpha", "beta", "GAMMA", "Delta", "o'Brien", "weekly", "Digest", "sync", "Report"]
 START = datetime(2026, 3, 1, tzinfo=UTC)
@@ -49,17 +59,23 @@ def _instant(rng: random.Random, start: datetime, end: datetime) -> datetime:
 
 
 def _billing(rng: random.Random, row: list[Any]) -> None:
-    """Price tier, web searches and the tool part of the cost; unknown models if unpriced.
+    """Service tier and speed (hence the price tier, unpriced calls too), web searches and
+    the tool part of the cost; unknown models if unpriced.
 
     A second random stream, so the columns above stay what they always were.
     """
     priced, cost = row[12], row[11]
     if not priced and rng.random() < 0.7:
         row[6] = rng.choice(UNKNOWN_MODELS)
-    tier = rng.choices(TIERS, [70, 15, 10, 5])[0] if priced else "standard"
+    service_tier, speed = rng.choice(CALLS_OF_TIER[rng.choices(TIERS, [70, 15, 10, 5])[0]])
     searches = rng.randint(1, 5) if rng.random() < 0.1 else 0
     tool = (cost * searches / 10).quantize(Decimal("1e-12")) if priced else Decimal(0)
-    row.extend([tier, searches, cost - tool, tool])
+    row.extend([service_tier, speed, searches, tool])
+
+
+def tier_of(row: Sequence[Any]) -> str:
+    """The price tier of a generated row (ClickHouse computes it from the same columns)."""
+    return price_tier(row[COLUMNS.index("service_tier")], row[COLUMNS.index("speed")])
 
 
 def generate(tenant: str, n: int, seed: int, *, secret: str = "") -> list[list[Any]]:
@@ -290,6 +306,13 @@ def test_oracle_matches_python_sums(migrated: Any) -> None:
     assert chat["chat"][0] == sum(1 for r in rows if r[3] == "chat")
     by_model = BruteForce(client).by_model(q)
     assert {r[1] for r in by_model} == set(TIERS), "the data has every price tier"
+    calls = {(r[COLUMNS.index("service_tier")], r[COLUMNS.index("speed")]) for r in rows}
+    assert calls == {call for tier in TIERS for call in CALLS_OF_TIER[tier]}
+    assert {tier_of(r) for r in rows if not r[12]} == set(TIERS), "unpriced calls have tiers"
+    # ClickHouse's price_tier and token_cost_usd are the Python ones
+    sql = "SELECT event_id, price_tier, token_cost_usd FROM usage_events"
+    stored = {e: (t, c) for e, t, c in client.query(sql).result_rows}
+    assert stored == {r[0]: (tier_of(r), r[11] - r[-1]) for r in rows}
     assert sum(r[10] for r in by_model) == sum(r[-1] for r in rows) > 0, "tool costs"
     unpriced = BruteForce(client).unpriced_models(q)
     assert {m for m, _ in unpriced} >= set(UNKNOWN_MODELS)

@@ -61,16 +61,19 @@ TEMPLATES: list[tuple[dict[str, Any], str, Decimal, Decimal]] = [
     # thinking tokens are part of output: Sonnet 5.5 $2 / $10
     ({"model": "claude-sonnet-5-5", "input_tokens": 100, "output_tokens": 1000,
       "thinking_tokens": 600}, "standard", D("0.0102"), D(0)),
-    # fast mode on a model without it: standard prices, counted in a metric
+    # fast mode on a model without it: the fast tier at standard prices, counted in a metric
     ({"model": "claude-sonnet-5-5", "speed": "fast", "input_tokens": 1000},
-     "standard", D("0.002"), D(0)),
+     "fast", D("0.002"), D(0)),
     # priority tier: list price, its own tier
     ({"model": "claude-sonnet-5-5-20261001", "service_tier": "priority", "input_tokens": 1000},
      "priority", D("0.002"), D(0)),
     # a model nobody prices: kept, counted unpriced, never $0 silently
     ({"model": UNKNOWN, "input_tokens": 100, "output_tokens": 10}, "standard", D(0), D(0)),
+    # ... and its batch calls still have their tier (a function of the call)
+    ({"model": UNKNOWN, "service_tier": "batch", "input_tokens": 100}, "batch", D(0), D(0)),
 ]  # fmt: skip
 COPIES = 4
+UNPRICED = COPIES * sum(fields["model"] == UNKNOWN for fields, *_ in TEMPLATES)
 
 
 def make_events(now: datetime) -> list[tuple[UsageEvent, int]]:
@@ -154,10 +157,10 @@ def test_every_billing_dimension_end_to_end(
             ).result_rows[0]
             assert sums == (
                 sum((TEMPLATES[i][2] for _, i in events), D(0)),
-                sum(e.web_search_requests for e, _ in events),
-                sum(e.web_fetch_requests for e, _ in events),
-                sum(e.thinking_tokens for e, _ in events),
-                COPIES,
+                sum(TEMPLATES[i][0].get("web_search_requests", 0) for _, i in events),
+                sum(TEMPLATES[i][0].get("web_fetch_requests", 0) for _, i in events),
+                sum(TEMPLATES[i][0].get("thinking_tokens", 0) for _, i in events),
+                UNPRICED,
             ), table
     finally:
         client.close()
@@ -171,7 +174,7 @@ def test_every_billing_dimension_end_to_end(
         body = summary.json()
         assert D(str(body["total_cost_usd"])) == total
         assert body["cost_incomplete"] is True
-        assert body["unpriced_models"] == [{"model": UNKNOWN, "calls": COPIES}]
+        assert body["unpriced_models"] == [{"model": UNKNOWN, "calls": UNPRICED}]
         by_model = http.get("/v1/usage/by-model", params=window)
         assert by_model.status_code == 200, by_model.text
         got = {
@@ -182,5 +185,6 @@ def test_every_billing_dimension_end_to_end(
         assert got == expected_tiers
 
     metrics = worker.metrics()
-    assert metrics["llm_usage_processor_events_fast_unavailable_total"] == COPIES
-    assert metrics["llm_usage_processor_events_unpriced_total"] == COPIES
+    assert metrics["llm_usage_processor_events_tier_unavailable_total"] == COPIES
+    assert "llm_usage_processor_events_fast_unavailable_total" not in metrics
+    assert metrics["llm_usage_processor_events_unpriced_total"] == UNPRICED

@@ -412,7 +412,8 @@ def test_a_stream_closed_early_still_publishes_what_was_billed() -> None:
         next(iter(stream))  # message_start only
     (event,) = sink.events
     assert event.input_tokens == 472 and event.metadata.get("incomplete") is True
-    assert billing(event) == (ServiceTier.PRIORITY, Speed.STANDARD, "global", 0, 0, 0)
+    # message_start reports no thinking tokens: not reported (None), not zero
+    assert billing(event) == (ServiceTier.PRIORITY, Speed.STANDARD, "global", 0, 0, None)
 
 
 def test_http_errors_publish_status_error_and_reraise() -> None:
@@ -517,7 +518,8 @@ def test_async_client_create_stream_and_errors() -> None:
     assert billing(created) == billing(beta) == MESSAGE_BILLING
     assert billing(streamed) == billing(raw) == STREAM_BILLING
     assert failed.status is Status.ERROR and failed.metadata["http_status"] == 429
-    assert billing(failed) == (ServiceTier.STANDARD, Speed.STANDARD, None, 0, 0, 0)
+    # no usage at all: the instrument's default tier, every other dimension not reported
+    assert billing(failed) == (ServiceTier.STANDARD, None, None, None, None, None)
 
 
 def test_async_tasks_keep_their_own_tags() -> None:
@@ -558,7 +560,8 @@ def test_values_from_a_newer_api_keep_the_call_with_the_raw_value_in_metadata(
             stream.until_done()
     created, streamed = sink.events
     for event in (created, streamed):
-        assert (event.service_tier, event.speed) == (ServiceTier.STANDARD, Speed.STANDARD)
+        # demoted: the instrument's default tier, and speed not reported (standard)
+        assert (event.service_tier, event.speed) == (ServiceTier.STANDARD, None)
         assert event.inference_geo is None
         assert event.metadata["service_tier_raw"] == "flex"
         assert event.metadata["speed_raw"] == "ludicrous"
@@ -569,7 +572,7 @@ def test_values_from_a_newer_api_keep_the_call_with_the_raw_value_in_metadata(
         503,
         3,
     )
-    assert created.thinking_tokens == 0 and created.metadata["thinking_tokens_raw"] == 9999
+    assert created.thinking_tokens is None and created.metadata["thinking_tokens_raw"] == 9999
     # the stream's last delta reports 40 of 89: the later total replaces the start's 9999
     assert streamed.thinking_tokens == 40 and "thinking_tokens_raw" not in streamed.metadata
     assert "service_tier='flex' is not accepted by the event contract" in caplog.text
@@ -713,6 +716,34 @@ def test_batch_attribution_overrides_the_custom_id_convention(
     for _ in copy.messages.batches.results(BATCH_ID):
         pass
     assert sink.events[5].source_id == "digest-agent"
+
+
+def test_a_batch_result_reporting_another_tier_is_published_at_batch() -> None:
+    """A batch result is billed at batch prices whatever its usage says; what it said is
+    kept in metadata (and nothing is added when it says batch or nothing)."""
+    lines = [
+        {
+            "custom_id": "memory__conv-50__0",
+            "result": {
+                "type": "succeeded",
+                "message": batch_message("msg_s0", MODEL, service_tier="standard"),
+            },
+        },
+        *BATCH_LINES,
+    ]
+    sink = Sink()
+    client = instrument(sync_client(batch_lines=lines), sink, tenant_id="acme", source="memory")
+    assert len(list(client.messages.batches.results(BATCH_ID))) == len(lines)
+    reported, *regular = sink.events
+    assert reported.metadata["custom_id"] == "memory__conv-50__0"
+    assert reported.service_tier is ServiceTier.BATCH
+    assert reported.metadata["service_tier_reported"] == "standard"
+    assert "service_tier" not in reported.metadata and "service_tier_raw" not in reported.metadata
+    wire = json.loads(reported.to_json())
+    assert wire["service_tier"] == "batch"
+    assert wire["metadata"]["service_tier_reported"] == "standard"
+    check_batch_events(regular)
+    assert not [e for e in regular if "service_tier_reported" in e.metadata]
 
 
 def test_batch_results_through_raw_response() -> None:
