@@ -23,7 +23,8 @@ COLUMNS = (
     "request_id", "metadata", "schema_version", "kafka_topic", "kafka_partition", "kafka_offset",
     "service_tier", "speed", "inference_geo", "web_search_requests", "web_fetch_requests",
     "thinking_tokens", "tool_cost_usd",
-)  # fmt: skip  (price_tier and token_cost_usd: computed by ClickHouse, see migration 0011)
+)  # fmt: skip
+# price_tier and token_cost_usd are not sent: ClickHouse computes them (migration 0011).
 
 Row = tuple[Any, ...]
 
