@@ -95,10 +95,26 @@ class Rollup:
         return (*self.keys, *(c for c, _ in self.sums), *self.others)
 
 
-def stage_sql(selection: Selection) -> tuple[str, dict[str, Any]]:
+def stage_sql(
+    selection: Selection, after: tuple[str, datetime, Any] | None, limit: int
+) -> tuple[str, dict[str, Any]]:
+    """One page of the selected calls in primary-key order, after the previous page's last.
+
+    Pages (not one stream) so that the run can write between two reads on its connection.
+    """
     where, params = selection.where()
+    if after is not None:
+        where += (
+            " AND (tenant_id, occurred_at, event_id) >"
+            " ({after_t:String}, {after_o:DateTime64(3, 'UTC')}, {after_e:UUID})"
+        )
+        params.update(after_t=after[0], after_o=after[1], after_e=after[2])
     columns = ", ".join(STAGE_COLUMNS)
-    return f"SELECT {columns} FROM usage_events WHERE {where}", params
+    sql = (
+        f"SELECT {columns} FROM usage_events WHERE {where}"
+        f" ORDER BY tenant_id, occurred_at, event_id LIMIT {int(limit)}"
+    )
+    return sql, params
 
 
 def count_sql(selection: Selection) -> tuple[str, dict[str, Any]]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -55,7 +55,8 @@ from stream_processor.reprice.queries import (
     target_of,
 )
 
-STAGE_CHUNK = 50_000
+STAGE_CHUNK = 50_000  # changed calls per insert into reprice_values
+STAGE_PAGE = 200_000  # stored calls per read
 CATCH_UP_MARGIN = timedelta(seconds=5)  # calls ingested just before a pass started
 # A worker prices with a changed book within PRICE_RELOAD_SECONDS (2 s) plus the calls it
 # already had in hand: the last catch-up pass starts at least this long after the run.
@@ -130,13 +131,18 @@ class Repricer:
             names.update({raw.strip().lower(), canonical, *self.book.aliases(canonical)})
         return tuple(sorted(names))
 
-    def _rows(self, selection: Selection) -> Iterator[tuple[Any, ...]]:
-        sql, params = stage_sql(selection)
-        with self.client.query_row_block_stream(sql, parameters=params) as stream:
-            for block in stream:
-                yield from block
+    def _rows(self, selection: Selection) -> Iterator[Sequence[Any]]:
+        after = None
+        while True:
+            sql, params = stage_sql(selection, after, STAGE_PAGE)
+            rows = self.client.query(sql, parameters=params).result_rows
+            yield from rows
+            if len(rows) < STAGE_PAGE:
+                return
+            last = rows[-1]
+            after = (last[1], last[2], last[0])  # tenant_id, occurred_at, event_id
 
-    def _quote(self, row: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    def _quote(self, row: Sequence[Any]) -> tuple[Any, ...] | None:
         """New (cost, token cost, tool cost, priced, version) of a stored call, or None."""
         (_, _, occurred_at, model, inp, out, c5, c1h, read, tier, speed, geo, searches,
          cost, _token_cost, tool_cost, priced, version) = row  # fmt: skip

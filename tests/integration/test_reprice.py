@@ -37,7 +37,7 @@ from query_api.app import create_app
 from stream_processor.enrich import Enricher
 from stream_processor.harness import WorkerProcess
 from stream_processor.pricing import PriceBook
-from stream_processor.reprice import Repricer, Selection
+from stream_processor.reprice import Repricer, Selection, runner
 from stream_processor.sink import ClickHouseWriter, dedup_token
 from tests.conftest import wait_for
 from tests.integration.test_processor_e2e import publish, worker_settings
@@ -166,8 +166,12 @@ def repriced_at(settings: Settings) -> str | None:
 
 
 def test_a_newly_priced_model_and_a_discount_reprice_history_exactly(
-    migrated: Settings, worker_factory: Callable[[Settings], WorkerProcess], tmp_path: Path
+    migrated: Settings,
+    worker_factory: Callable[[Settings], WorkerProcess],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(runner, "STAGE_PAGE", 37)  # many pages, ties on occurred_at included
     overrides = tmp_path / "overrides.json"
     overrides.write_text('{"models": {}}')
     settings = worker_settings(migrated, price_overrides=overrides)
