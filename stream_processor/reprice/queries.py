@@ -136,11 +136,16 @@ MATERIALIZED_SQL = (
 )
 
 
+def _from_usage_events(database: str) -> re.Pattern[str]:
+    """``FROM db.usage_events`` (or its cluster-mode ``_local`` table) in a view's SELECT."""
+    return re.compile(rf"\bFROM\s+`?{re.escape(database)}`?\.`?usage_events(?:_local)?`?\b")
+
+
 def rollup_of(
     database: str, view: str, select: str, create: str, columns: list[tuple[str, str]]
 ) -> Rollup | None:
     """The view as a cost rollup of usage_events, or None (other source, no cost columns)."""
-    source = re.compile(rf"\bFROM\s+`?{re.escape(database)}`?\.`?usage_events(?:_local)?`?\b")
+    source = _from_usage_events(database)
     target = _TARGET.search(create)
     if target is None or len(source.findall(select)) != 1:
         return None
@@ -182,7 +187,7 @@ def delta_sql(database: str, rollup: Rollup, materialized: list[tuple[str, str]]
     not return them, so the old rows name them and the new rows compute them again from
     the new prices.
     """
-    source = re.compile(rf"\bFROM\s+`?{re.escape(database)}`?\.`?usage_events(?:_local)?`?\b")
+    source = _from_usage_events(database)
     values = (
         f"SELECT event_id AS repriced_id, {', '.join(f'{c} AS new_{c}' for c in REPRICED)}"
         f" FROM {database}.reprice_values WHERE run_id = {{run:String}}"
