@@ -87,14 +87,25 @@ def migrated(settings: Settings) -> Iterator[Settings]:
         client.close()
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``check`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+def wait_for(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    *,
+    detail: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``check`` until it holds; fail with ``what`` after ``timeout`` seconds.
+
+    ``detail`` (a worker's log tail, say) goes into the failure message: a CI run that
+    times out then shows why.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    message = f"timed out after {timeout:.0f}s waiting for {what}"
+    raise AssertionError(f"{message}\n{detail()}" if detail else message)
 
 
 @pytest.fixture

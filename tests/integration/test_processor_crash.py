@@ -48,10 +48,15 @@ def test_sigkill_mid_stream_then_restart_is_exact(
     )
     first = worker_factory(settings)
     first.wait_assigned()
+    killed = threading.Event()
 
     async def publish_slowly() -> None:
+        """Paced; the second half only once the worker is dead, so the kill is mid-stream
+        however slowly the worker writes on a busy machine."""
         async with UsagePublisher(settings) as publisher:
             for start in range(0, len(events), 200):
+                if start == len(events) // 2:
+                    await asyncio.to_thread(killed.wait, 120)
                 for event in events[start : start + 200]:
                     await publisher.publish(event)
                 await publisher.flush()
@@ -60,10 +65,14 @@ def test_sigkill_mid_stream_then_restart_is_exact(
     publishing = threading.Thread(target=lambda: asyncio.run(publish_slowly()))
     publishing.start()
     try:
-        wait_for(lambda: totals(settings)["raw"][0] >= 2500, 60, "the first rows")
+        wait_for(
+            lambda: totals(settings)["raw"][0] >= 2500, 60, "the first rows", detail=first.tail
+        )
         first.kill()
+        killed.set()
         assert publishing.is_alive(), "the stream must still be flowing at the kill"
     finally:
+        killed.set()
         publishing.join(120)
     killed_at = totals(settings)["raw"][0]
     assert killed_at < len(events)
@@ -80,7 +89,12 @@ def test_sigkill_mid_stream_then_restart_is_exact(
 
     asyncio.run(republish())
     expected = expected_totals(events, [cost_of(e) for e in events])
-    wait_for(lambda: totals(settings)["raw"][0] >= len(events), 90, "all rows after restart")
+    wait_for(
+        lambda: totals(settings)["raw"][0] >= len(events),
+        180,
+        "all rows after restart",
+        detail=second.tail,
+    )
     wait_for(lambda: second.metrics()["llm_usage_processor_events_deduped_total"] >= 300, 30,
              "the republished duplicates to be dropped")  # fmt: skip
     got = totals(settings)

@@ -100,10 +100,20 @@ def expected(manifest: Manifest) -> Totals:
             t.cache_read_input_tokens, t.cost_usd, t.unpriced_calls)  # fmt: skip
 
 
-def assert_exact(settings: Settings, manifest: Manifest, timeout: float = 120.0) -> Totals:
-    """Wait for every row, give late duplicates a chance, then compare all three tables."""
+def assert_exact(
+    settings: Settings,
+    manifest: Manifest,
+    timeout: float = 120.0,
+    *,
+    worker: WorkerProcess | None = None,
+) -> Totals:
+    """Wait for every row, give late duplicates a chance, then compare all three tables.
+
+    On a timeout the failure shows ``worker``'s log tail (why it stopped writing).
+    """
     want = expected(manifest)
-    wait_for(lambda: raw_count(settings) >= want[0], timeout, f"{want[0]} rows")
+    detail = worker.tail if worker is not None else None
+    wait_for(lambda: raw_count(settings) >= want[0], timeout, f"{want[0]} rows", detail=detail)
     time.sleep(1.5)  # a duplicate or a double-counted replay would land now
     got = totals(settings)
     for table, values in got.items():

@@ -110,7 +110,7 @@ def test_clickhouse_outage_20s_worker_backs_off_api_503_totals_exact(
           f"published meanwhile")  # fmt: skip
 
     manifest = stream.join()
-    want = assert_exact(settings, manifest, timeout=150)
+    want = assert_exact(settings, manifest, timeout=150, worker=worker)
     print(f"expected = observed = {want}")
     assert_never_crashed(worker)
     wait_for(lambda: (worker.health() or {}).get("clickhouse_error") is None, 30,
@@ -198,7 +198,7 @@ def test_broker_unreachable_10s_services_spool_and_replay_totals_exact(
         replayed = sum(int(s["replayed"]) for s in stream.stats)
         print(f"publishers: spooled {spooled}, replayed {replayed}; {stream.stats}")
         assert spooled > 0 and replayed >= spooled, stream.stats
-        want = assert_exact(settings, manifest, timeout=150)
+        want = assert_exact(settings, manifest, timeout=150, worker=worker)
         print(f"expected = observed = {want}")
         assert_never_crashed(worker)
     finally:

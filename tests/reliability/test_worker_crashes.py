@@ -72,7 +72,7 @@ def test_worker_sigkilled_three_times_mid_stream_totals_exact(
     print(f"kills at (calls published, rows written): {kills}")
     assert manifest.total.calls == CALLS and manifest.duplicates_published > 0
     assert sum(1 for published, _ in kills if published < CALLS) >= 2, kills
-    want = assert_exact(settings, manifest, timeout=150)
+    want = assert_exact(settings, manifest, timeout=150, worker=worker)
     assert worker.running()
     metrics = worker.metrics()
     print(f"expected = observed = {want}; last worker: written "
@@ -107,9 +107,13 @@ def test_two_workers_one_sigkilled_survivor_takes_over_totals_exact(
     print(f"killed the owner of partitions {taken} at (published, rows) {killed_at}")
     assert stream.running(), "the kill must land while the stream flows"
     everything = list(range(settings.topic_partitions))
-    wait_for(lambda: (survivor.health() or {}).get("assigned") == everything, 60,
-             "the survivor to own every partition")  # fmt: skip
+    wait_for(
+        lambda: (survivor.health() or {}).get("assigned") == everything,
+        60,
+        "the survivor to own every partition",
+        detail=survivor.tail,
+    )
     manifest = stream.join()
-    want = assert_exact(settings, manifest, timeout=120)
+    want = assert_exact(settings, manifest, timeout=120, worker=survivor)
     print(f"expected = observed = {want}")
     assert_never_crashed(survivor)  # its recovery after the rebalance included
