@@ -13,6 +13,7 @@ from llm_usage.localstack.stack import ServiceStatus
 from llm_usage.settings import get_settings
 
 if TYPE_CHECKING:
+    from query_api.keys import KeyStore
     from stream_processor.pricing import PriceBook, Rates
 
 app = typer.Typer(help="LLM usage analytics pipeline.", no_args_is_help=True)
@@ -368,6 +369,86 @@ def api(
         port=port or settings.api_port,
         log_level="info",
     )
+
+
+@app.command()
+def ingest(
+    port: int = typer.Option(None, help="port (default LLM_USAGE_INGEST_PORT, 4318)"),
+    host: str = typer.Option(None, help="address (default LLM_USAGE_INGEST_HOST, 127.0.0.1)"),
+) -> None:
+    """Serve the ingest API: POST /v1/events (contract JSON) and /v1/traces (OTLP/HTTP)."""
+    import uvicorn
+
+    from query_api.ingest.app import create_ingest_app
+
+    settings = get_settings()
+    uvicorn.run(
+        create_ingest_app(settings),
+        host=host or settings.ingest_host,
+        port=port or settings.ingest_port,
+        log_level="info",
+    )
+
+
+keys_app = typer.Typer(help="API keys: a tenant and scopes each, stored hashed.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _key_store() -> KeyStore:
+    from llm_usage.clickhouse import connect
+    from query_api.keys import ClientRows, KeyStore
+
+    return KeyStore(ClientRows(connect(get_settings())))
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: str = typer.Option(..., "--tenant", help="the tenant the key reads and writes"),
+    scope: list[str] = typer.Option(
+        ..., "--scope", help="read, ingest or admin; repeat or comma-separate"
+    ),
+    name: str = typer.Option("", "--name", help="what the key is for"),
+) -> None:
+    """Create a key and print it once (only its hash is stored)."""
+    from query_api.keys import parse_scopes
+
+    try:
+        scopes = parse_scopes(scope)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scope") from exc
+    key, plain = _key_store().create(tenant, scopes, name)
+    console.print(f"key id {key.key_id}, tenant {key.tenant_id}, scopes "
+                  f"{', '.join(sorted(key.scopes))}")  # fmt: skip
+    console.print("the key (shown only now; store it as a secret):")
+    typer.echo(plain)
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: str = typer.Option("", "--tenant", help="only this tenant's keys"),
+    revoked: bool = typer.Option(False, "--revoked", help="include revoked keys"),
+) -> None:
+    """List keys (ids, tenants, scopes; never the keys themselves)."""
+    from rich.table import Table
+
+    table = Table("key id", "tenant", "scopes", "name", "created", "revoked")
+    for key in _key_store().list(tenant or None):
+        if key.revoked_at is not None and not revoked:
+            continue
+        table.add_row(key.key_id, key.tenant_id, ",".join(sorted(key.scopes)), key.name,
+                      f"{key.created_at:%Y-%m-%d %H:%M:%S}",
+                      f"{key.revoked_at:%Y-%m-%d %H:%M:%S}" if key.revoked_at else "")  # fmt: skip
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="the key id from `keys list`")) -> None:
+    """Revoke a key (processes stop accepting it within LLM_USAGE_API_KEY_CACHE_S)."""
+    key = _key_store().revoke(key_id)
+    if key is None:
+        console.print(f"[red]no key {key_id}[/red]")
+        raise typer.Exit(1)
+    console.print(f"revoked {key.key_id} (tenant {key.tenant_id})")
 
 
 # --- demo, run and benchmark commands (issue 7) --------------------------------------------

@@ -72,8 +72,10 @@ def demo_api_keys(home: Path, tenants: int) -> str:
 class ApiProcess(ChildProcess):
     """``llm-usage api`` as a child process, stopped by its own PID."""
 
+    command = "api"
+
     def __init__(self, settings: Settings, log_path: Path) -> None:
-        super().__init__(["llm_usage", "api"], settings, log_path)
+        super().__init__(["llm_usage", self.command], settings, log_path)
 
     @property
     def base_url(self) -> str:
@@ -83,13 +85,13 @@ class ApiProcess(ChildProcess):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running():
-                raise RuntimeError(f"API exited; log {self.log_path}:\n{self.tail()}")
+                raise RuntimeError(f"{self.command} exited; log {self.log_path}:\n{self.tail()}")
             try:
                 with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=2):
                     return
             except (OSError, urllib.error.HTTPError):
                 time.sleep(0.2)
-        raise TimeoutError(f"API not ready after {timeout}s; see {self.log_path}")
+        raise TimeoutError(f"{self.command} not ready after {timeout}s; see {self.log_path}")
 
     def get(self, path: str, key: str) -> dict[str, Any]:
         request = urllib.request.Request(
@@ -97,6 +99,16 @@ class ApiProcess(ChildProcess):
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             return dict(json.loads(response.read()))
+
+
+class IngestProcess(ApiProcess):
+    """``llm-usage ingest`` as a child process (ready once Kafka accepts connections)."""
+
+    command = "ingest"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.ingest_host}:{self.settings.ingest_port}"
 
 
 def _count(client: Client) -> int:
@@ -144,9 +156,13 @@ def run_pipeline(settings: Settings, options: RunOptions) -> None:
         cleanup.callback(worker.stop)
         api = ApiProcess(settings, logs / "api.log").start()
         cleanup.callback(api.stop)
+        ingest = IngestProcess(settings, logs / "ingest.log").start()
+        cleanup.callback(ingest.stop)
         worker.wait_assigned(timeout=120)
         api.wait_ready()
-        console.print(f"worker pid {worker.pid}, API pid {api.pid}; logs in {logs}")
+        ingest.wait_ready()
+        console.print(f"worker pid {worker.pid}, API pid {api.pid}, ingest pid {ingest.pid}"
+                      f" ({ingest.base_url}/v1/events, /v1/traces); logs in {logs}")
 
         if options.demo:
             _backfill_once(settings, options, stack.home, api)

@@ -163,6 +163,31 @@ class Settings(BaseSettings):
     api_max_window_days: int = Field(
         400, ge=1, description="longest from/to window the API accepts (default: raw TTL)"
     )
+    api_key_cache_s: float = Field(
+        5.0, ge=0, description="a stored key's lookup is cached this long (revocation delay)"
+    )
+
+    # --- Ingest service (query_api/ingest/) -------------------------------------------
+    ingest_host: str = Field("127.0.0.1", description="address `llm-usage ingest` binds")
+    ingest_port: int = Field(4318, ge=1, le=65535, description="port (OTLP/HTTP's default)")
+    ingest_max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="larger request bodies are refused with 413"
+    )
+    ingest_max_events: int = Field(
+        10_000, ge=1, description="events (or spans) per request; more is refused with 413"
+    )
+    ingest_rate_events_per_s: float = Field(
+        50_000.0, ge=0, description="per key and ingest process; above it 429 (0: no limit)"
+    )
+    ingest_rate_burst_s: float = Field(
+        2.0, gt=0, description="a key may send this many seconds of its rate at once"
+    )
+    ingest_kafka_timeout_s: float = Field(
+        10.0, gt=0, description="a request whose events Kafka has not acknowledged by then: 503"
+    )
+    ingest_otlp_mapping: Path | None = Field(
+        None, description="JSON file overriding the OTLP span attribute mapping (README)"
+    )
 
     @field_validator("clickhouse_url")
     @classmethod

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from llm_usage.settings import Settings, get_settings
 from query_api import health, page, usage
 from query_api.db import ClickHouse, Unavailable
+from query_api.keys import Authenticator, KeyStore
 from query_api.metrics import ApiMetrics
 from query_api.repository import UsageRepository
 from query_api.window import WindowError
@@ -45,10 +46,11 @@ def create_app(
     app.state.clock = clock
     app.state.db = db
     app.state.repository = repository
+    app.state.authenticator = Authenticator(settings, KeyStore(db))
     app.state.metrics = ApiMetrics()
 
     app.middleware("http")(app.state.metrics.middleware)
-    _install_error_handlers(app)
+    install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(usage.router)
     # --- the Usage page (issue 6): include its router here -----------------------------
@@ -56,7 +58,7 @@ def create_app(
     return app
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI) -> None:
     """Every error is JSON ``{"detail": "<message>"}``: 422 bad input, 503 no ClickHouse."""
 
     @app.exception_handler(RequestValidationError)

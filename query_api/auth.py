@@ -1,38 +1,52 @@
-"""Bearer-key authentication: the key alone decides the tenant, so a caller can never name
-another tenant in a parameter."""
+"""Bearer-key authentication with scopes: the key alone decides the tenant, so a caller can
+never name another tenant in a parameter, and its scopes decide what it may call."""
 
 from __future__ import annotations
 
-import hmac
+from collections.abc import Callable
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from llm_usage.settings import Settings
+from query_api.keys import Authenticator, Principal, Scope
 
-_bearer = HTTPBearer(auto_error=False, description="an API key from LLM_USAGE_API_KEYS")
+_bearer = HTTPBearer(
+    auto_error=False, description="an API key (`llm-usage keys create`, or LLM_USAGE_API_KEYS)"
+)
 
 
-def tenant_for_key(settings: Settings, key: str) -> str | None:
-    """The tenant of ``key``; every configured key is compared in constant time."""
-    found = None
-    for candidate, tenant in settings.api_key_tenants.items():
-        if hmac.compare_digest(candidate.encode(), key.encode()):
-            found = tenant
+def principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """FastAPI dependency: who is calling, or 401."""
+    if credentials is None or not credentials.credentials:
+        raise _unauthorized("missing API key: send Authorization: Bearer <key>")
+    authenticator: Authenticator = request.app.state.authenticator
+    found = authenticator.principal(credentials.credentials)
+    if found is None:
+        raise _unauthorized("invalid or revoked API key")
     return found
 
 
-def current_tenant(
-    request: Request,
-    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
-) -> str:
-    """FastAPI dependency: the caller's tenant, or 401."""
-    if credentials is None or not credentials.credentials:
-        raise _unauthorized("missing API key: send Authorization: Bearer <key>")
-    tenant = tenant_for_key(request.app.state.settings, credentials.credentials)
-    if tenant is None:
-        raise _unauthorized("invalid API key")
-    return tenant
+def require(scope: Scope) -> Callable[[Principal], Principal]:
+    """A dependency that admits only keys with ``scope`` (403 names the missing scope)."""
+
+    def check(caller: Annotated[Principal, Depends(principal)]) -> Principal:
+        if scope not in caller.scopes:
+            raise HTTPException(
+                status_code=status.HTTP_403_FORBIDDEN,
+                detail=f"this API key lacks the {scope.value!r} scope",
+            )
+        return caller
+
+    return check
+
+
+def read_tenant(caller: Annotated[Principal, Depends(require(Scope.READ))]) -> str:
+    """FastAPI dependency of the dashboard API: the tenant of a key with the read scope."""
+    return caller.tenant_id
 
 
 def _unauthorized(message: str) -> HTTPException:

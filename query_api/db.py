@@ -64,6 +64,19 @@ class ClickHouse:
             log.error("ClickHouse query failed: %s", exc)
             raise Unavailable(f"ClickHouse query failed: {_first_line(exc)}") from exc
 
+    def command(self, sql: str, parameters: Mapping[str, Any]) -> None:
+        """Run a statement that returns nothing (an INSERT ... SELECT with bound parameters)."""
+        try:
+            self._connect().command(sql, parameters=dict(parameters))
+        except (OperationalError, OSError) as exc:
+            self.reset()
+            raise Unavailable(
+                f"ClickHouse at {self._settings.clickhouse_url} is unreachable: {_first_line(exc)}"
+            ) from exc
+        except ClickHouseError as exc:
+            log.error("ClickHouse statement failed: %s", exc)
+            raise Unavailable(f"ClickHouse statement failed: {_first_line(exc)}") from exc
+
     def check(self) -> str | None:
         """None when ClickHouse answers and the API's tables exist, else why not."""
         try:

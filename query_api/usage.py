@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from query_api.auth import current_tenant
+from query_api.auth import read_tenant
 from query_api.pagination import CursorError, decode_cursor, encode_cursor, total_pages
 from query_api.repository import Filters, UsageRepository
 from query_api.schemas import (
@@ -38,9 +38,10 @@ router = APIRouter(
     tags=["usage"],
     # Authenticate before anything else runs: without a valid key every /v1 request is a
     # 401, never a 422 that answers (and costs) on behalf of an unknown caller.
-    dependencies=[Depends(current_tenant)],
+    dependencies=[Depends(read_tenant)],
     responses={
         401: {"model": ErrorBody, "description": "missing or invalid API key"},
+        403: {"model": ErrorBody, "description": "the key lacks the read scope"},
         422: {"model": ErrorBody, "description": "invalid parameters"},
         503: {"model": ErrorBody, "description": "ClickHouse unavailable"},
     },
@@ -73,7 +74,7 @@ def get_repository(request: Request) -> UsageRepository:
 
 
 def get_filters(
-    tenant: Annotated[str, Depends(current_tenant)],
+    tenant: Annotated[str, Depends(read_tenant)],
     repo: Annotated[UsageRepository, Depends(get_repository)],
     source: Annotated[Source | None, Query(description="only this source")] = None,
     search: Annotated[

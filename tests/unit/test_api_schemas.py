@@ -1,4 +1,4 @@
-"""Money formatting, cursors and the API's auth helper (pure, no ClickHouse)."""
+"""Money formatting, cursors and the API's key helpers (pure, no ClickHouse)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from llm_usage.settings import Settings
-from query_api.auth import tenant_for_key
+from query_api.keys import Authenticator, Scope, parse_scopes, split_key
 from query_api.pagination import CursorError, decode_cursor, encode_cursor, total_pages
 from query_api.schemas import average, iso, money
 
@@ -46,9 +46,22 @@ def test_cursor_round_trip_and_rejects_garbage() -> None:
     assert total_pages(0, 20) == 0 and total_pages(41, 20) == 3
 
 
-def test_tenant_for_key() -> None:
-    settings = Settings(api_keys="k1:acme, k2:globex")
-    assert tenant_for_key(settings, "k1") == "acme"
-    assert tenant_for_key(settings, "k2") == "globex"
-    assert tenant_for_key(settings, "k3") is None
-    assert tenant_for_key(settings, "k1:acme") is None
+def test_env_keys_decide_the_tenant_and_have_every_scope() -> None:
+    auth = Authenticator(Settings(api_keys="k1:acme, k2:globex"), store=None)
+    one, two = auth.principal("k1"), auth.principal("k2")
+    assert one is not None and one.tenant_id == "acme" and one.scopes == frozenset(Scope)
+    assert two is not None and two.tenant_id == "globex"
+    assert auth.principal("k3") is None
+    assert auth.principal("k1:acme") is None
+
+
+def test_stored_key_format_and_scopes() -> None:
+    assert split_key("llmu_0123456789abcdef_" + "a" * 32) == ("0123456789abcdef", "a" * 32)
+    assert split_key("llmu_0123456789abcdef_" + "a" * 31) is None
+    assert split_key("k1") is None
+    assert parse_scopes(["read,ingest"]) == {Scope.READ, Scope.INGEST}
+    assert parse_scopes(["admin", "read"]) == {Scope.ADMIN, Scope.READ}
+    with pytest.raises(ValueError, match="unknown scope write"):
+        parse_scopes(["read", "write"])
+    with pytest.raises(ValueError, match="at least one scope"):
+        parse_scopes([])
