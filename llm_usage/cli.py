@@ -390,7 +390,9 @@ def ingest(
     )
 
 
-keys_app = typer.Typer(help="API keys: a tenant and scopes each, stored hashed.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys: a tenant and scopes each, stored hashed.", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 
 
@@ -417,8 +419,9 @@ def keys_create(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--scope") from exc
     key, plain = _key_store().create(tenant, scopes, name)
-    console.print(f"key id {key.key_id}, tenant {key.tenant_id}, scopes "
-                  f"{', '.join(sorted(key.scopes))}")  # fmt: skip
+    console.print(
+        f"key id {key.key_id}, tenant {key.tenant_id}, scopes {', '.join(sorted(key.scopes))}"
+    )
     console.print("the key (shown only now; store it as a secret):")
     typer.echo(plain)
 
@@ -435,9 +438,14 @@ def keys_list(
     for key in _key_store().list(tenant or None):
         if key.revoked_at is not None and not revoked:
             continue
-        table.add_row(key.key_id, key.tenant_id, ",".join(sorted(key.scopes)), key.name,
-                      f"{key.created_at:%Y-%m-%d %H:%M:%S}",
-                      f"{key.revoked_at:%Y-%m-%d %H:%M:%S}" if key.revoked_at else "")  # fmt: skip
+        table.add_row(
+            key.key_id,
+            key.tenant_id,
+            ",".join(sorted(key.scopes)),
+            key.name,
+            f"{key.created_at:%Y-%m-%d %H:%M:%S}",
+            f"{key.revoked_at:%Y-%m-%d %H:%M:%S}" if key.revoked_at else "",
+        )
     console.print(table)
 
 

@@ -161,8 +161,10 @@ def run_pipeline(settings: Settings, options: RunOptions) -> None:
         worker.wait_assigned(timeout=120)
         api.wait_ready()
         ingest.wait_ready()
-        console.print(f"worker pid {worker.pid}, API pid {api.pid}, ingest pid {ingest.pid}"
-                      f" ({ingest.base_url}/v1/events, /v1/traces); logs in {logs}")
+        console.print(
+            f"worker pid {worker.pid}, API pid {api.pid}, ingest pid {ingest.pid}"
+            f" ({ingest.base_url}/v1/events, /v1/traces); logs in {logs}"
+        )
 
         if options.demo:
             _backfill_once(settings, options, stack.home, api)

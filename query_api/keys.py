@@ -126,7 +126,9 @@ class KeyStore:
     def __init__(self, db: Rows) -> None:
         self.db = db
 
-    def create(self, tenant_id: str, scopes: frozenset[Scope], name: str = "") -> tuple[ApiKey, str]:
+    def create(
+        self, tenant_id: str, scopes: frozenset[Scope], name: str = ""
+    ) -> tuple[ApiKey, str]:
         """A new key; returns it with the plain key, which is shown once and never stored."""
         if not tenant_id.strip():
             raise ValueError("a key needs a tenant")

@@ -30,12 +30,23 @@ class IngestMetrics:
 
     def __init__(self, api: ApiMetrics) -> None:
         labels = ["endpoint"]
-        self.accepted = Counter("llm_usage_ingest_events_accepted", "events acknowledged "
-                                "by Kafka", labels, registry=api.registry)  # fmt: skip
-        self.rejected = Counter("llm_usage_ingest_events_rejected", "events or GenAI spans "
-                                "rejected, with a reason", labels, registry=api.registry)  # fmt: skip
-        self.ignored = Counter("llm_usage_ingest_spans_ignored", "OTLP spans that are not "
-                               "GenAI model calls", registry=api.registry)  # fmt: skip
+        self.accepted = Counter(
+            "llm_usage_ingest_events_accepted",
+            "events acknowledged by Kafka",
+            labels,
+            registry=api.registry,
+        )
+        self.rejected = Counter(
+            "llm_usage_ingest_events_rejected",
+            "events or GenAI spans rejected, with a reason",
+            labels,
+            registry=api.registry,
+        )
+        self.ignored = Counter(
+            "llm_usage_ingest_spans_ignored",
+            "OTLP spans that are not GenAI model calls",
+            registry=api.registry,
+        )
 
     def count(self, endpoint: str, accepted: int, rejected: int, *, ignored: int = 0) -> None:
         self.accepted.labels(endpoint).inc(accepted)
@@ -105,8 +116,11 @@ def create_ingest_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(KafkaUnavailable)
     async def _kafka_down(_: Request, exc: KafkaUnavailable) -> JSONResponse:
-        return JSONResponse({"detail": f"{exc}; nothing was accepted, retry later"}, 503,
-                            headers={"Retry-After": "5"})  # fmt: skip
+        return JSONResponse(
+            {"detail": f"{exc}; nothing was accepted, retry later"},
+            503,
+            headers={"Retry-After": "5"},
+        )
 
     app.include_router(health)
     app.include_router(events.router)

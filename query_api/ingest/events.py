@@ -64,8 +64,10 @@ def split_events(body: bytes, content_type: str) -> list[Any]:
             return [json.loads(line) for line in body.splitlines() if line.strip()]
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadBody(f"body is not valid {'NDJSON' if media in NDJSON_TYPES else 'JSON'}: "
-                      f"{exc}; send a JSON array, one object, or NDJSON") from exc  # fmt: skip
+        raise BadBody(
+            f"body is not valid {'NDJSON' if media in NDJSON_TYPES else 'JSON'}: "
+            f"{exc}; send a JSON array, one object, or NDJSON"
+        ) from exc
     if isinstance(payload, list):
         return payload
     if isinstance(payload, dict):
@@ -114,8 +116,9 @@ async def post_events(
     if not items:
         return JSONResponse({"detail": "no events in the body"}, status.HTTP_400_BAD_REQUEST)
     if len(items) > settings.ingest_max_events:
-        raise TooLarge(f"{len(items):,} events exceed the limit of {settings.ingest_max_events:,}"
-                       " per request")  # fmt: skip
+        raise TooLarge(
+            f"{len(items):,} events exceed the limit of {settings.ingest_max_events:,} per request"
+        )
     state.limiter.check(caller.key_id if caller.key_id != "env" else caller.tenant_id, len(items))
 
     accepted: list[UsageEvent] = []

@@ -60,15 +60,15 @@ class EventSink:
         s = self.settings
         pairs = ((e.partition_key, e.to_json()) for e in events)
         batches = batch_calls(
-            pairs, self._partitions, max_events=s.producer_batch_events,
+            pairs,
+            self._partitions,
+            max_events=s.producer_batch_events,
             max_bytes=s.producer_batch_bytes,
-        )  # fmt: skip
+        )
         try:
             async with asyncio.timeout(s.ingest_kafka_timeout_s):
                 sent = [
-                    await producer.send(
-                        s.topic_calls, b.encode(), key=b.key, partition=b.partition
-                    )
+                    await producer.send(s.topic_calls, b.encode(), key=b.key, partition=b.partition)
                     for b in batches
                 ]
                 await asyncio.gather(*sent)
@@ -82,9 +82,11 @@ class EventSink:
         producer = self._producer
         if producer is None:
             return
-        value = json.dumps(raw, default=str).encode()[:512 * 1024]
-        headers = [("x-dead-letter-reason", reason.encode()[:4000]),
-                   ("x-dead-letter-origin", b"ingest-http")]  # fmt: skip
+        value = json.dumps(raw, default=str).encode()[: 512 * 1024]
+        headers = [
+            ("x-dead-letter-reason", reason.encode()[:4000]),
+            ("x-dead-letter-origin", b"ingest-http"),
+        ]
         try:
             await producer.send(self.settings.topic_dead_letter, value, headers=headers)
         except KafkaError:
@@ -107,8 +109,9 @@ class EventSink:
                 async with asyncio.timeout(self.settings.ingest_kafka_timeout_s):
                     self._producer = await self._start()
             except (KafkaError, TimeoutError, OSError) as exc:
-                self._last_error = f"Kafka at {self.settings.kafka_bootstrap} is unreachable: " \
-                    f"{_reason(exc)}"  # fmt: skip
+                self._last_error = (
+                    f"Kafka at {self.settings.kafka_bootstrap} is unreachable: {_reason(exc)}"
+                )
                 raise KafkaUnavailable(self._last_error) from exc
             return self._producer
 

@@ -69,8 +69,9 @@ async def post_traces(
     spans = len(mapped.events) + len(mapped.rejected) + mapped.ignored
     if spans > settings.ingest_max_events:
         raise TooLarge(f"{spans:,} spans exceed the limit of {settings.ingest_max_events:,}")
-    state.limiter.check(caller.key_id if caller.key_id != "env" else caller.tenant_id,
-                        len(mapped.events))  # fmt: skip
+    state.limiter.check(
+        caller.key_id if caller.key_id != "env" else caller.tenant_id, len(mapped.events)
+    )
 
     rejected = list(mapped.rejected)
     events: list[UsageEvent] = []

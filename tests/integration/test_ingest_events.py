@@ -91,8 +91,12 @@ def test_json_array_and_ndjson_events_are_counted_exactly_bad_ones_rejected_by_i
 
     worker = worker_factory(settings)
     expected = expected_totals(events, [cost_of(e) for e in events])
-    wait_for(lambda: totals(settings)["raw"][0] >= len(events), 90, "every posted event",
-             detail=worker.tail)  # fmt: skip
+    wait_for(
+        lambda: totals(settings)["raw"][0] >= len(events),
+        90,
+        "every posted event",
+        detail=worker.tail,
+    )
     wait_for(
         lambda: worker.metrics()["llm_usage_processor_events_deduped_total"] >= len(lines),
         30,
@@ -176,8 +180,13 @@ def test_keys_cli_creates_lists_and_revokes_hashed_keys(
     env = {**settings_env(migrated), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
 
     def cli(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "llm_usage", "keys", *args], env=env,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "llm_usage", "keys", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 

@@ -93,16 +93,25 @@ def test_tenant_isolation_ingest_key_writes_only_its_tenant_read_key_sees_only_i
         assert [r["index"] for r in body["rejected"]] == list(range(len(mine), len(mine) + 3))
         posted[tenant] = len(mine)
     worker = worker_factory(settings)
-    wait_for(lambda: totals(settings)["raw"][0] >= len(events), 90, "both tenants' events",
-             detail=worker.tail)  # fmt: skip
+    wait_for(
+        lambda: totals(settings)["raw"][0] >= len(events),
+        90,
+        "both tenants' events",
+        detail=worker.tail,
+    )
     query = clients[Scope.READ]
     window = {"from": (start - timedelta(hours=1)).isoformat(), "to": datetime.now(UTC).isoformat()}
     for tenant, count in posted.items():
-        summary = query.get("/v1/usage/summary", params=window, headers=_auth(new_key(tenant, Scope.READ)))
+        summary = query.get(
+            "/v1/usage/summary", params=window, headers=_auth(new_key(tenant, Scope.READ))
+        )
         assert summary.status_code == 200, summary.text
         assert summary.json()["calls"] == count
-        records = query.get("/v1/usage/records", params={**window, "page_size": 100},
-                            headers=_auth(new_key(tenant, Scope.READ)))  # fmt: skip
+        records = query.get(
+            "/v1/usage/records",
+            params={**window, "page_size": 100},
+            headers=_auth(new_key(tenant, Scope.READ)),
+        )
         assert records.status_code == 200
         assert records.json()["total"] == count == len(records.json()["items"])
 
