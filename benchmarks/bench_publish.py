@@ -120,7 +120,7 @@ def broker(bootstrap: str | None, home: Path) -> Iterator[str]:
         home=home,
         kafka_bootstrap=f"127.0.0.1:{free_port()}",
         clickhouse_url=f"http://127.0.0.1:{free_port()}",
-    )
+    )  # type: ignore[call-arg]
     local = LocalStack(settings)
     local.start_service(BROKER)
     try:

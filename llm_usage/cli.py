@@ -375,17 +375,21 @@ def api(
 def ingest(
     port: int = typer.Option(None, help="port (default LLM_USAGE_INGEST_PORT, 4318)"),
     host: str = typer.Option(None, help="address (default LLM_USAGE_INGEST_HOST, 127.0.0.1)"),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="uvicorn processes"),
 ) -> None:
     """Serve the ingest API: POST /v1/events (contract JSON) and /v1/traces (OTLP/HTTP)."""
     import uvicorn
 
-    from query_api.ingest.app import create_ingest_app
-
     settings = get_settings()
+    # No access log: one line per request costs more than a small request itself. Each
+    # worker process builds its app from the same LLM_USAGE_* environment.
     uvicorn.run(
-        create_ingest_app(settings),
+        "query_api.ingest.app:create_ingest_app",
+        factory=True,
         host=host or settings.ingest_host,
         port=port or settings.ingest_port,
+        workers=workers,
+        access_log=False,
         log_level="info",
     )
 
@@ -543,3 +547,15 @@ def bench_api(
 
     run_bench(events=events, clients=clients, requests=requests, seconds=seconds, chunk=chunk,
               api_workers=api_workers, keep=keep)  # fmt: skip
+
+
+@bench_app.command("http-ingest")
+def bench_http_ingest(
+    events: int = typer.Option(100_000, "--events", min=1000, help="events per mode"),
+    clients: int = typer.Option(8, "--clients", min=1, max=256, help="concurrent HTTP clients"),
+    ingest_workers: int = typer.Option(1, "--ingest-workers", min=1, max=16, help="uvicorn"),
+) -> None:
+    """POST /v1/events with 1, 100 and 1,000 events per request vs the Python publisher."""
+    from benchmarks.bench_http_ingest import run_bench
+
+    run_bench(events=events, clients=clients, ingest_workers=ingest_workers)

@@ -106,6 +106,11 @@ class IngestProcess(ApiProcess):
 
     command = "ingest"
 
+    def __init__(self, settings: Settings, log_path: Path, *, workers: int = 1) -> None:
+        super().__init__(settings, log_path)
+        if workers > 1:
+            self.argv = [*self.argv, "--workers", str(workers)]
+
     @property
     def base_url(self) -> str:
         return f"http://{self.settings.ingest_host}:{self.settings.ingest_port}"

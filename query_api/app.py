@@ -12,10 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from llm_usage.settings import Settings, get_settings
-from query_api import health, page, usage
+from query_api import health, keys_api, page, usage
 from query_api.db import ClickHouse, Unavailable
 from query_api.keys import Authenticator, KeyStore
-from query_api.metrics import ApiMetrics
+from query_api.metrics import ApiMetrics, MetricsMiddleware
 from query_api.repository import UsageRepository
 from query_api.window import WindowError
 
@@ -49,10 +49,11 @@ def create_app(
     app.state.authenticator = Authenticator(settings, KeyStore(db))
     app.state.metrics = ApiMetrics()
 
-    app.middleware("http")(app.state.metrics.middleware)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(usage.router)
+    app.include_router(keys_api.router)
     # --- the Usage page (issue 6): include its router here -----------------------------
     app.include_router(page.router)
     return app

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from llm_usage.settings import Settings
 
@@ -217,9 +217,9 @@ class Authenticator:
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         self._lock = threading.Lock()
 
-    def principal(self, key: str) -> Principal | None:
-        """Raises ``query_api.db.Unavailable`` when the store cannot be asked and nothing is
-        cached."""
+    def cached(self, key: str) -> Principal | Literal[False] | None:
+        """The answer without any I/O: a Principal, None (refused), or False when only the
+        store can tell (call :meth:`principal` then, off the event loop)."""
         tenant = None
         for candidate, owner in self.env_keys.items():  # every key compared: constant time
             if hmac.compare_digest(candidate.encode(), key.encode()):
@@ -228,16 +228,24 @@ class Authenticator:
             return Principal(tenant, frozenset(Scope), "env")
         if self.store is None or split_key(key) is None:
             return None
-        digest = hash_secret(key)
-        now = self.clock()
         with self._lock:
-            cached = self._cache.get(digest)
-        if cached is not None and now - cached[0] < self.ttl:
+            cached = self._cache.get(hash_secret(key))
+        if cached is not None and self.clock() - cached[0] < self.ttl:
             return cached[1]
+        return False
+
+    def principal(self, key: str) -> Principal | None:
+        """Raises ``query_api.db.Unavailable`` when the store cannot be asked and nothing is
+        cached."""
+        known = self.cached(key)
+        if known is not False:
+            return known
+        assert self.store is not None  # cached() answers when there is no store
+        now = self.clock()
         stored = self.store.verify(key)
         found = Principal(stored.tenant_id, stored.scopes, stored.key_id) if stored else None
         with self._lock:
             if len(self._cache) > 10_000:  # unbounded junk keys must not grow memory
                 self._cache.clear()
-            self._cache[digest] = (now, found)
+            self._cache[hash_secret(key)] = (now, found)
         return found

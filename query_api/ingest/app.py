@@ -21,7 +21,7 @@ from query_api.ingest.genai import SpanMapping
 from query_api.ingest.kafka import EventSink, KafkaUnavailable
 from query_api.ingest.limits import RateLimiter
 from query_api.keys import Authenticator, KeyStore
-from query_api.metrics import ApiMetrics
+from query_api.metrics import ApiMetrics, MetricsMiddleware
 from query_api.schemas import Health
 
 
@@ -111,7 +111,7 @@ def create_ingest_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ApiMetrics()
     app.state.ingest_metrics = IngestMetrics(app.state.metrics)
 
-    app.middleware("http")(app.state.metrics.middleware)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
 
     @app.exception_handler(KafkaUnavailable)

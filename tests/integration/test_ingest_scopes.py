@@ -44,31 +44,69 @@ def clients(migrated: Settings) -> Iterator[dict[Scope, TestClient]]:
         yield {Scope.READ: query, Scope.INGEST: ing}
 
 
+# The scope each family of endpoints needs; a new secured endpoint must be classified here.
+NEEDED = {
+    "/v1/usage/": Scope.READ,
+    "/v1/keys": Scope.ADMIN,
+    "/v1/events": Scope.INGEST,
+    "/v1/traces": Scope.INGEST,
+}
+
+
+def needed_scope(path: str) -> Scope:
+    found = [scope for prefix, scope in NEEDED.items() if path.startswith(prefix)]
+    assert len(found) == 1, f"{path}: which scope does it need? add it to NEEDED"
+    return found[0]
+
+
 def test_scopes_every_endpoint_refuses_no_key_bad_key_and_keys_without_its_scope(
     clients: dict[Scope, TestClient], new_key: Callable[..., str]
 ) -> None:
     keys = {scope: new_key("t1", scope) for scope in Scope}
-    both = new_key("t1", Scope.READ, Scope.INGEST)
-    checked = 0
-    for needed, client in clients.items():
-        operations = secured_operations(client.app)  # type: ignore[arg-type]
-        assert operations, f"no secured endpoint found for {needed}"
-        for method, path in operations:
-            assert client.request(method, path).status_code == 401, (method, path)
-            bad = {"Authorization": "Bearer llmu_0123456789abcdef_" + "x" * 32}
-            assert client.request(method, path, headers=bad).status_code == 401, (method, path)
+    everything = new_key("t1", *Scope)
+    bad = {"Authorization": "Bearer llmu_0123456789abcdef_" + "x" * 32}
+    checked: dict[Scope, int] = dict.fromkeys(Scope, 0)
+    for client in clients.values():
+        for method, path in secured_operations(client.app):  # type: ignore[arg-type]
+            needed = needed_scope(path)
+            url = path.replace("{key_id}", "0123456789abcdef")
+            assert client.request(method, url).status_code == 401, (method, path)
+            assert client.request(method, url, headers=bad).status_code == 401, (method, path)
             for scope, key in keys.items():
-                answer = client.request(method, path, headers={"Authorization": f"Bearer {key}"})
+                answer = client.request(method, url, headers=_auth(key))
                 if scope == needed:
                     assert answer.status_code not in (401, 403), (method, path, answer.text)
                 else:
                     assert answer.status_code == 403, (method, path, scope, answer.text)
                     assert needed.value in answer.json()["detail"]
-            answer = client.request(method, path, headers={"Authorization": f"Bearer {both}"})
+            answer = client.request(method, url, headers=_auth(everything))
             assert answer.status_code not in (401, 403), (method, path)
-            checked += 1
-    assert checked >= 8
-    print(f"scopes checked on {checked} operations")
+            checked[needed] += 1
+    assert all(checked.values()), checked
+    print(f"scopes checked, operations per scope: {checked}")
+
+
+def test_tenant_isolation_admin_key_manages_only_its_own_tenants_keys(
+    clients: dict[Scope, TestClient], new_key: Callable[..., str]
+) -> None:
+    query = clients[Scope.READ]
+    admin_a, admin_b = new_key("t1", Scope.ADMIN), new_key("t2", Scope.ADMIN)
+    created = query.post(
+        "/v1/keys", json={"scopes": ["read"], "name": "dashboard"}, headers=_auth(admin_a)
+    )
+    assert created.status_code == 201, created.text
+    key_a, key_id = created.json()["key"], created.json()["key_id"]
+    assert query.get("/v1/usage/summary", headers=_auth(key_a)).status_code == 200
+    listed_b = query.get("/v1/keys", headers=_auth(admin_b)).json()["items"]
+    assert key_id not in {k["key_id"] for k in listed_b}
+    assert query.delete(f"/v1/keys/{key_id}", headers=_auth(admin_b)).status_code == 404
+    assert query.get("/v1/usage/summary", headers=_auth(key_a)).status_code == 200
+    assert query.delete(f"/v1/keys/{key_id}", headers=_auth(admin_a)).status_code == 200
+    assert query.get("/v1/usage/summary", headers=_auth(key_a)).status_code == 401
+    listed_a = {
+        k["key_id"]: k for k in query.get("/v1/keys", headers=_auth(admin_a)).json()["items"]
+    }
+    assert listed_a[key_id]["revoked_at"] is not None and "key" not in listed_a[key_id]
 
 
 def test_tenant_isolation_ingest_key_writes_only_its_tenant_read_key_sees_only_its_own(

@@ -100,12 +100,13 @@ def api_schema(fuzz_settings: Settings) -> Iterator[Any]:
 # each operation's strategy is driven with hypothesis directly: the same cases, the same checks.
 OPENAPI = create_app(Settings()).openapi()  # type: ignore[call-arg]
 MODES = {"valid": GenerationMode.POSITIVE, "invalid": GenerationMode.NEGATIVE}
-# (path, mode): invalid input only exists where there are parameters to get wrong
+# (path, method, mode): invalid input only exists where there is something to get wrong
 CASES = [
-    (path, mode)
+    (path, method.upper(), mode)
     for path, item in sorted(OPENAPI["paths"].items())
+    for method, operation in sorted(item.items())
     for mode in MODES
-    if mode == "valid" or item["get"].get("parameters")
+    if mode == "valid" or operation.get("parameters") or operation.get("requestBody")
 ]
 # Two built-in checks do not fit this API, for reasons of the schema language, not of the app:
 # - positive_data_acceptance: the schema cannot express cross-parameter rules (from before
@@ -120,8 +121,10 @@ CASES = [
 EXCLUDED = [positive_data_acceptance, negative_data_rejection]
 
 
-def _fuzz(api_schema: Any, path: str, mode: str, call: Callable[[Any], None]) -> None:
-    strategy = api_schema[path]["GET"].as_strategy(generation_mode=MODES[mode])
+def fuzz_operation(
+    api_schema: Any, path: str, method: str, mode: str, call: Callable[[Any], None]
+) -> None:
+    strategy = api_schema[path][method].as_strategy(generation_mode=MODES[mode])
 
     @FUZZ
     @hypothesis.given(case=strategy)
@@ -132,14 +135,14 @@ def _fuzz(api_schema: Any, path: str, mode: str, call: Callable[[Any], None]) ->
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize(("path", "mode"), CASES)
+@pytest.mark.parametrize(("path", "method", "mode"), CASES)
 def test_fuzz_with_a_valid_key_no_5xx_and_responses_match_the_schema(
-    api_schema: Any, path: str, mode: str
+    api_schema: Any, path: str, method: str, mode: str
 ) -> None:
     def call(case: Any) -> None:
         case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"}, excluded_checks=EXCLUDED)
 
-    _fuzz(api_schema, path, mode, call)
+    fuzz_operation(api_schema, path, method, mode, call)
 
 
 BAD_CREDENTIALS: list[dict[str, str]] = [
@@ -153,9 +156,9 @@ BAD_CREDENTIALS: list[dict[str, str]] = [
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize(("path", "mode"), CASES)
+@pytest.mark.parametrize(("path", "method", "mode"), CASES)
 def test_fuzz_without_a_valid_key_no_endpoint_is_reachable(
-    api_schema: Any, path: str, mode: str
+    api_schema: Any, path: str, method: str, mode: str
 ) -> None:
     def call(case: Any) -> None:
         for headers in BAD_CREDENTIALS:
@@ -172,4 +175,4 @@ def test_fuzz_without_a_valid_key_no_endpoint_is_reachable(
             else:
                 assert "tenant-a" not in response.text and "SecretB" not in response.text
 
-    _fuzz(api_schema, path, mode, call)
+    fuzz_operation(api_schema, path, method, mode, call)

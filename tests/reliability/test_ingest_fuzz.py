@@ -11,16 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import hypothesis
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
-from schemathesis import GenerationMode
 
 from llm_usage.settings import Settings
 from query_api.ingest.app import create_ingest_app
 from tests.conftest import unique
-from tests.reliability.test_api_fuzz import BAD_CREDENTIALS, EXCLUDED, FUZZ, OneLifespan
+from tests.reliability.test_api_fuzz import BAD_CREDENTIALS, EXCLUDED, OneLifespan, fuzz_operation
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +31,6 @@ CASES = [
     if operation.get("security")
     for mode in ("valid", "invalid")
 ]
-MODES = {"valid": GenerationMode.POSITIVE, "invalid": GenerationMode.NEGATIVE}
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +47,6 @@ def ingest_schema(base_settings: Settings) -> Iterator[Any]:
         yield schemathesis.openapi.from_asgi("/openapi.json", OneLifespan(app))
 
 
-def _fuzz(schema: Any, path: str, method: str, mode: str, call: Any) -> None:
-    strategy = schema[path][method].as_strategy(generation_mode=MODES[mode])
-
-    @FUZZ
-    @hypothesis.given(case=strategy)
-    def run(case: Any) -> None:
-        call(case)
-
-    run()
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("path", "method", "mode"), CASES)
 def test_fuzz_ingest_with_a_valid_key_no_5xx_and_responses_match_the_schema(
@@ -69,7 +55,7 @@ def test_fuzz_ingest_with_a_valid_key_no_5xx_and_responses_match_the_schema(
     def call(case: Any) -> None:
         case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"}, excluded_checks=EXCLUDED)
 
-    _fuzz(ingest_schema, path, method, mode, call)
+    fuzz_operation(ingest_schema, path, method, mode, call)
 
 
 @pytest.mark.timeout(300)
@@ -85,4 +71,4 @@ def test_fuzz_ingest_without_a_valid_key_every_operation_is_401(
             response = case.call(headers=headers)
             assert response.status_code == 401, (headers, response.status_code, response.text)
 
-    _fuzz(ingest_schema, path, method, mode, call)
+    fuzz_operation(ingest_schema, path, method, mode, call)
