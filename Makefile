@@ -26,8 +26,10 @@ fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The whole suite, then the tests marked `sharded` again on a 2-shard ClickHouse cluster.
 test: install lint browser-deps
 	$(BIN)/pytest
+	LLM_USAGE_TEST_SHARDS=2 $(BIN)/pytest -m sharded
 
 # The browser tests drive Debian's Chromium (no browser download: `playwright install` is not used).
 browser-deps:

@@ -36,9 +36,9 @@ from clickhouse_connect.driver.client import Client
 from rich.console import Console
 from rich.table import Table
 
-from llm_usage.clickhouse import apply_migrations, connect
-from llm_usage.localstack import LocalStack
-from llm_usage.localstack.processes import free_port, stop
+from llm_usage.clickhouse import connect, migrate
+from llm_usage.localstack import LocalStack, stack_settings
+from llm_usage.localstack.processes import free_port, free_ports, stop
 from llm_usage.settings import Settings
 
 console = Console()
@@ -346,20 +346,26 @@ def run_bench(
     chunk: int = 1_000_000,
     api_workers: int = 1,
     keep: bool = False,
+    shards: int = 1,
 ) -> dict[str, Any]:
     """Load ``events``, then drive the API; returns the figures (also printed as JSON)."""
     home = Path(tempfile.mkdtemp(prefix="llm-usage-bench-api-"))
+    ports = free_ports(2 * shards)  # HTTP ports of the shards, then their native ports
     settings = Settings(
         home=home,
         kafka_bootstrap=f"127.0.0.1:{free_port()}",  # unused: no broker is started
-        clickhouse_url=f"http://127.0.0.1:{free_port()}",
+        clickhouse_url=f"http://127.0.0.1:{ports}",
+        clickhouse_tcp_port=ports + shards,
+        clickhouse_shards=shards,
         clickhouse_database="bench_api",
     )  # type: ignore[call-arg]
     stack = LocalStack(settings)
     api: subprocess.Popen[bytes] | None = None
     try:
-        stack.start_service("clickhouse")
-        apply_migrations(connect(settings, database=""), settings)
+        for shard in stack.shards:
+            stack.start_service(shard.name)
+        settings = stack_settings(settings)  # a cluster of the shards when there are several
+        migrate(settings)
         client = connect(settings, send_receive_timeout=3600)
         console.print(f"generating {events:,} events in {settings.clickhouse_url} …")
         load_s = load(client, events, int(time.time() * 1000), chunk)
@@ -396,7 +402,8 @@ def run_bench(
     finally:
         if api is not None:
             _stop_api(api)
-        stack.stop_service("clickhouse")
+        for shard in stack.shards:
+            stack.stop_service(shard.name)
         if keep:
             console.print(f"kept {home}")
         else:

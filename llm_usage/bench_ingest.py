@@ -28,10 +28,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 
-from llm_usage.clickhouse import apply_migrations, connect
+from llm_usage.clickhouse import connect, migrate
 from llm_usage.kafka import kafka_client_options
-from llm_usage.localstack import LocalStack
-from llm_usage.localstack.processes import free_port
+from llm_usage.localstack import LocalStack, stack_settings
+from llm_usage.localstack.processes import free_port, free_ports
 from llm_usage.settings import Settings
 from llm_usage.simulate import SimulationConfig, generate
 from producers.contract import UsageEvent, decode_calls
@@ -185,14 +185,17 @@ async def _with_baseline(settings: Settings, body: Callable[[], Awaitable[Any]])
 
 
 # --- the benchmark --------------------------------------------------------------------------
-def run_bench(*, calls: int, workers: int, partitions: int) -> dict[str, Any]:
+def run_bench(*, calls: int, workers: int, partitions: int, shards: int = 1) -> dict[str, Any]:
     from stream_processor.harness import WorkerProcess
 
+    ports = free_ports(2 * shards)  # HTTP ports of the shards, then their native ports
     with tempfile.TemporaryDirectory(prefix="llm-usage-bench-") as tmp:
         base = Settings(
             home=Path(tmp) / "home",
             kafka_bootstrap=f"127.0.0.1:{free_port()}",
-            clickhouse_url=f"http://127.0.0.1:{free_port()}",
+            clickhouse_url=f"http://127.0.0.1:{ports}",
+            clickhouse_tcp_port=ports + shards,
+            clickhouse_shards=shards,
             topic_partitions=partitions,
             processor_rebalance_timeout_s=3.0,
             processor_session_timeout_s=10.0,
@@ -200,6 +203,7 @@ def run_bench(*, calls: int, workers: int, partitions: int) -> dict[str, Any]:
         )  # type: ignore[call-arg]
         stack = LocalStack(base)
         stack.up()
+        base = stack_settings(base)  # a cluster of the shards when there are several
         try:
             console.print(f"generating {calls:,} events …")
             events = _events(calls, seed=1)
@@ -209,7 +213,7 @@ def run_bench(*, calls: int, workers: int, partitions: int) -> dict[str, Any]:
             )
             baseline_steady = baseline.model_copy(update={"topic_calls": "bench.baseline.steady"})
             for s in (pipeline, baseline, baseline_steady):
-                apply_migrations(connect(s, database=""), s)
+                migrate(s)
                 asyncio.run(ensure_topics(s))
 
             procs = []
@@ -250,6 +254,7 @@ def run_bench(*, calls: int, workers: int, partitions: int) -> dict[str, Any]:
         "calls": calls,
         "workers": workers,
         "partitions": partitions,
+        "shards": shards,
         "events_per_s": round(p_sat.events_per_s, 1),
         "baseline_events_per_s": round(b_sat.events_per_s, 1),
         "ratio_to_baseline": round(p_sat.events_per_s / b_sat.events_per_s, 3),

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from llm_usage.localstack.stack import ServiceStatus
-from llm_usage.settings import get_settings
+from llm_usage.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from query_api.keys import KeyStore
@@ -31,14 +31,35 @@ def _print_status(statuses: list[ServiceStatus]) -> None:
         )
 
 
+def pipeline_settings() -> Settings:
+    """The environment's settings, completed with the local stack's cluster when it runs
+    sharded (``stack up --shards N``); exported too, so child processes agree."""
+    import os
+
+    from llm_usage.localstack import stack_settings
+
+    settings = stack_settings(get_settings())
+    if settings.shard_urls and not os.environ.get("LLM_USAGE_CLICKHOUSE_SHARD_URLS"):
+        os.environ["LLM_USAGE_CLICKHOUSE_CLUSTER"] = settings.clickhouse_cluster
+        os.environ["LLM_USAGE_CLICKHOUSE_SHARD_URLS"] = settings.clickhouse_shard_urls
+    return settings
+
+
 @stack_app.command("up")
-def stack_up() -> None:
+def stack_up(
+    shards: int = typer.Option(
+        None, "--shards", min=1, max=8, help="ClickHouse servers, one per shard (default 1)"
+    ),
+) -> None:
     """Start the broker and ClickHouse in the background (idempotent)."""
     from llm_usage.localstack import LocalStack
     from llm_usage.localstack.stack import StackError
 
     started = time.monotonic()
-    stack = LocalStack(get_settings())
+    settings = get_settings()
+    if shards is not None:
+        settings = settings.model_copy(update={"clickhouse_shards": shards})
+    stack = LocalStack(settings)
     try:
         statuses = stack.up()
     except StackError as exc:
@@ -46,6 +67,11 @@ def stack_up() -> None:
         raise typer.Exit(1) from exc
     _print_status(statuses)
     console.print(f"ready in {time.monotonic() - started:.2f}s; state in {stack.state_file}")
+    if stack.cluster is not None:
+        name, urls = stack.cluster
+        console.print(f"cluster {name}: {len(urls)} shards; `llm-usage migrate`, `worker`, `api`,"
+                      " `ingest` and `run` use it (LLM_USAGE_CLICKHOUSE_CLUSTER and"
+                      " LLM_USAGE_CLICKHOUSE_SHARD_URLS say so explicitly)")  # fmt: skip
 
 
 @stack_app.command("status")
@@ -71,14 +97,12 @@ def stack_down() -> None:
 @app.command()
 def migrate() -> None:
     """Apply pending ClickHouse migrations in order (idempotent)."""
-    from llm_usage.clickhouse import apply_migrations, connect
-    from llm_usage.clickhouse.migrations import MigrationError, apply_retention
+    from llm_usage.clickhouse import migrate as apply_all
+    from llm_usage.clickhouse.migrations import MigrationError
 
-    settings = get_settings()
-    client = connect(settings, database="")
+    settings = pipeline_settings()
     try:
-        applied = apply_migrations(client, settings)
-        ttl_changed = apply_retention(client, settings)
+        applied, ttl_changed = apply_all(settings)
     except MigrationError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
@@ -151,7 +175,7 @@ def worker() -> None:
     """Run one stream-processor worker (Faust) until SIGTERM; see README "Stream processor"."""
     from stream_processor.worker import run
 
-    run(get_settings())
+    run(pipeline_settings())
 
 
 prices_app = typer.Typer(
@@ -303,7 +327,7 @@ def reprice(
     from llm_usage.clickhouse import connect
     from stream_processor.reprice import Repricer, Selection
 
-    settings = get_settings()
+    settings = pipeline_settings()
     try:
         first = date.fromisoformat(from_day) if from_day else None
         last = date.fromisoformat(to_day) if to_day else None
@@ -360,7 +384,7 @@ def api(
 
     from query_api.app import create_app
 
-    settings = get_settings()
+    settings = pipeline_settings()
     if not settings.api_key_tenants:
         console.print("[yellow]warning:[/yellow] LLM_USAGE_API_KEYS is empty: every call is 401")
     uvicorn.run(
@@ -380,7 +404,7 @@ def ingest(
     """Serve the ingest API: POST /v1/events (contract JSON) and /v1/traces (OTLP/HTTP)."""
     import uvicorn
 
-    settings = get_settings()
+    settings = pipeline_settings()
     # No access log: one line per request costs more than a small request itself. Each
     # worker process builds its app from the same LLM_USAGE_* environment.
     uvicorn.run(
@@ -404,7 +428,7 @@ def _key_store() -> KeyStore:
     from llm_usage.clickhouse import connect
     from query_api.keys import ClientRows, KeyStore
 
-    return KeyStore(ClientRows(connect(get_settings())))
+    return KeyStore(ClientRows(connect(pipeline_settings())))
 
 
 @keys_app.command("create")
@@ -508,7 +532,7 @@ def run(
     from llm_usage.runner import RunOptions, run_pipeline
 
     run_pipeline(
-        get_settings(),
+        pipeline_settings(),
         RunOptions(
             demo=demo, demo_calls=demo_calls, demo_days=demo_days,
             trickle_rate=trickle_rate if demo else 0.0,
@@ -525,11 +549,12 @@ def bench_ingest(
     calls: int = typer.Option(100_000, "--calls", min=1000, help="events to push through"),
     workers: int = typer.Option(1, "--workers", min=1, help="stream-processor workers"),
     partitions: int = typer.Option(6, "--partitions", min=1, help="partitions of the calls topic"),
+    shards: int = typer.Option(1, "--shards", min=1, max=8, help="ClickHouse shards"),
 ) -> None:
     """End-to-end ingest throughput and publish→queryable latency, vs a plain baseline."""
     from llm_usage.bench_ingest import run_bench
 
-    run_bench(calls=calls, workers=workers, partitions=partitions)
+    run_bench(calls=calls, workers=workers, partitions=partitions, shards=shards)
 
 
 @bench_app.command("api")
@@ -541,12 +566,13 @@ def bench_api(
     chunk: int = typer.Option(1_000_000, "--chunk", min=1000, help="events per INSERT"),
     api_workers: int = typer.Option(1, "--api-workers", min=1, max=16, help="uvicorn workers"),
     keep: bool = typer.Option(False, "--keep", help="keep the temporary folder"),
+    shards: int = typer.Option(1, "--shards", min=1, max=8, help="ClickHouse shards"),
 ) -> None:
     """Load the query API with concurrent clients (own ClickHouse, loopback): p50/p99."""
     from llm_usage.bench_api import run_bench
 
     run_bench(events=events, clients=clients, requests=requests, seconds=seconds, chunk=chunk,
-              api_workers=api_workers, keep=keep)  # fmt: skip
+              api_workers=api_workers, keep=keep, shards=shards)  # fmt: skip
 
 
 @bench_app.command("http-ingest")

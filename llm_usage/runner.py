@@ -28,8 +28,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from llm_usage.children import ChildProcess
-from llm_usage.clickhouse import apply_migrations, connect
-from llm_usage.localstack import LocalStack
+from llm_usage.clickhouse import connect, migrate
+from llm_usage.localstack import LocalStack, stack_settings
 from llm_usage.settings import Settings
 from llm_usage.simulate import SimulationConfig, publish
 from stream_processor.harness import WorkerProcess
@@ -142,7 +142,8 @@ def run_pipeline(settings: Settings, options: RunOptions) -> None:
     already_up = all(s.running for s in stack.status())
     stack.up()
     console.print(f"stack: Kafka {settings.kafka_bootstrap}, ClickHouse {settings.clickhouse_url}")
-    apply_migrations(connect(settings, database=""), settings)
+    settings = stack_settings(settings)  # a sharded stack (LLM_USAGE_CLICKHOUSE_SHARDS)
+    migrate(settings)
 
     if not settings.api_key_tenants:
         settings = settings.model_copy(update={"api_keys": demo_api_keys(stack.home, tenants=3)})

@@ -58,6 +58,17 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_.{}-]*$",
         description="cluster name: Replicated + Distributed tables ON CLUSTER; empty = one node",
     )
+    clickhouse_shard_urls: str = Field(
+        "",
+        description="HTTP URLs of every shard of a cluster without Keeper (the local sharded "
+        "stack): migrate sends DDL to each; empty: DDL goes ON CLUSTER",
+    )
+    clickhouse_shards: int = Field(
+        1, ge=1, le=8, description="local stack only: ClickHouse servers, one per shard"
+    )
+    clickhouse_tcp_port: int = Field(
+        9000, ge=1, le=65535, description="local stack: native port of shard 1 (shard i: +i-1)"
+    )
     clickhouse_verify: bool = Field(True, description="verify the server's TLS certificate")
     clickhouse_ca_cert: str = Field("", description="CA bundle for https (empty: system CAs)")
 
@@ -196,6 +207,20 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must look like http://host:port or https://host:port")
         return value.rstrip("/")
+
+    @field_validator("clickhouse_shard_urls")
+    @classmethod
+    def _shard_urls(cls, value: str) -> str:
+        for url in filter(None, (u.strip() for u in value.split(","))):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{url!r}: each shard URL must look like http://host:port")
+        return value
+
+    @property
+    def shard_urls(self) -> list[str]:
+        """The shards' HTTP URLs (``clickhouse_shard_urls``), empty when DDL goes ON CLUSTER."""
+        return [u.strip().rstrip("/") for u in self.clickhouse_shard_urls.split(",") if u.strip()]
 
     @field_validator("api_keys")
     @classmethod

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from llm_usage.clickhouse import apply_migrations, connect
-from llm_usage.localstack import LocalStack
-from llm_usage.localstack.processes import free_port
+from llm_usage.clickhouse import drop_database, migrate
+from llm_usage.localstack import LocalStack, stack_settings
+from llm_usage.localstack.processes import free_port, free_ports
 from llm_usage.settings import Settings
 from stream_processor.harness import WorkerProcess
 from tests.containers import containers_or_none
@@ -31,10 +31,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     instead, where Docker runs (else a warning and the local stack; see tests/containers.py).
     """
     home = tmp_path_factory.mktemp("llm-usage-home")
+    shards = session_shards()
+    ports = free_ports(2 * shards)  # HTTP ports of the shards, then their native ports
     settings = Settings(
         home=home,
         kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        clickhouse_url=f"http://127.0.0.1:{free_port()}",
+        clickhouse_url=f"http://127.0.0.1:{ports}",
+        clickhouse_tcp_port=ports + shards,
+        clickhouse_shards=shards,
     )
     containers = containers_or_none(settings)
     if containers is not None:
@@ -51,9 +55,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         local.down()
 
 
+def session_shards() -> int:
+    """``LLM_USAGE_TEST_SHARDS=2``: the session's ClickHouse is a cluster of that many
+    shards (``make test`` runs the ``sharded`` tests that way after the whole suite)."""
+    return int(os.environ.get("LLM_USAGE_TEST_SHARDS", "1"))
+
+
 @pytest.fixture(scope="session")
 def base_settings(stack: LocalStack) -> Settings:
-    return stack.settings
+    """The session stack's settings; on a sharded stack they name its cluster and shards."""
+    return stack_settings(stack.settings)
 
 
 def unique(prefix: str) -> str:
@@ -76,15 +87,14 @@ def settings(base_settings: Settings, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def migrated(settings: Settings) -> Iterator[Settings]:
-    """``settings`` with its database created and every migration applied."""
-    client = connect(settings, database="")
-    apply_migrations(client, settings)
+    """``settings`` with its database created and every migration applied (on every shard
+    of a sharded session stack)."""
+    migrate(settings)
     try:
         yield settings
     finally:
         if not os.environ.get("LLM_USAGE_KEEP_TEST_DATABASES"):
-            client.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}` SYNC")
-        client.close()
+            drop_database(settings)
 
 
 def wait_for(

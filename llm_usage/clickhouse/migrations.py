@@ -46,9 +46,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from llm_usage.clickhouse.client import connect
 from llm_usage.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "clickhouse" / "migrations"
@@ -77,6 +79,10 @@ class Layout:
 
     @classmethod
     def of(cls, settings: Settings) -> Layout:
+        """Replicated and ON CLUSTER, unless the settings list the shards (no Keeper: plain
+        MergeTree storage tables on each shard, DDL sent to each by :class:`FanOut`)."""
+        if settings.shard_urls:
+            return cls(cluster=settings.clickhouse_cluster, replicated=False, on_cluster=False)
         return cls(cluster=settings.clickhouse_cluster)
 
     @property
@@ -355,3 +361,67 @@ def apply_retention(client: Client, settings: Settings, layout: Layout | None = 
         settings={"materialize_ttl_after_modify": 0},
     )
     return True
+
+
+class FanOut:
+    """What ``ON CLUSTER`` does, for shards without Keeper: DDL on every shard, in turn.
+
+    Everything else (the migration ledger, backfill ``INSERT ... SELECT`` through the
+    Distributed tables) goes to the first shard only, as it would on one node of a cluster.
+    """
+
+    _DDL = ("CREATE", "ALTER", "DROP", "RENAME")
+
+    def __init__(self, clients: list[Client]) -> None:
+        self.clients = clients
+
+    def command(self, sql: str, **kwargs: Any) -> Any:
+        if sql.lstrip().upper().startswith(self._DDL):
+            results = [client.command(sql, **kwargs) for client in self.clients]
+            return results[0]
+        return self.clients[0].command(sql, **kwargs)
+
+    def query(self, sql: str, **kwargs: Any) -> Any:
+        return self.clients[0].query(sql, **kwargs)
+
+    def insert(self, *args: Any, **kwargs: Any) -> Any:
+        return self.clients[0].insert(*args, **kwargs)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
+def admin_client(settings: Settings) -> Client:
+    """A client for schema changes, without a database selected: one node, or a
+    :class:`FanOut` over every shard of ``clickhouse_shard_urls``."""
+    urls = settings.shard_urls
+    if not urls:
+        return connect(settings, database="")
+    if not settings.clickhouse_cluster:
+        raise MigrationError("LLM_USAGE_CLICKHOUSE_SHARD_URLS needs LLM_USAGE_CLICKHOUSE_CLUSTER")
+    clients = [
+        connect(settings.model_copy(update={"clickhouse_url": u}), database="") for u in urls
+    ]
+    return FanOut(clients)  # type: ignore[return-value]  # the part of Client migrations use
+
+
+def migrate(settings: Settings) -> tuple[list[Migration], bool]:
+    """``llm-usage migrate``: pending migrations, then the raw TTL, for the settings' layout
+    (one node, a cluster ON CLUSTER, or the shards listed in the settings). Returns the
+    migrations applied and whether the TTL changed."""
+    client = admin_client(settings)
+    try:
+        applied = apply_migrations(client, settings)
+        return applied, apply_retention(client, settings)
+    finally:
+        client.close()
+
+
+def drop_database(settings: Settings) -> None:
+    """Drop the settings' database on every node (tests, benchmarks)."""
+    client = admin_client(settings)
+    try:
+        client.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}` SYNC")
+    finally:
+        client.close()

@@ -4,6 +4,6 @@ Production talks to Apache Kafka and ClickHouse server; nothing outside this pac
 which one it reaches.
 """
 
-from llm_usage.localstack.stack import LocalStack, ServiceStatus
+from llm_usage.localstack.stack import LocalStack, ServiceStatus, stack_settings
 
-__all__ = ["LocalStack", "ServiceStatus"]
+__all__ = ["LocalStack", "ServiceStatus", "stack_settings"]

@@ -90,3 +90,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive free ports (a sharded stack counts up from it).
+
+    Ask once for all the ports a stack needs: two separate calls can overlap, since the
+    kernel hands out ephemeral ports in sequence.
+    """
+    for _ in range(200):
+        first = free_port(host)
+        if first + count <= 65535 and all(_bindable(host, first + i) for i in range(1, count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports on {host}")
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True

@@ -23,7 +23,9 @@ from llm_usage.localstack import processes
 from llm_usage.settings import Settings
 
 BROKER = "broker"
-CLICKHOUSE = "clickhouse"
+CLICKHOUSE = "clickhouse"  # shard 1; shard i of a sharded stack is "clickhouse-<i>"
+CLUSTER = "cluster"  # state entry of a sharded stack: its name and shard URLs
+LOCAL_CLUSTER = "llm_usage_local"  # the remote_servers name of `stack up --shards N`
 _CH_MODULE = "llm_usage.localstack.clickhouse_server"
 
 
@@ -39,6 +41,30 @@ class ServiceStatus:
     address: str
     log: str
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One local ClickHouse server: shard ``number`` of ``count``."""
+
+    number: int
+    count: int
+    host: str
+    http_port: int
+    tcp_port: int
+    workdir: Path
+
+    @property
+    def name(self) -> str:
+        return CLICKHOUSE if self.number == 1 else f"{CLICKHOUSE}-{self.number}"
+
+    @property
+    def data(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
 
 
 def tansu_binary() -> str:
@@ -60,9 +86,26 @@ class LocalStack:
         self.state_file = self.home / "stack.json"
         self.broker_host, self.broker_port = settings.kafka_host_port
         self.ch_host, self.ch_port = settings.clickhouse_host, settings.clickhouse_port
-        self.ch_workdir = self.home / "clickhouse"
-        self.ch_data = self.ch_workdir / "data"
         self.log_dir = self.home / "logs"
+        recorded = self._load_state().get(CLUSTER, {}).get("shard_urls")
+        self.shard_count = (
+            len(recorded) if isinstance(recorded, list) else settings.clickhouse_shards
+        )
+        self.shards = [self._shard(i + 1) for i in range(self.shard_count)]
+        self.ch_workdir = self.shards[0].workdir
+        self.ch_data = self.shards[0].data
+
+    def _shard(self, number: int) -> Shard:
+        """Ports count up from the settings' ones; a sharded stack keeps its data apart
+        from the single server's (their schemas differ)."""
+        count = self.shard_count
+        workdir = (
+            self.home / "clickhouse"
+            if count == 1
+            else self.home / f"clickhouse-{count}-shards" / f"shard{number}"
+        )
+        return Shard(number, count, self.ch_host, self.ch_port + number - 1,
+                     self.settings.clickhouse_tcp_port + number - 1, workdir)  # fmt: skip
 
     # --- state -------------------------------------------------------------------------
     def _load_state(self) -> dict[str, dict[str, object]]:
@@ -80,8 +123,9 @@ class LocalStack:
     def _broker_marker(self) -> str:
         return f"tcp://{self.broker_host}:{self.broker_port}"
 
-    def _ch_marker(self) -> str:
-        return _CH_MODULE
+    @staticmethod
+    def _ch_marker(shard: Shard) -> str:
+        return str(shard.data)  # on the server's command line; unique per shard
 
     def _recorded_pid(self, name: str, marker: str) -> int | None:
         entry = self._load_state().get(name, {})
@@ -96,14 +140,22 @@ class LocalStack:
         value = self._load_state().get(BROKER, {}).get("cluster_id")
         return str(value) if value else None
 
+    @property
+    def cluster(self) -> tuple[str, list[str]] | None:
+        """(cluster name, shard URLs) of a sharded stack, None for one server."""
+        if self.shard_count == 1:
+            return None
+        return LOCAL_CLUSTER, [shard.url for shard in self.shards]
+
     # --- readiness ---------------------------------------------------------------------
-    def clickhouse_ready(self) -> bool:
-        url = f"http://{self.ch_host}:{self.ch_port}/ping"
+    def clickhouse_ready(self, shard: Shard | None = None) -> bool:
+        shard = shard or self.shards[0]
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                return bool(response.read().strip() == b"Ok.")
+            with urllib.request.urlopen(f"{shard.url}/ping", timeout=1) as response:
+                answered = bool(response.read().strip() == b"Ok.")
         except OSError:
             return False
+        return answered and (shard.count == 1 or processes.port_open(shard.host, shard.tcp_port))
 
     def broker_ready(self) -> bool:
         return processes.port_open(self.broker_host, self.broker_port)
@@ -127,18 +179,28 @@ class LocalStack:
 
     # --- lifecycle ---------------------------------------------------------------------
     def up(self, timeout: float = 60.0) -> list[ServiceStatus]:
-        """Start whatever is not running yet and wait until both services answer."""
+        """Start whatever is not running yet and wait until every service answers."""
         state = self._load_state()
+        if self.settings.clickhouse_shards not in (1, self.shard_count):
+            raise StackError(
+                f"this stack runs {self.shard_count} ClickHouse shard(s); `llm-usage stack down`"
+                f" first to start {self.settings.clickhouse_shards}"
+            )
         started: list[str] = []
         try:
             if self._recorded_pid(BROKER, self._broker_marker()) is None:
                 state[BROKER] = self._start_broker(timeout)
                 self._save_state(state)
                 started.append(BROKER)
-            if self._recorded_pid(CLICKHOUSE, self._ch_marker()) is None:
-                state[CLICKHOUSE] = self._start_clickhouse(timeout)
+            for shard in self.shards:
+                if self._recorded_pid(shard.name, self._ch_marker(shard)) is None:
+                    state[shard.name] = self._start_clickhouse(shard, timeout)
+                    self._save_state(state)
+                    started.append(shard.name)
+            if self.cluster is not None:
+                name, urls = self.cluster
+                state[CLUSTER] = {"name": name, "shard_urls": urls}
                 self._save_state(state)
-                started.append(CLICKHOUSE)
         except BaseException:
             for name in started:  # a half-started stack leaves nothing running behind
                 self.stop_service(name)
@@ -167,26 +229,32 @@ class LocalStack:
         return {"pid": proc.pid, "address": f"{self.broker_host}:{self.broker_port}",
                 "cluster_id": cluster_id, "log": str(log), "started_at": time.time()}  # fmt: skip
 
-    def _start_clickhouse(self, timeout: float) -> dict[str, object]:
-        if processes.port_open(self.ch_host, self.ch_port):
-            raise StackError(f"port {self.ch_port} is taken by a process this stack did not start")
+    def _start_clickhouse(self, shard: Shard, timeout: float) -> dict[str, object]:
+        ports = [shard.http_port] + ([shard.tcp_port] if shard.count > 1 else [])
+        for port in ports:
+            if processes.port_open(shard.host, port):
+                raise StackError(f"port {port} is taken by a process this stack did not start")
         from llm_usage.localstack.clickhouse_server import write_config
 
-        write_config(self.ch_workdir, host=self.ch_host, http_port=self.ch_port)
-        self.ch_data.mkdir(parents=True, exist_ok=True)
-        log = self.log_dir / "clickhouse.log"
-        argv = [sys.executable, "-m", _CH_MODULE, str(self.ch_data)]
-        proc = processes.spawn(argv, cwd=self.ch_workdir, log_file=log)
-        self._wait(self.clickhouse_ready, proc, "ClickHouse (chdb-core)", log, timeout)
-        return {"pid": proc.pid, "address": f"http://{self.ch_host}:{self.ch_port}",
-                "data": str(self.ch_data), "log": str(log), "started_at": time.time()}  # fmt: skip
+        cluster = None
+        if shard.count > 1:
+            cluster = (LOCAL_CLUSTER, [s.tcp_port for s in self.shards])
+        write_config(shard.workdir, host=shard.host, http_port=shard.http_port,
+                     tcp_port=shard.tcp_port if cluster else None, cluster=cluster)  # fmt: skip
+        shard.data.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{shard.name}.log"
+        argv = [sys.executable, "-m", _CH_MODULE, str(shard.data)] + (["--tcp"] if cluster else [])
+        proc = processes.spawn(argv, cwd=shard.workdir, log_file=log)
+        what = "ClickHouse (chdb-core)" + (f" shard {shard.number}" if cluster else "")
+        self._wait(lambda: self.clickhouse_ready(shard), proc, what, log, timeout)
+        return {"pid": proc.pid, "address": shard.url, "tcp_port": shard.tcp_port,
+                "data": str(shard.data), "log": str(log), "started_at": time.time()}  # fmt: skip
 
     def status(self) -> list[ServiceStatus]:
         state = self._load_state()
         broker_pid = self._recorded_pid(BROKER, self._broker_marker())
-        ch_pid = self._recorded_pid(CLICKHOUSE, self._ch_marker())
         broker = state.get(BROKER, {})
-        return [
+        statuses = [
             ServiceStatus(
                 name="kafka (tansu)",
                 running=broker_pid is not None and self.broker_ready(),
@@ -194,20 +262,34 @@ class LocalStack:
                 address=f"{self.broker_host}:{self.broker_port}",
                 log=str(self.log_dir / "broker.log"),
                 detail=f"cluster id {broker.get('cluster_id')}" if broker_pid else "",
-            ),
-            ServiceStatus(
-                name="clickhouse (chdb-core)",
-                running=ch_pid is not None and self.clickhouse_ready(),
-                pid=ch_pid,
-                address=f"http://{self.ch_host}:{self.ch_port}",
-                log=str(self.log_dir / "clickhouse.log"),
-                detail=f"data {self.ch_data}",
-            ),
+            )
         ]
+        for shard in self.shards:
+            pid = self._recorded_pid(shard.name, self._ch_marker(shard))
+            where = f"shard {shard.number}/{shard.count} of {LOCAL_CLUSTER}, native port "
+            statuses.append(
+                ServiceStatus(
+                    name="clickhouse (chdb-core)" + (f" {shard.number}" if shard.count > 1 else ""),
+                    running=pid is not None and self.clickhouse_ready(shard),
+                    pid=pid,
+                    address=shard.url,
+                    log=str(self.log_dir / f"{shard.name}.log"),
+                    detail=(f"{where}{shard.tcp_port}; " if shard.count > 1 else "")
+                    + f"data {shard.data}",
+                )
+            )
+        return statuses
+
+    def _shard_named(self, name: str) -> Shard | None:
+        return next((shard for shard in self.shards if shard.name == name), None)
 
     def stop_service(self, name: str) -> bool:
-        """Stop one service by its recorded PID (used by outage tests too)."""
-        marker = self._broker_marker() if name == BROKER else self._ch_marker()
+        """Stop one service by its recorded PID (used by outage tests too): ``broker``,
+        ``clickhouse`` (shard 1) or ``clickhouse-<i>``."""
+        shard = self._shard_named(name)
+        if name != BROKER and shard is None:
+            raise StackError(f"no service {name!r} in this stack")
+        marker = self._broker_marker() if shard is None else self._ch_marker(shard)
         state = self._load_state()
         pid = state.get(name, {}).get("pid")
         stopped = isinstance(pid, int) and processes.stop(pid, marker)
@@ -218,15 +300,20 @@ class LocalStack:
     def start_service(self, name: str, timeout: float = 60.0) -> None:
         """Start one service if it is not running (the counterpart of ``stop_service``)."""
         state = self._load_state()
+        shard = self._shard_named(name)
         if name == BROKER and self._recorded_pid(BROKER, self._broker_marker()) is None:
             state[BROKER] = self._start_broker(timeout)
-        elif name == CLICKHOUSE and self._recorded_pid(CLICKHOUSE, self._ch_marker()) is None:
-            state[CLICKHOUSE] = self._start_clickhouse(timeout)
+        elif shard is not None and self._recorded_pid(name, self._ch_marker(shard)) is None:
+            state[name] = self._start_clickhouse(shard, timeout)
         self._save_state(state)
 
     def down(self) -> list[str]:
         """Stop exactly the PIDs ``up`` recorded. ClickHouse data is kept."""
-        stopped = [name for name in (BROKER, CLICKHOUSE) if self.stop_service(name)]
+        names = [BROKER, *(shard.name for shard in self.shards)]
+        stopped = [name for name in names if self.stop_service(name)]
+        state = self._load_state()
+        state.pop(CLUSTER, None)
+        self._save_state(state)
         return stopped
 
     def as_dict(self) -> list[dict[str, object]]:
@@ -235,3 +322,19 @@ class LocalStack:
 
 # Environment variables tansu reads; ours are passed as flags, so inherited ones must not leak.
 _TANSU_ENV = {"CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE"}
+
+
+def stack_settings(settings: Settings) -> Settings:
+    """``settings`` completed with the local stack's cluster after ``stack up --shards N``
+    (its name and shard URLs), unless the settings name a cluster themselves; so
+    ``llm-usage migrate``, ``worker``, ``api`` and ``run`` find the shards."""
+    if settings.clickhouse_cluster or settings.shard_urls:
+        return settings
+    stack = LocalStack(settings)
+    cluster = stack.cluster
+    if cluster is None or cluster[1][0] != settings.clickhouse_url:
+        return settings
+    name, urls = cluster
+    return settings.model_copy(
+        update={"clickhouse_cluster": name, "clickhouse_shard_urls": ",".join(urls)}
+    )

@@ -140,6 +140,7 @@ def test_values_are_exact_and_money_is_a_decimal_string(
     assert priced_only["cost_incomplete"] is False and priced_only["unpriced_models"] == []
 
 
+@pytest.mark.sharded
 def test_records_pages_cursor_and_latest_names(api: TestClient, migrated: Settings) -> None:
     client = connect(migrated)
     rows = generate("acme", 257, seed=3)

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llm_usage.clickhouse import apply_migrations, connect
+from llm_usage.clickhouse import connect, drop_database, migrate
 from llm_usage.settings import Settings
 from query_api.app import create_app
 from tests.conftest import unique
@@ -68,8 +68,7 @@ def env(base_settings: Settings) -> Iterator[Env]:
             "api_keys": ",".join(f"{k}:{t}" for k, t in KEYS.items()),
         }
     )
-    admin = connect(settings, database="")
-    apply_migrations(admin, settings)
+    migrate(settings)
     client = connect(settings)
     rows_a = ROWS_A
     rows_b = generate("tenant-b", 600, seed=2, secret="SecretB ")
@@ -86,7 +85,7 @@ def env(base_settings: Settings) -> Iterator[Env]:
         with TestClient(app) as http:
             yield Env(http, BruteForce(client), settings, {str(r[0]) for r in rows_b})
     finally:
-        admin.command(f"DROP DATABASE IF EXISTS `{settings.clickhouse_database}` SYNC")
+        drop_database(settings)
 
 
 ROWS_A = generate("tenant-a", 4000, seed=1)
@@ -139,6 +138,7 @@ def _get(env: Env, path: str, params: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.sharded
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     window=windows(),

@@ -18,21 +18,18 @@ No ClickHouse Keeper can run here (chdb-core's server has no ZooKeeper client an
 
 from __future__ import annotations
 
-import sys
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from llm_usage.clickhouse import connect
 from llm_usage.clickhouse.client import CLUSTER_QUERY_SETTINGS
 from llm_usage.clickhouse.migrations import (
+    FanOut,
     Layout,
     MigrationError,
     apply_migrations,
@@ -41,26 +38,18 @@ from llm_usage.clickhouse.migrations import (
     cluster_problems,
     discover,
 )
-from llm_usage.localstack import processes
+from llm_usage.localstack import LocalStack, processes
+from llm_usage.localstack.stack import LOCAL_CLUSTER
 from llm_usage.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-CLUSTER = "llm_usage_cluster"
-
-# Listeners held open by one long statement, as llm_usage.localstack.clickhouse_server does,
-# plus the native TCP port that Distributed tables use between shards.
-_SERVE = (
-    "import sys, chdb._chdb as c; c.query("
-    "'SYSTEM START LISTEN TCP; SYSTEM START LISTEN HTTP; SELECT sleepEachRow(1) "
-    "FROM numbers(1000000000000) SETTINGS max_block_size=1, max_execution_time=0 "
-    "FORMAT Null', 'TabSeparated', path=sys.argv[1])"
-)
+CLUSTER = LOCAL_CLUSTER
 
 
 def test_cluster_mode_sql_parses_on_the_engine(base_settings: Settings) -> None:
     settings = base_settings.model_copy(update={"clickhouse_cluster": CLUSTER})
-    layout = Layout.of(settings)
+    layout = Layout(cluster=CLUSTER)  # production: Replicated tables, ON CLUSTER
     statements = bookkeeping_statements(settings, layout)
     for migration in discover():
         rendered = migration.statements(settings, layout)
@@ -87,92 +76,25 @@ def test_explain_ast_rejects_broken_cluster_sql(base_settings: Settings) -> None
         client.close()
 
 
-@dataclass
-class Shard:
-    settings: Settings
-    tcp_port: int
-    pid: int
-    data: Path
-
-
-def _remote_servers(ports: list[int]) -> str:
-    shards = "".join(
-        "<shard><internal_replication>true</internal_replication>"
-        f"<replica><host>127.0.0.1</host><port>{port}</port></replica></shard>"
-        for port in ports
-    )
-    return f"<remote_servers><{CLUSTER}>{shards}</{CLUSTER}></remote_servers>"
-
-
-def _ping(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=1) as response:
-            return bool(response.read().strip() == b"Ok.")
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
-def two_shards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Shard]]:
-    """Two ClickHouse servers (chdb-core) forming one cluster of two shards."""
-    root = tmp_path_factory.mktemp("ch-cluster")
-    http_ports = [processes.free_port() for _ in range(2)]
-    tcp_ports = [processes.free_port() for _ in range(2)]
-    shards: list[Shard] = []
+def two_shards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Settings]]:
+    """Two ClickHouse servers (chdb-core) forming one cluster of two shards: the local
+    stack of ``llm-usage stack up --shards 2``; the settings of each shard."""
+    ports = processes.free_ports(4)
+    stack = LocalStack(
+        Settings(
+            home=tmp_path_factory.mktemp("ch-cluster"),
+            clickhouse_url=f"http://127.0.0.1:{ports}",
+            clickhouse_tcp_port=ports + 2,
+            clickhouse_shards=2,
+        )  # type: ignore[call-arg]
+    )
     try:
-        for i in range(2):
-            workdir = root / f"shard{i + 1}"
-            data = workdir / "data"
-            data.mkdir(parents=True)
-            (workdir / "config.xml").write_text(
-                "<clickhouse>"
-                f"<http_port>{http_ports[i]}</http_port><tcp_port>{tcp_ports[i]}</tcp_port>"
-                "<listen_host>127.0.0.1</listen_host>"
-                f"{_remote_servers(tcp_ports)}"
-                "</clickhouse>\n"
-            )
-            proc = processes.spawn(
-                [sys.executable, "-c", _SERVE, str(data)], cwd=workdir, log_file=workdir / "log"
-            )
-            url = f"http://127.0.0.1:{http_ports[i]}"
-            shards.append(Shard(Settings(clickhouse_url=url), tcp_ports[i], proc.pid, data))
-            for _ in range(600):
-                if _ping(url) and processes.port_open("127.0.0.1", tcp_ports[i]):
-                    break
-                if proc.poll() is not None:
-                    pytest.fail(f"shard {i + 1} exited: {(workdir / 'log').read_text()[-2000:]}")
-                processes.time.sleep(0.05)
-            else:
-                pytest.fail(f"shard {i + 1} did not answer")
-        yield shards
+        for shard in stack.shards:
+            stack.start_service(shard.name)
+        yield [Settings(clickhouse_url=shard.url) for shard in stack.shards]  # type: ignore[call-arg]
     finally:
-        for shard in shards:
-            processes.stop(shard.pid, str(shard.data))
-
-
-class OnCluster:
-    """What ``ON CLUSTER`` does, for servers without Keeper: DDL on every node, in turn.
-
-    Everything else (the migration ledger, backfill INSERT ... SELECT) goes to the first
-    node only, as it does when ``llm-usage migrate`` talks to one node of a real cluster.
-    """
-
-    _DDL = ("CREATE", "ALTER", "DROP", "RENAME")
-
-    def __init__(self, clients: list[Any]) -> None:
-        self.clients = clients
-
-    def command(self, sql: str, **kwargs: Any) -> Any:
-        if sql.lstrip().upper().startswith(self._DDL):
-            results = [client.command(sql, **kwargs) for client in self.clients]
-            return results[0]
-        return self.clients[0].command(sql, **kwargs)
-
-    def query(self, sql: str, **kwargs: Any) -> Any:
-        return self.clients[0].query(sql, **kwargs)
-
-    def insert(self, *args: Any, **kwargs: Any) -> Any:
-        return self.clients[0].insert(*args, **kwargs)
+        stack.down()
 
 
 COLUMNS = [
@@ -195,18 +117,16 @@ def _rows(n: int) -> list[list[object]]:
     ]  # fmt: skip
 
 
-def test_two_shard_cluster_runs_the_pipeline_sql_unchanged(two_shards: list[Shard]) -> None:
+def test_two_shard_cluster_runs_the_pipeline_sql_unchanged(two_shards: list[Settings]) -> None:
     database = f"cluster_{uuid.uuid4().hex[:8]}"
     # Keeper-less layout: Distributed tables over plain MergeTree, DDL sent to every server
     # (which is what ON CLUSTER does); everything else is production cluster mode.
     layout = Layout(cluster=CLUSTER, replicated=False, on_cluster=False)
     nodes = [
-        s.settings.model_copy(
-            update={"clickhouse_database": database, "clickhouse_cluster": CLUSTER}
-        )
+        s.model_copy(update={"clickhouse_database": database, "clickhouse_cluster": CLUSTER})
         for s in two_shards
     ]
-    fan_out = OnCluster([connect(node, database="") for node in nodes])
+    fan_out = FanOut([connect(node, database="") for node in nodes])
     with pytest.raises(MigrationError, match="is not a cluster of this server"):
         apply_migrations(fan_out, nodes[0], Layout(cluster="nope", on_cluster=False))  # type: ignore[arg-type]
     applied = apply_migrations(fan_out, nodes[0], layout)  # type: ignore[arg-type]
@@ -273,7 +193,7 @@ def test_two_shard_cluster_runs_the_pipeline_sql_unchanged(two_shards: list[Shar
 
 
 def test_worker_and_api_run_unchanged_on_the_cluster(
-    two_shards: list[Shard], base_settings: Settings, tmp_path: Path
+    two_shards: list[Settings], base_settings: Settings, tmp_path: Path
 ) -> None:
     """The real worker writes through the Distributed tables; the real API reads them."""
     from fastapi.testclient import TestClient
@@ -286,7 +206,7 @@ def test_worker_and_api_run_unchanged_on_the_cluster(
     suffix = uuid.uuid4().hex[:8]
     settings = base_settings.model_copy(
         update={
-            "clickhouse_url": two_shards[0].settings.clickhouse_url,
+            "clickhouse_url": two_shards[0].clickhouse_url,
             "clickhouse_cluster": CLUSTER,
             "clickhouse_database": f"cluster_e2e_{suffix}",
             "topic_calls": f"cluster-calls-{suffix}",
@@ -304,7 +224,7 @@ def test_worker_and_api_run_unchanged_on_the_cluster(
         }
     )
     layout = Layout(cluster=CLUSTER, replicated=False, on_cluster=False)
-    fan_out = OnCluster([connect(s.settings, database="") for s in two_shards])
+    fan_out = FanOut([connect(s, database="") for s in two_shards])
     apply_migrations(fan_out, settings, layout)  # type: ignore[arg-type]
 
     now = datetime.now(UTC).replace(microsecond=0)
@@ -338,7 +258,7 @@ def test_worker_and_api_run_unchanged_on_the_cluster(
 
     assert client.command("SELECT count() FROM usage_events") == len(events)
     shards = [
-        connect(s.settings, database=settings.clickhouse_database).command(
+        connect(s, database=settings.clickhouse_database).command(
             "SELECT count() FROM usage_events_local"
         )
         for s in two_shards

@@ -34,6 +34,7 @@ from tests.integration.test_processor_e2e import (
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.sharded
 def test_sigkill_mid_stream_then_restart_is_exact(
     migrated: Settings,
     worker_factory: Callable[[Settings], WorkerProcess],

@@ -165,6 +165,7 @@ async def read_topic(settings: Settings, topic: str, count: int) -> list[Any]:
     return records
 
 
+@pytest.mark.sharded
 def test_end_to_end_exact_counts_costs_dead_letters_and_names(
     migrated: Settings, worker_factory: Callable[[Settings], WorkerProcess]
 ) -> None:
