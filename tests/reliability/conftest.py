@@ -168,6 +168,10 @@ class Stream:
     cfg: SimulationConfig
     rate: float
     publishers: int = 1  # several "services", each with its own publisher and spool
+    # Pause after this many unique calls until ``resume`` is set: a fault injected meanwhile
+    # lands while the stream flows, however slowly a busy machine consumes it.
+    hold_at: int | None = None
+    resume: threading.Event = field(default_factory=threading.Event)
     published: int = 0
     stats: list[dict[str, Any]] = field(default_factory=list)
     manifest: Manifest = field(default_factory=lambda: Manifest(price=PRICER))
@@ -184,6 +188,7 @@ class Stream:
 
     def join(self, timeout: float = 180.0) -> Manifest:
         assert self._thread is not None
+        self.resume.set()
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the publishing thread did not finish"
         if self.error is not None:
@@ -215,6 +220,10 @@ class Stream:
                 self.manifest.record(item)
                 if item.call is not None and not item.duplicate:
                     self.published += 1
+                    if self.published == self.hold_at:
+                        held = time.monotonic()
+                        await asyncio.to_thread(self.resume.wait, 300)
+                        started += time.monotonic() - held
                     ahead = self.published / self.rate - (time.monotonic() - started)
                     if ahead > 0:
                         await asyncio.sleep(ahead)
