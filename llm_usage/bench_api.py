@@ -153,6 +153,8 @@ def start_api(settings: Settings, port: int, log: Path, workers: int) -> subproc
     env.update({
         "LLM_USAGE_CLICKHOUSE_URL": settings.clickhouse_url,
         "LLM_USAGE_CLICKHOUSE_DATABASE": settings.clickhouse_database,
+        "LLM_USAGE_CLICKHOUSE_CLUSTER": settings.clickhouse_cluster,
+        "LLM_USAGE_CLICKHOUSE_SHARD_URLS": settings.clickhouse_shard_urls,
         "LLM_USAGE_API_KEYS": f"{KEY}:{TENANT}",
     })  # fmt: skip
     argv = [sys.executable, "-m", "uvicorn", "query_api.app:create_app", "--factory",
