@@ -18,7 +18,13 @@ from fastapi.testclient import TestClient
 from llm_usage.settings import Settings
 from query_api.ingest.app import create_ingest_app
 from tests.conftest import unique
-from tests.reliability.test_api_fuzz import BAD_CREDENTIALS, EXCLUDED, OneLifespan, fuzz_operation
+from tests.reliability.test_api_fuzz import (
+    BAD_CREDENTIALS,
+    EXCLUDED,
+    NO_KEY_EXAMPLES,
+    OneLifespan,
+    fuzz_operation,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -71,4 +77,4 @@ def test_fuzz_ingest_without_a_valid_key_every_operation_is_401(
             response = case.call(headers=headers)
             assert response.status_code == 401, (headers, response.status_code, response.text)
 
-    fuzz_operation(ingest_schema, path, method, mode, call)
+    fuzz_operation(ingest_schema, path, method, mode, call, examples=NO_KEY_EXAMPLES)
