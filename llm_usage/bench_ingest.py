@@ -188,11 +188,11 @@ async def _with_baseline(settings: Settings, body: Callable[[], Awaitable[Any]])
 def run_bench(*, calls: int, workers: int, partitions: int, shards: int = 1) -> dict[str, Any]:
     from stream_processor.harness import WorkerProcess
 
-    ports = free_ports(2 * shards)  # HTTP ports of the shards, then their native ports
+    ports = free_ports(2 * shards + 1)  # the shards' HTTP ports, their native ports, Kafka
     with tempfile.TemporaryDirectory(prefix="llm-usage-bench-") as tmp:
         base = Settings(
             home=Path(tmp) / "home",
-            kafka_bootstrap=f"127.0.0.1:{free_port()}",
+            kafka_bootstrap=f"127.0.0.1:{ports + 2 * shards}",
             clickhouse_url=f"http://127.0.0.1:{ports}",
             clickhouse_tcp_port=ports + shards,
             clickhouse_shards=shards,

@@ -308,7 +308,7 @@ def parse_call(raw: Any) -> UsageEvent:
     if not isinstance(raw, dict):
         raise ContractError(f"event must be a JSON object, got {type(raw).__name__}")
     version = raw.get("schema_version", SCHEMA_VERSION)
-    if version not in SUPPORTED_SCHEMA_VERSIONS:
+    if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
         raise ContractError(f"schema_version: unsupported version {version!r}")
     try:
         return UsageEvent.model_validate(raw)

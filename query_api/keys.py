@@ -109,14 +109,18 @@ _COLUMNS = "key_id, tenant_id, scopes, name, created_at, revoked_at"
 _LATEST = f"SELECT {_COLUMNS}, secret_sha256 FROM api_keys FINAL"
 
 
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
 def _key_of(row: Sequence[Any]) -> ApiKey:
     return ApiKey(
         key_id=row[0],
         tenant_id=row[1],
         scopes=frozenset(Scope(s) for s in row[2] if s in Scope.__members__.values()),
         name=row[3],
-        created_at=row[4].replace(tzinfo=UTC) if row[4].tzinfo is None else row[4],
-        revoked_at=row[5],
+        created_at=_utc(row[4]),
+        revoked_at=None if row[5] is None else _utc(row[5]),
     )
 
 

@@ -90,7 +90,10 @@ def faust_app(settings: Settings) -> faust.App:
 
 
 def patch_seek_to_committed(
-    consumer: Any, topics: set[str], expected: Callable[[TP], int | None]
+    consumer: Any,
+    topics: set[str],
+    expected: Callable[[TP], int | None],
+    started: Callable[[TP, int], None],
 ) -> None:
     """Make Faust's post-recovery seek neither skip nor rewind our partitions.
 
@@ -101,6 +104,8 @@ def patch_seek_to_committed(
     even when the agent already has the messages after it (duplicates; and aiokafka was
     seen to stop delivering such a partition). So: a partition the agent already reads
     continues at its next offset (``expected``); one never committed starts at its earliest.
+    ``started`` learns where each partition starts, so the watchdog can tell that one which
+    never delivered a message is stalled (the sink only knows partitions it has read).
     """
     original = consumer.seek_to_committed
 
@@ -113,12 +118,16 @@ def patch_seek_to_committed(
             resume_at = expected(tp)
             if resume_at is not None:
                 await consumer._seek(tp, resume_at)
+                started(tp, resume_at)
             elif offset is None or offset <= 0:
                 fresh.append(tp)
+            else:
+                started(tp, offset)
         if fresh:
             earliest = await consumer.earliest_offsets(*fresh)
             for tp in fresh:
                 await consumer._seek(tp, earliest.get(tp) or 0)
+                started(tp, earliest.get(tp) or 0)
             log.info("no committed offset: %s start at their earliest offsets",
                      sorted(f"{tp.topic}[{tp.partition}]" for tp in fresh))  # fmt: skip
         return committed
@@ -166,6 +175,7 @@ class Processor:
         self._progress: tuple[int, ...] = ()
         self._seek_patched = False
         self.stalls = StallDetector(ticks=2)
+        self._starts: dict[int, int] = {}  # calls partition -> offset it started at
         self._busy = False  # the calls agent is inside handle_call
         self._handled = 0  # messages the calls agent has taken (watchdog: is it moving?)
         self._handled_at_tick = 0
@@ -375,7 +385,10 @@ class Processor:
         if stuck or self.sink.last_error:
             self.stalls.reset()
             return
-        stalled = self.stalls.observe(self.sink.next_offsets, end_offsets)
+        # A partition that has delivered nothing since it was assigned is judged from where
+        # it started (a fresh partition that aiokafka never fetched is the stall to catch).
+        positions = {**self._starts, **self.sink.next_offsets}
+        stalled = self.stalls.observe(positions, end_offsets)
         consumer = self.app.consumer
         for partition, (next_offset, end) in sorted(stalled.items()):
             log.warning(
@@ -396,6 +409,7 @@ class Processor:
                 app.consumer,
                 {self.settings.topic_calls, self.settings.topic_entities},
                 self._expected_offset,
+                self._started_at,
             )
 
     def _expected_offset(self, tp: TP) -> int | None:
@@ -403,6 +417,10 @@ class Processor:
         if tp.topic != self.settings.topic_calls:
             return None
         return self.sink.next_offsets.get(tp.partition)
+
+    def _started_at(self, tp: TP, offset: int) -> None:
+        if tp.topic == self.settings.topic_calls:
+            self._starts[tp.partition] = offset
 
     async def _on_revoked(self, app: faust.App, revoked: set[TP], **_: Any) -> None:
         """Flush and commit what we can, then forget every open batch and index.
@@ -421,6 +439,7 @@ class Processor:
                         deadline)  # fmt: skip
         except Exception as exc:  # a failed commit only means a replay
             log.warning("rebalance: commit failed (%s); batches will be replayed", exc)
+        self._starts.clear()
         log.info("rebalance: partitions revoked; open batches dropped (replayed if unflushed)")
         await self.sink.reset()
         for partition in list(self.deduper.partitions()):

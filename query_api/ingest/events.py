@@ -63,7 +63,7 @@ def split_events(body: bytes, content_type: str) -> list[Any]:
         if media in NDJSON_TYPES:
             return [json.loads(line) for line in body.splitlines() if line.strip()]
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BadBody(
             f"body is not valid {'NDJSON' if media in NDJSON_TYPES else 'JSON'}: "
             f"{exc}; send a JSON array, one object, or NDJSON"
@@ -79,6 +79,13 @@ def validate_for(tenant_id: str, raw: Any) -> UsageEvent:
     """One event of ``tenant_id``'s key; ContractError says why not."""
     if not isinstance(raw, dict):
         raise ContractError(f"event must be a JSON object, got {type(raw).__name__}")
+    if raw.get("event_id") is None:
+        # Without it a retried request (after a timeout or a lost answer) would be stored
+        # again under new ids: over HTTP the client names each event, once.
+        raise ContractError(
+            "event_id: required over HTTP (a UUID, v7 recommended), so that a "
+            "retry with the same ids is counted once"
+        )
     claimed = raw.get("tenant_id")
     if claimed is None:
         raw = {**raw, "tenant_id": tenant_id}

@@ -73,7 +73,7 @@ class EventSink:
                 ]
                 await asyncio.gather(*sent)
         except (KafkaError, TimeoutError, OSError) as exc:
-            await self._drop(f"Kafka did not acknowledge: {_reason(exc)}")
+            await self._drop(producer, f"Kafka did not acknowledge: {_reason(exc)}")
             raise KafkaUnavailable(self._last_error) from exc
 
     async def dead_letter(self, raw: object, reason: str) -> None:
@@ -108,7 +108,8 @@ class EventSink:
             try:
                 async with asyncio.timeout(self.settings.ingest_kafka_timeout_s):
                     self._producer = await self._start()
-            except (KafkaError, TimeoutError, OSError) as exc:
+            except (KafkaError, TimeoutError, OSError, RuntimeError) as exc:
+                # RuntimeError: ensure_topics could not create a topic (ACLs, replication)
                 self._last_error = (
                     f"Kafka at {self.settings.kafka_bootstrap} is unreachable: {_reason(exc)}"
                 )
@@ -139,16 +140,18 @@ class EventSink:
         log.info("ingest publishing to %s (%d partitions)", s.kafka_bootstrap, self._partitions)
         return producer
 
-    async def _drop(self, reason: str) -> None:
-        """Forget a producer that failed; the next request reconnects."""
-        producer, self._producer = self._producer, None
+    async def _drop(self, producer: AIOKafkaProducer, reason: str) -> None:
+        """Forget ``producer`` after it failed (unless another request already replaced it);
+        the next request reconnects."""
+        if id(self._producer) != id(producer):  # already replaced by a reconnect
+            return
+        self._producer = None
         self._last_error = reason
         self._last_attempt = 0.0
-        if producer is not None:
-            try:
-                await asyncio.wait_for(producer.stop(), 5)
-            except (KafkaError, TimeoutError, OSError):
-                log.debug("stopping a failed producer failed", exc_info=True)
+        try:
+            await asyncio.wait_for(producer.stop(), 5)
+        except (KafkaError, TimeoutError, OSError):
+            log.debug("stopping a failed producer failed", exc_info=True)
 
     async def stop(self) -> None:
         if self._producer is not None:

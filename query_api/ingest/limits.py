@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import zlib
 from collections.abc import Callable
 
 from fastapi import HTTPException, Request, status
@@ -28,7 +29,28 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise TooLarge(f"request body exceeds the limit of {limit:,} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "gzip":  # what OTLP exporters and the Collector send by default
+        return _gunzip(body, limit)
+    if encoding not in ("", "identity"):
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Encoding {encoding!r} is not supported: send gzip or none",
+        )
+    return body
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    """Decompress, refusing with 413 a body that inflates beyond ``limit`` (a zip bomb)."""
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"body is not valid gzip: {exc}") from exc
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise TooLarge(f"decompressed request body exceeds the limit of {limit:,} bytes")
+    return out
 
 
 class RateLimiter:

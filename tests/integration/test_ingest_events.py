@@ -3,6 +3,7 @@ ClickHouse; what the API then reports equals what was posted, to the last pico-d
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from stream_processor.harness import WorkerProcess
 from tests.conftest import wait_for
 from tests.integration.test_processor_e2e import (
     cost_of,
+    counted,
     expected_totals,
     make_events,
     totals,
@@ -92,7 +94,7 @@ def test_json_array_and_ndjson_events_are_counted_exactly_bad_ones_rejected_by_i
     worker = worker_factory(settings)
     expected = expected_totals(events, [cost_of(e) for e in events])
     wait_for(
-        lambda: totals(settings)["raw"][0] >= len(events),
+        lambda: counted(settings, len(events)),
         90,
         "every posted event",
         detail=worker.tail,
@@ -127,6 +129,34 @@ def test_bad_bodies_get_clear_4xx_answers(
     assert too_big.status_code == 413 and "exceeds the limit" in too_big.json()["detail"]
     too_many = post(ingest, key, json.dumps([event] * 101).encode(), "application/json")
     assert too_many.status_code == 413 and "101 events" in too_many.json()["detail"]
+    no_id = post(
+        ingest, key, json.dumps([{**event, "event_id": None}]).encode(), "application/json"
+    )
+    assert no_id.status_code == 422 and "event_id" in no_id.json()["rejected"][0]["reason"]
+    deep = post(ingest, key, b"[" * 5000 + b"]" * 5000, "application/json")
+    assert deep.status_code == 400, deep.text
+    odd = post(
+        ingest, key, json.dumps([{**event, "schema_version": [1]}]).encode(), "application/json"
+    )
+    assert odd.status_code == 422 and "schema_version" in odd.json()["rejected"][0]["reason"]
+    packed = httpx.post(
+        f"{ingest.base_url}/v1/events",
+        content=gzip.compress(json.dumps([event]).encode()),
+        headers={
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+        },
+        timeout=30,
+    )
+    assert packed.status_code == 202 and packed.json()["accepted"] == 1, packed.text
+    bomb = httpx.post(
+        f"{ingest.base_url}/v1/events",
+        content=gzip.compress(b" " * 200_000),
+        headers={"Authorization": f"Bearer {key}", "Content-Encoding": "gzip"},
+        timeout=30,
+    )
+    assert bomb.status_code == 413 and "decompressed" in bomb.json()["detail"]
     single = post(ingest, key, json.dumps(event).encode(), "application/json")
     assert single.status_code == 202 and single.json()["accepted"] == 1
 

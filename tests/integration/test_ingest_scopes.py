@@ -21,7 +21,7 @@ from query_api.ingest.app import create_ingest_app
 from query_api.keys import Scope
 from stream_processor.harness import WorkerProcess
 from tests.conftest import wait_for
-from tests.integration.test_processor_e2e import make_events, totals, worker_settings
+from tests.integration.test_processor_e2e import counted, make_events, worker_settings
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +132,7 @@ def test_tenant_isolation_ingest_key_writes_only_its_tenant_read_key_sees_only_i
         posted[tenant] = len(mine)
     worker = worker_factory(settings)
     wait_for(
-        lambda: totals(settings)["raw"][0] >= len(events),
+        lambda: counted(settings, len(events)),
         90,
         "both tenants' events",
         detail=worker.tail,

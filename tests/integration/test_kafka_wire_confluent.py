@@ -42,7 +42,7 @@ from producers.contract import parse_call, uuid7
 from producers.topics import ensure_topics
 from stream_processor.harness import WorkerProcess
 from tests.conftest import wait_for
-from tests.integration.test_processor_e2e import expected_totals, totals, worker_settings
+from tests.integration.test_processor_e2e import counted, expected_totals, totals, worker_settings
 
 pytestmark = pytest.mark.integration
 
@@ -237,7 +237,7 @@ def test_librdkafka_producer_with_hand_written_json_is_counted_exactly(
     assert expected[6] == Decimal("0.3245375")  # 0.035 x 9 + 0.0039375 + 0.00085 + 0.00475
 
     worker = worker_factory(settings)
-    wait_for(lambda: totals(settings)["raw"][0] >= len(events), 60, "all rows", detail=worker.tail)
+    wait_for(lambda: counted(settings, len(events)), 60, "all rows", detail=worker.tail)
     wait_for(
         lambda: worker.metrics()["llm_usage_processor_events_deduped_total"] >= 1,
         30,

@@ -88,6 +88,13 @@ def totals(settings: Settings) -> dict[str, tuple[Any, ...]]:
     return {"raw": tuple(raw), "hourly": tuple(hourly), "daily": tuple(daily)}
 
 
+def counted(settings: Settings, calls: int) -> bool:
+    """The raw table and both rollups hold ``calls`` calls (a view commits after the raw
+    table: comparing them right after the raw count is reached would race)."""
+    got = totals(settings)
+    return all(got[table][0] >= calls for table in ("raw", "hourly", "daily"))
+
+
 def expected_totals(events: list[UsageEvent], costs: list[Decimal]) -> tuple[Any, ...]:
     return (
         len(events),

@@ -24,6 +24,7 @@ from stream_processor.harness import WorkerProcess
 from tests.conftest import session_shards, wait_for
 from tests.integration.test_processor_e2e import (
     cost_of,
+    counted,
     expected_totals,
     make_events,
     publish,
@@ -103,9 +104,7 @@ def test_rows_of_one_conversation_rollups_and_names_live_on_one_shard(
     events = make_events(600, datetime.now(UTC) - timedelta(days=5), step=timedelta(minutes=9))
     asyncio.run(publish(settings, events))
     worker = worker_factory(settings)
-    wait_for(
-        lambda: totals(settings)["raw"][0] >= len(events), 90, "every event", detail=worker.tail
-    )
+    wait_for(lambda: counted(settings, len(events)), 90, "every event", detail=worker.tail)
     expected = expected_totals(events, [cost_of(e) for e in events])
     got = totals(settings)
     assert got["raw"] == expected and got["hourly"] == expected and got["daily"] == expected

@@ -74,7 +74,8 @@ def test_post_recovery_seek_neither_skips_nor_rewinds() -> None:
 
     consumer = FakeConsumer()
     already_read = {TP("calls", 0): 9}  # the agent took offsets 5..8 before the seek
-    patch_seek_to_committed(consumer, {"calls", "entities"}, already_read.get)
+    starts: dict[TP, int] = {}
+    patch_seek_to_committed(consumer, {"calls", "entities"}, already_read.get, starts.__setitem__)
     committed = asyncio.run(consumer.seek_to_committed())
     assert committed[TP("calls", 0)] == 5
     assert sorted(consumer.seeks) == sorted([
@@ -82,3 +83,6 @@ def test_post_recovery_seek_neither_skips_nor_rewinds() -> None:
         (TP("calls", 1), 2),  # never committed: from its earliest offset
         (TP("entities", 0), 2),
     ])  # fmt: skip
+    # where each partition starts, for the watchdog: one that never delivers is still seen
+    assert starts == {TP("calls", 0): 9, TP("calls", 1): 2, TP("calls", 2): 7,
+                      TP("entities", 0): 2}  # fmt: skip
