@@ -135,6 +135,20 @@ def patch_seek_to_committed(
     consumer.seek_to_committed = seek_to_committed
 
 
+def fetch_state(consumer: Any, tp: TP) -> str:
+    """What Faust and aiokafka think of a partition, for the log of a stall."""
+    facts = []
+    for name in ("_active_partitions", "_paused_partitions", "_buffered_partitions"):
+        tps = getattr(consumer, name, None)
+        if tps is not None:
+            facts.append(f"{name.strip('_')}={tp in tps}")
+    with contextlib.suppress(Exception):
+        state = consumer._thread._ensure_consumer()._subscription.subscription.assignment
+        tp_state = state.state_value(tp)
+        facts.append(f"aiokafka paused={tp_state.paused} position={tp_state._position}")
+    return ", ".join(facts) or "no consumer state"
+
+
 class Processor:
     """One worker's state and wiring; ``app`` is what ``faust.Worker`` runs."""
 
@@ -341,7 +355,7 @@ class Processor:
         if time.monotonic() - self._progress_logged >= 10:
             self._progress_logged = time.monotonic()
             self._log_progress()
-        end_offsets = await self._end_offsets()
+        end_offsets = await self._end_offsets(self._positions())
         await self._unstall(end_offsets)
         for partition, next_offset in list(self.sink.next_offsets.items()):
             if partition in end_offsets:
@@ -361,9 +375,17 @@ class Processor:
                      sum(len(b.rows) for b in self.sink.buffers.values()),
                      dict(sorted(self.sink.next_offsets.items())))  # fmt: skip
 
-    async def _end_offsets(self) -> dict[int, int]:
-        """The broker's log end offset of every open calls partition ({} if it won't say)."""
-        tps = [TP(self.settings.topic_calls, p) for p in self.sink.next_offsets]
+    def _positions(self) -> dict[int, int]:
+        """The offset each assigned calls partition expects next.
+
+        A partition that has delivered nothing since it was assigned counts from where it
+        started: a fresh partition that aiokafka never fetched is a stall to catch too.
+        """
+        return {**self._starts, **self.sink.next_offsets}
+
+    async def _end_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        """The broker's log end offset of these calls partitions ({} if it won't say)."""
+        tps = [TP(self.settings.topic_calls, p) for p in partitions]
         if not tps:
             return {}
         try:
@@ -377,30 +399,35 @@ class Processor:
         """Re-seek partitions that stopped delivering although messages wait (``watchdog``).
 
         Seeking to the next offset the sink expects continues the stream exactly where it
-        stands. No verdict while ClickHouse fails or while the agent has sat in one message
-        since the last tick (a slow insert holds every partition back by design).
+        stands. No verdict while ClickHouse fails, while the agent has sat in one message
+        since the last tick (a slow insert holds every partition back by design), or while
+        Faust rebalances or recovers its tables (it holds the partitions back itself then).
         """
         stuck = self._busy and self._handled == self._handled_at_tick
         self._handled_at_tick = self._handled
-        if stuck or self.sink.last_error:
+        flowing = getattr(self.app.consumer, "flow_active", True)
+        moving = self.app.rebalancing or self.app.in_recovery or not flowing
+        if stuck or moving or self.sink.last_error:
             self.stalls.reset()
             return
-        # A partition that has delivered nothing since it was assigned is judged from where
-        # it started (a fresh partition that aiokafka never fetched is the stall to catch).
-        positions = {**self._starts, **self.sink.next_offsets}
-        stalled = self.stalls.observe(positions, end_offsets)
+        stalled = self.stalls.observe(self._positions(), end_offsets)
         consumer = self.app.consumer
         for partition, (next_offset, end) in sorted(stalled.items()):
+            tp = TP(self.settings.topic_calls, partition)
             log.warning(
-                "partition %d delivers nothing at offset %d (log end %d): seeking there",
-                partition, next_offset, end,
+                "partition %d delivers nothing at offset %d (log end %d): seeking there (%s)",
+                partition, next_offset, end, fetch_state(consumer, tp),
             )  # fmt: skip
             self.metrics.stall_seeks.inc()
             with contextlib.suppress(Exception):
                 # seek_wait runs on the consumer's own thread; consumer.seek() would call
                 # aiokafka from this loop while that thread drains records (a KeyError there
                 # crashed Faust's Fetcher, after a ClickHouse outage, and the worker stalled)
-                await consumer.seek_wait({TP(self.settings.topic_calls, partition): next_offset})
+                await consumer.seek_wait({tp: next_offset})
+            # Faust leaves a partition out of its fetches while it counts it paused or
+            # not active; put it back (a no-op for one that is fetched already).
+            with contextlib.suppress(Exception):
+                consumer.resume_partitions([tp])
 
     async def _on_assigned(self, app: faust.App, assigned: set[TP], **_: Any) -> None:
         if not self._seek_patched:

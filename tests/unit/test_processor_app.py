@@ -86,3 +86,41 @@ def test_post_recovery_seek_neither_skips_nor_rewinds() -> None:
     # where each partition starts, for the watchdog: one that never delivers is still seen
     assert starts == {TP("calls", 0): 9, TP("calls", 1): 2, TP("calls", 2): 7,
                       TP("entities", 0): 2}  # fmt: skip
+
+
+def test_watchdog_reseeks_a_partition_that_never_delivered(tmp_path: Path) -> None:
+    """A fresh partition aiokafka never fetches has no sink position: the watchdog must ask
+    the broker for its end offset too, and seek it back to where it started."""
+    from faust.types import TP
+
+    processor = _processor(tmp_path)
+    settings = processor.settings
+
+    class FakeConsumer:
+        flow_active = True
+
+        def __init__(self) -> None:
+            self.asked: list[set[TP]] = []
+            self.seeks: list[dict[TP, int]] = []
+            self.resumed: list[TP] = []
+
+        async def highwaters(self, *tps: TP) -> dict[TP, int]:
+            self.asked.append(set(tps))
+            return {tp: 50 for tp in tps}
+
+        async def seek_wait(self, offsets: dict[TP, int]) -> None:
+            self.seeks.append(offsets)
+
+        def resume_partitions(self, tps: list[TP]) -> None:
+            self.resumed.extend(tps)
+
+    consumer = FakeConsumer()
+    processor.app.consumer = consumer  # type: ignore[assignment]
+    processor._starts = {0: 7, 1: 3}
+    processor.sink.next_offsets[0] = 20  # partition 0 delivers; partition 1 never did
+    for _ in range(2):
+        processor.sink.next_offsets[0] += 5
+        asyncio.run(processor._lag_timer())
+    fresh = TP(settings.topic_calls, 1)
+    assert consumer.asked[-1] == {TP(settings.topic_calls, 0), fresh}
+    assert consumer.seeks == [{fresh: 3}] and consumer.resumed == [fresh]
