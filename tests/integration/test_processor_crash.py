@@ -9,14 +9,18 @@ published, duplicates included.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from llm_usage.clickhouse import connect
 from llm_usage.settings import Settings
 from producers.contract import UsageEvent, encode_calls
 from producers.publisher import UsagePublisher
@@ -94,7 +98,7 @@ def test_sigkill_mid_stream_then_restart_is_exact(
         lambda: totals(settings)["raw"][0] >= len(events),
         180,
         "all rows after restart",
-        detail=second.tail,
+        detail=lambda: f"{missing_report(settings, events, second)}\n{second.tail()}",
     )
     wait_for(lambda: second.metrics()["llm_usage_processor_events_deduped_total"] >= 300, 30,
              "the republished duplicates to be dropped")  # fmt: skip
@@ -103,6 +107,35 @@ def test_sigkill_mid_stream_then_restart_is_exact(
     assert got["hourly"] == expected
     assert got["daily"] == expected
     assert "re-forming" in second.tail(200_000), "the restart replayed recorded batches"
+
+
+def missing_report(settings: Settings, events: list[UsageEvent], worker: WorkerProcess) -> str:
+    """Which calls are missing, where they would live, and what the worker says of its lag:
+    a timeout must tell a stalled fetch from rows lost on their way into ClickHouse."""
+    client = connect(settings)
+    try:
+        stored = {
+            str(row[0]) for row in client.query("SELECT event_id FROM usage_events").result_rows
+        }
+        per_shard = client.query(
+            "SELECT shardNum(), count() FROM usage_events GROUP BY 1 ORDER BY 1"
+        ).result_rows
+    finally:
+        client.close()
+    missing = [e for e in events if str(e.event_id) not in stored]
+    where = Counter((e.tenant_id, e.source_id) for e in missing)
+    watched = ("llm_usage_processor_consumer_lag", "llm_usage_processor_stall")
+    lag = ""
+    with (
+        contextlib.suppress(Exception),
+        urllib.request.urlopen(worker.url("/metrics"), timeout=2) as response,
+    ):
+        lines = response.read().decode().splitlines()
+        lag = "\n".join(line for line in lines if line.startswith(watched))
+    return (
+        f"{len(missing)} of {len(events)} calls missing, by (tenant, source_id): "
+        f"{dict(where.most_common(12))}; rows per shard {per_shard}\n{lag}"
+    )
 
 
 async def _produce_to(settings: Settings, partitions: list[int], events: list[UsageEvent]) -> None:
