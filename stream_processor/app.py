@@ -370,9 +370,11 @@ class Processor:
         )  # fmt: skip
         if progress != self._progress:
             self._progress = progress
+            buffers = self.sink.buffers.values()
+            writing = sum(1 for b in buffers if b.inflight is not None and not b.inflight.done())
             log.info("progress: %d messages read, %d rows written, %d duplicates, "
-                     "%d dead letters, %d rows buffered, next offsets %s", *progress,
-                     sum(len(b.rows) for b in self.sink.buffers.values()),
+                     "%d dead letters, %d rows buffered, %d batches being written, "
+                     "next offsets %s", *progress, sum(len(b.rows) for b in buffers), writing,
                      dict(sorted(self.sink.next_offsets.items())))  # fmt: skip
 
     def _positions(self) -> dict[int, int]:

@@ -43,6 +43,7 @@ INSERT_SETTINGS = {
     # cluster mode writes through Distributed tables: acknowledged must mean stored
     "distributed_foreground_insert": 1,
 }
+SLOW_INSERT_S = 5.0  # an insert slower than this is logged (a shard or disk in trouble)
 NAME_COLUMNS = ("tenant_id", "source", "source_id", "source_name", "named_at")
 
 
@@ -334,6 +335,9 @@ class Sink:
                     len(offsets), len(rows), token, generation=generation,
                 )  # fmt: skip
             took = await self.call(self.writer.insert, rows, token, generation=generation)
+            if took > SLOW_INSERT_S:
+                log.warning("partition %d: inserting batch %d-%d (%d rows) took %.1fs",
+                            partition, first, last, len(rows), took)  # fmt: skip
             self.metrics.insert_seconds.observe(took)
             self.metrics.events_written.inc(len(rows))
             self.metrics.batches.inc()
