@@ -18,11 +18,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from llm_usage.clickhouse import connect
 from llm_usage.settings import Settings
-from producers.contract import UsageEvent, encode_calls
+from producers.contract import UsageEvent, decode_calls, encode_calls
 from producers.publisher import UsagePublisher
 from producers.topics import ensure_topics
 from stream_processor.harness import WorkerProcess
@@ -110,8 +110,9 @@ def test_sigkill_mid_stream_then_restart_is_exact(
 
 
 def missing_report(settings: Settings, events: list[UsageEvent], worker: WorkerProcess) -> str:
-    """Which calls are missing, where they would live, and what the worker says of its lag:
-    a timeout must tell a stalled fetch from rows lost on their way into ClickHouse."""
+    """Where the missing calls sit in the topic and what the batch ledger says of them:
+    a timeout must tell a stalled fetch, a lost publish and rows lost on their way into
+    ClickHouse apart."""
     client = connect(settings)
     try:
         stored = {
@@ -120,22 +121,58 @@ def missing_report(settings: Settings, events: list[UsageEvent], worker: WorkerP
         per_shard = client.query(
             "SELECT shardNum(), count() FROM usage_events GROUP BY 1 ORDER BY 1"
         ).result_rows
+        ledger = client.query(
+            "SELECT partition, first_offset, last_offset, rows, worker FROM processor_batches"
+            " ORDER BY partition, first_offset, recorded_at"
+        ).result_rows
     finally:
         client.close()
-    missing = [e for e in events if str(e.event_id) not in stored]
-    where = Counter((e.tenant_id, e.source_id) for e in missing)
+    missing = {str(e.event_id) for e in events} - stored
+    located = asyncio.run(_locate(settings, missing))
+    by_message = Counter(located.values())
+    unpublished = len(missing) - len(located)
+    lines = [
+        f"{len(missing)} of {len(events)} calls missing ({unpublished} not in the topic); "
+        f"rows per shard {per_shard}",
+    ]
+    for (partition, offset), count in sorted(by_message.items())[:20]:
+        ranges = [
+            f"{first}-{last} ({rows} rows, {who})"
+            for p, first, last, rows, who in ledger
+            if p == partition and first <= offset <= last
+        ]
+        lines.append(f"  calls[{partition}]@{offset}: {count} missing; ledger: {ranges}")
     watched = ("llm_usage_processor_consumer_lag", "llm_usage_processor_stall")
-    lag = ""
     with (
         contextlib.suppress(Exception),
         urllib.request.urlopen(worker.url("/metrics"), timeout=2) as response,
     ):
-        lines = response.read().decode().splitlines()
-        lag = "\n".join(line for line in lines if line.startswith(watched))
-    return (
-        f"{len(missing)} of {len(events)} calls missing, by (tenant, source_id): "
-        f"{dict(where.most_common(12))}; rows per shard {per_shard}\n{lag}"
-    )
+        metrics = response.read().decode().splitlines()
+        lines += [line for line in metrics if line.startswith(watched)]
+    return "\n".join(lines)
+
+
+async def _locate(settings: Settings, event_ids: set[str]) -> dict[str, tuple[int, int]]:
+    """(partition, offset) of the message that carries each of ``event_ids``."""
+    consumer = AIOKafkaConsumer(
+        settings.topic_calls, bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest", enable_auto_commit=False,
+    )  # fmt: skip
+    found: dict[str, tuple[int, int]] = {}
+    await consumer.start()
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=2000)
+            if not batches:
+                return found
+            for records in batches.values():
+                for record in records:
+                    for raw in decode_calls(record.value or b""):
+                        event_id = str(raw.get("event_id")) if isinstance(raw, dict) else ""
+                        if event_id in event_ids:
+                            found.setdefault(event_id, (record.partition, record.offset))
+    finally:
+        await consumer.stop()
 
 
 async def _produce_to(settings: Settings, partitions: list[int], events: list[UsageEvent]) -> None:
