@@ -13,9 +13,9 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP, EventT, StreamT
@@ -32,7 +32,7 @@ from stream_processor.pricing import PriceBook
 from stream_processor.pricing.watch import WatchedBook
 from stream_processor.sink import Aborted, ClickHouseWriter, Sink
 from stream_processor.validate import Rejected, validate_message
-from stream_processor.watchdog import StallDetector
+from stream_processor.watchdog import HoleGuard, StallDetector, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,24 @@ def patch_seek_to_committed(
     consumer.seek_to_committed = seek_to_committed
 
 
+def patch_gap_tracking(consumer: Any, topic: str) -> Callable[[TP, int, int], Awaitable[None]]:
+    """Keep Faust from counting a hole in ``topic``'s delivery as processed.
+
+    Faust (0.15.3) treats offsets it did not see between two delivered messages as a gap
+    in the log and commits over them once the messages around it are acked. For the calls
+    topic the processor judges such holes itself (``Processor._past_hole``) and reports
+    only real gaps, through the original method, which is returned.
+    """
+    original = consumer._add_gap
+
+    async def add_gap(tp: TP, offset_from: int, offset_to: int) -> None:
+        if tp.topic != topic:
+            await original(tp, offset_from, offset_to)
+
+    consumer._add_gap = add_gap
+    return cast(Callable[[TP, int, int], Awaitable[None]], original)
+
+
 def fetch_state(consumer: Any, tp: TP) -> str:
     """What Faust and aiokafka think of a partition, for the log of a stall."""
     facts = []
@@ -189,6 +207,8 @@ class Processor:
         self._progress: tuple[int, ...] = ()
         self._seek_patched = False
         self.stalls = StallDetector(ticks=2)
+        self.holes = HoleGuard()
+        self._faust_add_gap: Callable[[TP, int, int], Awaitable[None]] | None = None
         self._starts: dict[int, int] = {}  # calls partition -> offset it started at
         self._busy = False  # the calls agent is inside handle_call
         self._handled = 0  # messages the calls agent has taken (watchdog: is it moving?)
@@ -231,11 +251,18 @@ class Processor:
     async def handle_call(self, event: EventT) -> None:
         message = event.message
         partition, offset = message.partition, message.offset
-        expected = self.sink.next_offsets.get(partition)
+        expected = self.sink.next_offsets.get(partition, self._starts.get(partition))
         if expected is not None and offset < expected:
             # Faust re-delivered a message this assignment already took (a rewinding
             # seek after recovery): the first delivery is buffered or written already.
             return
+        if (
+            expected is not None
+            and offset > expected
+            and not await self._past_hole(partition, expected, offset)
+        ):
+            return  # not acked: it comes again once the hole is re-fetched
+        self.holes.closed(partition)
         if not self.sink.is_open(partition):  # first message since the partition was assigned
             generation = self.sink.generation
             await self.sink.open_partition(partition, offset)
@@ -262,6 +289,32 @@ class Processor:
         for item in rejected:
             await self._dead_letter(event, item)
         await self.sink.add(partition, offset, event, rows)
+
+    async def _past_hole(self, partition: int, expected: int, offset: int) -> bool:
+        """Whether to take message ``offset`` although ``expected`` has not arrived yet.
+
+        No until the missing offsets were re-fetched (``watchdog.HoleGuard``); yes once
+        they are known to be missing from the log itself, and then Faust may commit over
+        them (it is kept from doing so on its own, see ``patch_gap_tracking``).
+        """
+        tp = TP(self.settings.topic_calls, partition)
+        verdict = self.holes.check(partition, expected, offset)
+        if verdict is Verdict.SEEK:
+            log.warning("partition %d delivered offset %d while %d is next: re-fetching "
+                        "from %d", partition, offset, expected, expected)  # fmt: skip
+            self.metrics.hole_seeks.inc()
+            with contextlib.suppress(Exception):
+                await self.app.consumer.seek_wait({tp: expected})
+            return False
+        if verdict is Verdict.SKIP:
+            return False
+        log.warning("partition %d: offsets %d-%d are missing from the log itself (still "
+                    "absent after re-fetching); going on at %d", partition, expected,
+                    offset - 1, offset)  # fmt: skip
+        self.metrics.gaps_accepted.inc(offset - expected)
+        if self._faust_add_gap is not None:
+            await self._faust_add_gap(tp, expected, offset - 1)
+        return True
 
     def _table_items(self) -> Iterable[tuple[bytes, bytes]]:
         return list(self.dedupe.data.items())
@@ -434,6 +487,7 @@ class Processor:
     async def _on_assigned(self, app: faust.App, assigned: set[TP], **_: Any) -> None:
         if not self._seek_patched:
             self._seek_patched = True
+            self._faust_add_gap = patch_gap_tracking(app.consumer, self.settings.topic_calls)
             patch_seek_to_committed(
                 app.consumer,
                 {self.settings.topic_calls, self.settings.topic_entities},
@@ -469,6 +523,7 @@ class Processor:
         except Exception as exc:  # a failed commit only means a replay
             log.warning("rebalance: commit failed (%s); batches will be replayed", exc)
         self._starts.clear()
+        self.holes.reset()
         log.info("rebalance: partitions revoked; open batches dropped (replayed if unflushed)")
         await self.sink.reset()
         for partition in list(self.deduper.partitions()):

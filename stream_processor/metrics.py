@@ -45,6 +45,12 @@ class Metrics:
         self.stall_seeks = counter(
             "stall_seeks", "Seeks of a partition that delivered nothing while messages waited"
         )
+        self.hole_seeks = counter(
+            "hole_seeks", "Re-fetches of a partition whose messages arrived with a hole in them"
+        )
+        self.gaps_accepted = counter(
+            "gaps_accepted", "Offsets missing from the log itself, still missing after re-fetches"
+        )
         self.insert_seconds = Histogram(
             _P + "insert_seconds",
             "Latency of one acknowledged ClickHouse batch insert",

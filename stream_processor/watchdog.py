@@ -1,4 +1,5 @@
-"""Find calls partitions that stopped delivering although the broker holds more messages.
+"""Find calls partitions that stopped delivering although the broker holds more messages,
+and messages that arrive past a hole.
 
 Faust (0.15.3) resumes fetching before its post-recovery seek, and after a rebalance or a
 broker outage aiokafka was seen to stop returning records for a partition. The consumer's
@@ -12,7 +13,10 @@ by offset.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
 
 
 class StallDetector:
@@ -48,3 +52,62 @@ class StallDetector:
     def reset(self) -> None:
         """Forget every observation (an agent busy with ClickHouse is not a stall)."""
         self._seen = {}
+
+
+class Verdict(Enum):
+    SEEK = "seek"  # re-fetch from the expected offset; drop this message (it comes again)
+    SKIP = "skip"  # a re-fetch is under way; drop this message (it comes again)
+    ACCEPT = "accept"  # re-fetched and still missing: a real gap in the log
+
+
+@dataclass
+class _Hole:
+    expected: int
+    seeks: int
+    sought_at: float
+
+
+class HoleGuard:
+    """Judge a message that arrives past the offset its partition expects next.
+
+    Faust and aiokafka were seen to hand the agent a partition's messages with a hole in
+    them (offset 11, then 16) around a restart; Faust then counted the hole as processed
+    and committed past it, so those calls were never written. Offsets of the calls topic
+    are contiguous unless the log really lacks them (transaction markers, compaction), so a
+    hole is first re-fetched: ``retries`` seeks, ``retry_after_s`` apart, before it is
+    accepted as a real gap.
+    """
+
+    def __init__(
+        self,
+        retries: int = 3,
+        retry_after_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.retries = retries
+        self.retry_after_s = retry_after_s
+        self.clock = clock
+        self._holes: dict[int, _Hole] = {}
+
+    def check(self, partition: int, expected: int, offset: int) -> Verdict:
+        """``offset`` arrived although ``partition`` expects ``expected`` (< ``offset``)."""
+        now = self.clock()
+        hole = self._holes.get(partition)
+        if hole is None or hole.expected != expected:
+            self._holes[partition] = _Hole(expected, 1, now)
+            return Verdict.SEEK
+        if now - hole.sought_at < self.retry_after_s:
+            return Verdict.SKIP
+        if hole.seeks < self.retries:
+            hole.seeks += 1
+            hole.sought_at = now
+            return Verdict.SEEK
+        del self._holes[partition]
+        return Verdict.ACCEPT
+
+    def closed(self, partition: int) -> None:
+        """The partition delivered the offset it expected: no hole (any more)."""
+        self._holes.pop(partition, None)
+
+    def reset(self) -> None:
+        self._holes.clear()

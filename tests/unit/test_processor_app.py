@@ -124,3 +124,51 @@ def test_watchdog_reseeks_a_partition_that_never_delivered(tmp_path: Path) -> No
     fresh = TP(settings.topic_calls, 1)
     assert consumer.asked[-1] == {TP(settings.topic_calls, 0), fresh}
     assert consumer.seeks == [{fresh: 3}] and consumer.resumed == [fresh]
+
+
+def test_a_message_past_a_hole_is_refetched_not_taken_and_faust_does_not_commit_over_it(
+    tmp_path: Path,
+) -> None:
+    """Partition 3 expects offset 12 and offset 16 arrives: the sink must not see it (it
+    comes again after the re-fetch from 12), and Faust's own gap tracking, which would
+    count 12..15 as processed and commit over them, is kept out of the calls topic."""
+    from faust.types import TP
+
+    from stream_processor.app import patch_gap_tracking
+
+    processor = _processor(tmp_path)
+    calls = processor.settings.topic_calls
+
+    class FakeConsumer:
+        def __init__(self) -> None:
+            self.seeks: list[dict[TP, int]] = []
+            self.gaps: list[tuple[TP, int, int]] = []
+
+        async def seek_wait(self, offsets: dict[TP, int]) -> None:
+            self.seeks.append(offsets)
+
+        async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+            self.gaps.append((tp, offset_from, offset_to))
+
+    consumer = FakeConsumer()
+    processor._faust_add_gap = patch_gap_tracking(consumer, calls)
+    asyncio.run(consumer._add_gap(TP(calls, 3), 12, 16))
+    asyncio.run(consumer._add_gap(TP("other", 0), 1, 2))
+    assert consumer.gaps == [(TP("other", 0), 1, 2)]
+
+    processor.app.consumer = consumer  # type: ignore[assignment]
+    processor._starts = {3: 12}  # where the partition (re)starts: its committed offset
+
+    class Message:
+        topic, partition, offset, value, key = calls, 3, 16, b"[]", None
+
+    class Event:
+        message = Message()
+
+        def ack(self) -> bool:
+            raise AssertionError("a message past a hole must not be acked")
+
+    asyncio.run(processor.handle_call(Event()))  # type: ignore[arg-type]
+    assert consumer.seeks == [{TP(calls, 3): 12}]
+    assert not processor.sink.is_open(3) and processor.sink.next_offsets == {}
+    assert processor.metrics.hole_seeks._value.get() == 1
