@@ -73,7 +73,7 @@ def test_clickhouse_outage_20s_worker_backs_off_api_503_totals_exact(
     settings = fast_worker(own_stack.settings, api_keys=KEYS)
     worker = worker_factory(settings)
     worker.wait_assigned(timeout=90)
-    cfg = SimulationConfig(calls=25_000, days=3, seed=rng.randrange(1 << 30), tenants=3)
+    cfg = SimulationConfig(calls=15_000, days=3, seed=rng.randrange(1 << 30), tenants=3)
     stream = Stream(settings, cfg, rate=1000).start()
     api = TestClient(create_app(settings))
     auth = {"Authorization": "Bearer key-1"}

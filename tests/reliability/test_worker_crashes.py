@@ -30,7 +30,7 @@ from tests.reliability.conftest import (
 
 pytestmark = pytest.mark.integration
 
-CALLS = 50_000
+CALLS = 30_000
 
 
 def _busy(settings: Settings, worker: WorkerProcess, rows_before: int, timeout: float) -> int:
@@ -46,13 +46,13 @@ def test_worker_sigkilled_three_times_mid_stream_totals_exact(
     worker_factory: Callable[[Settings], WorkerProcess],
     rng: random.Random,
 ) -> None:
-    """Three SIGKILLs at random moments of a 50,000-call stream, each followed by a restart.
+    """Three SIGKILLs at random moments of a 30,000-call stream, each followed by a restart.
 
-    A restarted worker joins the group only once the killed member's session (10 s) has
-    expired, about 15-20 s after the kill; the stream is paced (~55 s) so that the kills land
+    A restarted worker joins the group only once the killed member's session (6 s) has
+    expired, about 10 s after the kill; the stream is paced (~33 s) so that the kills land
     while calls are still being published, not only while a backlog is drained.
     """
-    settings = fast_worker(migrated)
+    settings = fast_worker(migrated, processor_session_timeout_s=6.0)
     cfg = SimulationConfig(calls=CALLS, days=3, seed=rng.randrange(1 << 30), tenants=3)
     worker = worker_factory(settings)
     worker.wait_assigned(timeout=90)
@@ -86,7 +86,7 @@ def test_two_workers_one_sigkilled_survivor_takes_over_totals_exact(
     worker_factory: Callable[[Settings], WorkerProcess],
     rng: random.Random,
 ) -> None:
-    settings = fast_worker(migrated)
+    settings = fast_worker(migrated, processor_session_timeout_s=6.0)
     one = worker_factory(settings)
     two = worker_factory(settings.model_copy(update={"processor_web_port": free_port()}))
 
