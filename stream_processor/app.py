@@ -13,8 +13,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -136,26 +135,6 @@ def patch_seek_to_committed(
     consumer.seek_to_committed = seek_to_committed
 
 
-class CallsReadOffsets(defaultdict[TP, int | None]):
-    """Faust's per-partition read offsets, blind for one topic.
-
-    Faust (0.15.3) drops a fetched message whose offset is below the partition's read
-    offset. A fetch still being handed out after a seek moves that offset past the seek
-    target again, so the re-fetched messages were dropped: the agent saw a hole, and a
-    re-seek to fill it did not help either. For the calls topic no message is dropped
-    here; the processor skips offsets it has taken already itself (``handle_call``).
-    """
-
-    def __init__(self, topic: str, items: Mapping[TP, int | None]) -> None:
-        super().__init__(lambda: None, items)
-        self.topic = topic
-
-    def __getitem__(self, tp: TP) -> int | None:
-        if tp.topic == self.topic:
-            return None
-        return super().__getitem__(tp)
-
-
 def patch_gap_tracking(consumer: Any, topic: str) -> Callable[[TP, int, int], Awaitable[None]]:
     """Keep Faust from counting a hole in ``topic``'s delivery as processed.
 
@@ -236,7 +215,6 @@ class Processor:
         self._handled_at_tick = 0
         self._progress_logged = 0.0
         self._wire()
-        self._patch_consumer()
 
     # --- wiring ----------------------------------------------------------------------------
     def _wire(self) -> None:
@@ -258,14 +236,6 @@ class Processor:
 
         app.page("/metrics")(metrics)
         app.page("/health")(health)
-
-    def _patch_consumer(self) -> None:
-        """Before the worker starts (Faust's fetcher binds these when it starts): keep
-        Faust from dropping or skipping calls-topic messages on its own."""
-        consumer: Any = self.app.consumer
-        topic = self.settings.topic_calls
-        consumer._read_offset = CallsReadOffsets(topic, consumer._read_offset)
-        self._faust_add_gap = patch_gap_tracking(consumer, topic)
 
     async def _calls_agent(self, stream: StreamT) -> None:
         async for event in stream.noack().events():  # type: ignore[attr-defined]
@@ -517,6 +487,7 @@ class Processor:
     async def _on_assigned(self, app: faust.App, assigned: set[TP], **_: Any) -> None:
         if not self._seek_patched:
             self._seek_patched = True
+            self._faust_add_gap = patch_gap_tracking(app.consumer, self.settings.topic_calls)
             patch_seek_to_committed(
                 app.consumer,
                 {self.settings.topic_calls, self.settings.topic_entities},

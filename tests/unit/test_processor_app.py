@@ -172,21 +172,3 @@ def test_a_message_past_a_hole_is_refetched_not_taken_and_faust_does_not_commit_
     assert consumer.seeks == [{TP(calls, 3): 12}]
     assert not processor.sink.is_open(3) and processor.sink.next_offsets == {}
     assert processor.metrics.hole_seeks._value.get() == 1
-
-
-def test_faust_never_drops_a_calls_message_by_its_read_offset(tmp_path: Path) -> None:
-    """Faust drops a fetched message below the partition's read offset; a stale fetch
-    moved that offset past a seek target, so re-fetched calls were dropped. The worker's
-    consumer reads no offset for the calls topic (the agent skips repeats itself)."""
-    from faust.types import TP
-
-    processor = _processor(tmp_path)
-    read_offsets: Any = processor.app.consumer._read_offset  # type: ignore[attr-defined]
-    calls, other = TP(processor.settings.topic_calls, 3), TP("changelog", 3)
-    read_offsets[calls] = 40
-    read_offsets[other] = 40
-    assert read_offsets[calls] is None  # so a re-fetched offset 12 is delivered
-    assert read_offsets[other] == 40 and read_offsets[TP("changelog", 4)] is None
-    read_offsets.update({calls: 50})
-    read_offsets.pop(calls, None)
-    assert calls not in read_offsets
