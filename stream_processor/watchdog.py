@@ -80,8 +80,8 @@ class HoleGuard:
 
     def __init__(
         self,
-        retries: int = 3,
-        retry_after_s: float = 1.0,
+        retries: int = 10,
+        retry_after_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.retries = retries
