@@ -303,8 +303,7 @@ class Processor:
             log.warning("partition %d delivered offset %d while %d is next: re-fetching "
                         "from %d", partition, offset, expected, expected)  # fmt: skip
             self.metrics.hole_seeks.inc()
-            with contextlib.suppress(Exception):
-                await self.app.consumer.seek_wait({tp: expected})
+            await self._seek(tp, expected)
             return False
         if verdict is Verdict.SKIP:
             return False
@@ -474,15 +473,21 @@ class Processor:
                 partition, next_offset, end, fetch_state(consumer, tp),
             )  # fmt: skip
             self.metrics.stall_seeks.inc()
-            with contextlib.suppress(Exception):
-                # seek_wait runs on the consumer's own thread; consumer.seek() would call
-                # aiokafka from this loop while that thread drains records (a KeyError there
-                # crashed Faust's Fetcher, after a ClickHouse outage, and the worker stalled)
-                await consumer.seek_wait({tp: next_offset})
+            await self._seek(tp, next_offset)
             # Faust leaves a partition out of its fetches while it counts it paused or
             # not active; put it back (a no-op for one that is fetched already).
             with contextlib.suppress(Exception):
                 consumer.resume_partitions([tp])
+
+    async def _seek(self, tp: TP, offset: int) -> None:
+        """Make the consumer fetch ``tp`` from ``offset`` next (best effort).
+
+        seek_wait runs on the consumer's own thread; consumer.seek() would call aiokafka
+        from this loop while that thread drains records (a KeyError there crashed Faust's
+        Fetcher, after a ClickHouse outage, and the worker stalled).
+        """
+        with contextlib.suppress(Exception):
+            await self.app.consumer.seek_wait({tp: offset})
 
     async def _on_assigned(self, app: faust.App, assigned: set[TP], **_: Any) -> None:
         if not self._seek_patched:
