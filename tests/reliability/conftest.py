@@ -173,6 +173,9 @@ class Stream:
     hold_at: int | None = None
     resume: threading.Event = field(default_factory=threading.Event)
     published: int = 0
+    # the longest single publish() call since the test last reset it: a publisher that waits
+    # for the broker shows up here, however slowly a busy machine generates the traffic
+    slowest_publish_s: float = 0.0
     stats: list[dict[str, Any]] = field(default_factory=list)
     manifest: Manifest = field(default_factory=lambda: Manifest(price=PRICER))
     error: BaseException | None = None
@@ -216,7 +219,10 @@ class Stream:
                 elif item.call is not None:
                     # one service per source: chat, agent and memory publish independently
                     index = ["chat", "agent", "memory"].index(item.call.source.value)
+                    begun = time.monotonic()
                     await pubs[index % len(pubs)].publish(item.call)
+                    took = time.monotonic() - begun
+                    self.slowest_publish_s = max(self.slowest_publish_s, took)
                 self.manifest.record(item)
                 if item.call is not None and not item.duplicate:
                     self.published += 1

@@ -174,6 +174,7 @@ def test_broker_unreachable_10s_services_spool_and_replay_totals_exact(
         time.sleep(rng.uniform(0.0, 1.0))
         before = stream.published
         assert stream.running()
+        stream.slowest_publish_s = 0.0
         started = time.monotonic()
         if fault == "unreachable":
             broker.link.cut()
@@ -189,9 +190,16 @@ def test_broker_unreachable_10s_services_spool_and_replay_totals_exact(
             else:
                 broker.thaw()
         during = stream.published - before
-        print(f"broker {fault} for {time.monotonic() - started:.1f}s; {during} calls published "
-              "meanwhile")  # fmt: skip
-        assert during > 5000, "the services kept publishing while the broker was out of reach"
+        slowest = stream.slowest_publish_s
+        print(
+            f"broker {fault} for {time.monotonic() - started:.1f}s; {during} calls published "
+            f"meanwhile, the slowest publish() took {slowest * 1000:.0f} ms"
+        )
+        # The services kept publishing: no publish() waited for the broker (that would take
+        # the request timeout, 2 s). How many calls that makes depends on the machine's speed
+        # (10,000 on a quiet one, 2,705 in one CI run), so the count only has to be non-zero.
+        assert during > 0, "the services stopped publishing while the broker was out of reach"
+        assert slowest < 1.0, f"a publish() waited {slowest:.2f} s for the broker"
 
         manifest = stream.join(timeout=180)
         spooled = sum(int(s["spooled"]) for s in stream.stats)
