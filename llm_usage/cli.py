@@ -178,6 +178,14 @@ def worker() -> None:
     run(pipeline_settings())
 
 
+@app.command()
+def alerter() -> None:
+    """Judge new usage for spikes and budgets; raise alerts (topic, ClickHouse, webhooks)."""
+    from stream_processor.alerts.evaluator import run_alerter
+
+    run_alerter(pipeline_settings())
+
+
 prices_app = typer.Typer(
     help="The price book: list it, regenerate it from the price library, check SDK coverage.",
     invoke_without_command=True,

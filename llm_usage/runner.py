@@ -101,6 +101,13 @@ class ApiProcess(ChildProcess):
             return dict(json.loads(response.read()))
 
 
+class AlerterProcess(ChildProcess):
+    """``llm-usage alerter`` as a child process."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        super().__init__(["llm_usage", "alerter"], settings, log_path)
+
+
 class IngestProcess(ApiProcess):
     """``llm-usage ingest`` as a child process (ready once Kafka accepts connections)."""
 
@@ -164,11 +171,14 @@ def run_pipeline(settings: Settings, options: RunOptions) -> None:
         cleanup.callback(api.stop)
         ingest = IngestProcess(settings, logs / "ingest.log").start()
         cleanup.callback(ingest.stop)
+        alerter = AlerterProcess(settings, logs / "alerter.log").start()
+        cleanup.callback(alerter.stop)
         worker.wait_assigned(timeout=120)
         api.wait_ready()
         ingest.wait_ready()
         console.print(
-            f"worker pid {worker.pid}, API pid {api.pid}, ingest pid {ingest.pid}"
+            f"worker pid {worker.pid}, API pid {api.pid}, ingest pid {ingest.pid},"
+            f" alerter pid {alerter.pid}"
             f" ({ingest.base_url}/v1/events, /v1/traces); logs in {logs}"
         )
 

@@ -6,6 +6,7 @@ operator sets one family of environment variables, all prefixed ``LLM_USAGE_``.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,6 +24,10 @@ class Settings(BaseSettings):
     topic_calls: str = Field("llm-usage.calls", description="raw call events")
     topic_entities: str = Field("llm-usage.entities", description="rename events")
     topic_dead_letter: str = Field("llm-usage.dead-letter", description="rejected events")
+    topic_alerts: str = Field("llm-usage.alerts", description="spike and budget alerts")
+    topic_budget_status: str = Field(
+        "llm-usage.budget-status", description="used-up hard budgets, for producers' guards"
+    )
     topic_partitions: int = Field(6, ge=1, description="partitions of the calls topic")
     kafka_security_protocol: str = Field(
         "PLAINTEXT",
@@ -198,6 +203,31 @@ class Settings(BaseSettings):
     )
     ingest_otlp_mapping: Path | None = Field(
         None, description="JSON file overriding the OTLP span attribute mapping (README)"
+    )
+
+    # --- Alerter (stream_processor/alerts/) -------------------------------------------
+    alert_interval_s: float = Field(
+        15.0, gt=0, description="how often the alerter looks for new data and judges it"
+    )
+    alert_spike_sensitivity: float = Field(
+        6.0, gt=0, description="robust standard deviations above normal that make a spike"
+    )
+    alert_spike_min_ratio: float = Field(
+        3.0, ge=1, description="a spike hour is at least this multiple of a normal hour"
+    )
+    alert_spike_min_cost_usd: Decimal = Field(
+        Decimal("1"), ge=0, description="an hour costing less never alerts (tiny entities)"
+    )
+    alert_spike_min_calls: int = Field(
+        20, ge=1, description="a spike by call count needs at least this many calls"
+    )
+    alert_webhook_timeout_s: float = Field(5.0, gt=0, description="one delivery attempt")
+    alert_webhook_attempts: int = Field(8, ge=1, description="attempts before giving up")
+    alert_webhook_backoff_s: float = Field(
+        1.0, gt=0, description="first retry delay (doubles per attempt, capped at 5 min)"
+    )
+    budget_status_max_age_s: float = Field(
+        300.0, gt=0, description="budget_guard lets calls through when its status is older"
     )
 
     @field_validator("clickhouse_url")

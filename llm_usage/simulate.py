@@ -115,6 +115,7 @@ class Published:
     call: UsageEvent | None = None
     rename: EntityRenamed | None = None
     duplicate: bool = False
+    spike: tuple[datetime, datetime] | None = None  # the injected spike this call is part of
 
 
 def _pick(rng: random.Random, weighted: list[tuple[Any, float]]) -> Any:
@@ -341,7 +342,8 @@ def generate(cfg: SimulationConfig) -> Iterator[Published]:
             web_fetch_requests=fetches,
             thinking_tokens=tokens["thinking_tokens"],
         )
-        yield Published(call=event)
+        spike = (spike_start, spike_start + timedelta(hours=1)) if in_spike else None
+        yield Published(call=event, spike=spike)
         if rng.random() < cfg.duplicate_rate:
             yield Published(call=event, duplicate=True)
         if not carries_name and seen >= 1 and rng.random() < 0.5:
@@ -413,6 +415,8 @@ class Manifest:
     renames: int = 0
     duplicates_published: int = 0
     model_of: Callable[[str], str] = _same_model
+    # injected spikes: (tenant_id, source, source_id) -> [start, end) of the spike
+    spikes: dict[tuple[str, str, str], tuple[datetime, datetime]] = field(default_factory=dict)
 
     def record(self, item: Published) -> None:
         if item.rename is not None:
@@ -423,6 +427,8 @@ class Manifest:
             self.duplicates_published += 1
             return
         event = item.call
+        if item.spike is not None:
+            self.spikes[(event.tenant_id, event.source.value, event.source_id)] = item.spike
         cost = self.price(event)
         self.total.add(event, cost)
         self.by_tenant.setdefault(event.tenant_id, Totals()).add(event, cost)
@@ -437,6 +443,16 @@ class Manifest:
             "by_model": {k: v.as_json() for k, v in sorted(self.by_model.items())},
             "renames_published": self.renames,
             "duplicates_published": self.duplicates_published,
+            "spikes": [
+                {
+                    "tenant_id": tenant,
+                    "source": source,
+                    "source_id": source_id,
+                    "start": start.isoformat(),
+                    "end": end.isoformat(),
+                }
+                for (tenant, source, source_id), (start, end) in sorted(self.spikes.items())
+            ],
         }
 
 

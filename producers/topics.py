@@ -23,8 +23,14 @@ log = logging.getLogger(__name__)
 
 
 def pipeline_topics(settings: Settings) -> list[str]:
-    """Every topic the pipeline uses: calls, entities, dead letters."""
-    return [settings.topic_calls, settings.topic_entities, settings.topic_dead_letter]
+    """Every topic the pipeline uses: calls, entities, dead letters, alerts, budget status."""
+    return [
+        settings.topic_calls,
+        settings.topic_entities,
+        settings.topic_dead_letter,
+        settings.topic_alerts,
+        settings.topic_budget_status,
+    ]
 
 
 async def ensure_topics(

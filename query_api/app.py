@@ -12,12 +12,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from llm_usage.settings import Settings, get_settings
-from query_api import health, keys_api, page, usage
+from query_api import alerts_api, health, keys_api, page, usage
 from query_api.db import ClickHouse, Unavailable
 from query_api.keys import Authenticator, KeyStore
 from query_api.metrics import ApiMetrics, MetricsMiddleware
 from query_api.repository import UsageRepository
 from query_api.window import WindowError
+from stream_processor.alerts.store import AlertStore
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ def create_app(
     app.state.db = db
     app.state.repository = repository
     app.state.authenticator = Authenticator(settings, KeyStore(db))
+    app.state.alert_store = AlertStore(db)
     app.state.metrics = ApiMetrics()
 
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
@@ -54,6 +56,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(usage.router)
     app.include_router(keys_api.router)
+    app.include_router(alerts_api.router)
     # --- the Usage page (issue 6): include its router here -----------------------------
     app.include_router(page.router)
     return app

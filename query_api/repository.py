@@ -108,6 +108,12 @@ class Filters:
     source: str | None = None
     search: str | None = None
     matches: tuple[tuple[str, str], ...] | None = None
+    source_id: str | None = None  # one conversation or agent (budgets of one entity)
+
+    @property
+    def per_entity(self) -> bool:
+        """Whether only the rollups that keep ``source_id`` can answer."""
+        return bool(self.search or self.source_id)
 
 
 def _zero() -> Decimal:
@@ -246,6 +252,8 @@ def _filter_conditions(filters: Filters, params: _Params) -> list[str]:
     conditions = [f"tenant_id = {tenant}"]
     if filters.source:
         conditions.append(f"source = {params.bind(filters.source, 'String')}")
+    if filters.source_id:
+        conditions.append(f"source_id = {params.bind(filters.source_id, 'String')}")
     if filters.search and filters.matches is not None:
         if not filters.matches:
             conditions.append("0")  # nothing matches: ClickHouse reads nothing
@@ -371,7 +379,7 @@ class UsageRepository:
             ranges or [(window.start_ms, window.end_ms)],
             filters,
             keys,
-            tiers=DETAILED if filters.search else tiers,
+            tiers=DETAILED if filters.per_entity else tiers,
             metrics=metrics,
             raw_grain=raw_grain,
             params=params,

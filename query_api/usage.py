@@ -81,9 +81,16 @@ def get_filters(
         str | None,
         Query(max_length=200, description="case-insensitive substring of the latest name"),
     ] = None,
+    source_id: Annotated[
+        str | None,
+        Query(max_length=200, description="only this conversation or agent id"),
+    ] = None,
 ) -> Filters:
     """The caller's tenant and filters; a name search is resolved to entities once here."""
-    return repo.resolve_search(Filters(tenant=tenant, source=source, search=search or None))
+    filters = Filters(
+        tenant=tenant, source=source, search=search or None, source_id=source_id or None
+    )
+    return repo.resolve_search(filters)
 
 
 WindowDep = Annotated[Window, Depends(get_window)]

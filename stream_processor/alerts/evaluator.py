@@ -1,0 +1,465 @@
+"""The alerter: every ``alert_interval_s`` it judges what changed and raises new alerts.
+
+Why an evaluator over the rollups and not Faust tables in the worker: the rollups are
+already exact (deduplicated, priced, repriced), keyed by event time and durable, so a week's
+backfill is judged exactly like live traffic, and a crashed worker or alerter loses nothing:
+every alert has a deterministic id (the entity and the hour its spike started, or the
+budget, period and threshold), so judging an hour again finds the alert it already raised.
+The 7-day baseline the detector needs is in ``usage_hourly`` already; a Faust table would
+keep a second copy of it in a changelog. Latency: the worker writes within about a second,
+and the alerter looks every ``alert_interval_s`` (15 s), far inside the 2 minutes allowed.
+
+Per tick:
+
+1. ``ingest_activity`` names the (tenant, event-time hour) pairs written since the last
+   tick; those hours, plus the start hours of spikes still open, are judged per agent,
+   conversation and tenant (:mod:`spikes`). A tenant's spike is not raised on its own when
+   one of its agents or conversations is anomalous in the same hour: that alert names it.
+2. Every budget's spend in its current period is compared with its thresholds.
+3. New alerts go to ClickHouse (``alerts``), then to the ``llm-usage.alerts`` topic (key:
+   alert id; consumers drop repeats), then to each webhook of the tenant (at least once).
+4. The used-up hard budgets of each tenant go to the budget-status topic, for producers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import httpx
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from llm_usage.kafka import kafka_client_options
+from llm_usage.settings import Settings
+from producers.topics import ensure_topics
+from query_api.db import ClickHouse, Unavailable
+from query_api.repository import UsageRepository
+from stream_processor.alerts.budgets import Budget, Period, crossed, spend_of, used_up
+from stream_processor.alerts.spikes import HOUR, HourUsage, Spike, SpikeRule, judge, spikes
+from stream_processor.alerts.store import TOPIC_TARGET, Alert, AlertStore, Webhook
+from stream_processor.alerts.webhooks import deliver
+
+log = logging.getLogger(__name__)
+
+LOOKBACK = timedelta(days=8)  # a restart re-judges the hours written in this long
+SAFETY = timedelta(seconds=30)  # inserts in flight when a tick read ingest_activity
+LATENESS = timedelta(minutes=5)  # an hour counts as complete this long after it ended
+TENANT = ("", "")  # the (source, source_id) key of a tenant's own series
+
+
+def _id(*parts: object) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+def spike_id(tenant: str, source: str, source_id: str, start: datetime) -> str:
+    return _id("spike", tenant, source, source_id, start.isoformat())
+
+
+def _hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def rule_of(settings: Settings) -> SpikeRule:
+    return SpikeRule(
+        sensitivity=settings.alert_spike_sensitivity,
+        min_ratio=settings.alert_spike_min_ratio,
+        min_cost_usd=settings.alert_spike_min_cost_usd,
+        min_calls=settings.alert_spike_min_calls,
+    )
+
+
+def _money(value: Decimal) -> str:
+    return f"${value.quantize(Decimal('0.01'))}"
+
+
+def _tenant_series(
+    entities: Iterable[dict[datetime, HourUsage]],
+) -> dict[datetime, HourUsage]:
+    cost: dict[datetime, Decimal] = defaultdict(Decimal)
+    calls: dict[datetime, int] = defaultdict(int)
+    for usage in entities:
+        for hour, u in usage.items():
+            cost[hour] += u.cost_usd
+            calls[hour] += u.calls
+    return {hour: HourUsage(cost[hour], calls[hour]) for hour in cost}
+
+
+def _spike_hours(found: list[Spike], complete_before: datetime) -> list[datetime]:
+    """Every hour of the spikes in ``found`` (an open one: up to ``complete_before``)."""
+    hours: list[datetime] = []
+    for spike in found:
+        end = spike.end or max(complete_before, spike.start + HOUR)
+        hour = spike.start
+        while hour < end:
+            hours.append(hour)
+            hour += HOUR
+    return hours
+
+
+class Evaluator:
+    """The synchronous part of a tick: read ClickHouse, judge, store new alerts."""
+
+    def __init__(
+        self, settings: Settings, db: ClickHouse, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self.store = AlertStore(db)
+        self.repository = UsageRepository(db)
+        self.rule = rule_of(settings)
+        self.clock = clock
+        self.since = datetime.fromtimestamp(clock(), UTC) - LOOKBACK
+
+    def close(self) -> None:
+        self.repository.close()
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    def tick(self) -> list[Alert]:
+        """Judge what changed; returns the alerts raised (already stored)."""
+        changed = self.store.changed_hours(self.since)
+        hours: dict[str, set[datetime]] = defaultdict(set)
+        latest = self.since
+        for tenant, hour, ingested in changed:
+            hours[tenant].add(hour)
+            latest = max(latest, ingested)
+        for tenant, start in self.store_open_spikes():
+            hours[tenant].add(start)
+        raised: list[Alert] = []
+        for tenant, judged in sorted(hours.items()):
+            raised += self._spikes(tenant, judged)
+        raised += self._budgets()
+        self.since = latest - SAFETY
+        return raised
+
+    # --- spikes ---------------------------------------------------------------------------
+    def store_open_spikes(self) -> list[tuple[str, datetime]]:
+        return self.store.open_spikes()
+
+    def _spikes(self, tenant: str, judged: set[datetime]) -> list[Alert]:
+        start = min(judged) - self.rule.baseline - timedelta(days=1)
+        end = max(judged) + timedelta(days=1)
+        series: dict[tuple[str, str], dict[datetime, HourUsage]] = defaultdict(dict)
+        for source, source_id, hour, cost, calls in self.store.hourly(tenant, start, end):
+            series[(source, source_id)][hour] = HourUsage(cost, calls)
+        series[TENANT] = _tenant_series(series.values())
+        watermark = self.store.event_watermark(tenant) or self.now()
+        complete_before = max(_hour(watermark), _hour(self.now() - LATENESS))
+
+        found = {
+            key: got
+            for key, usage in series.items()
+            if (got := spikes(judged, usage, self.rule, complete_before=complete_before))
+        }
+        # A tenant's spike that one of its agents or conversations explains (anomalous in
+        # one of its hours) is that entity's alert, not a second one.
+        tenant_spikes = found.pop(TENANT, [])
+        explained = {
+            hour
+            for key, usage in series.items()
+            if key != TENANT
+            for hour in _spike_hours(tenant_spikes, complete_before)
+            if judge(hour, usage, self.rule).anomalous
+        }
+        kept = [s for s in tenant_spikes if not explained & set(_spike_hours([s], complete_before))]
+        if kept:
+            found[TENANT] = kept
+        names = self.store.names(tenant, [key for key in found if key != TENANT])
+        candidates = [
+            alert
+            for (source, source_id), got in found.items()
+            for spike in got
+            for alert in self._spike_alerts(
+                tenant, source, source_id, names.get((source, source_id), ""), spike
+            )
+        ]
+        return self._new(tenant, candidates)
+
+    def _spike_alerts(
+        self, tenant: str, source: str, source_id: str, name: str, spike: Spike
+    ) -> list[Alert]:
+        first = spike.first
+        assert first.baseline is not None
+        base = first.baseline
+        who = f"{name or source_id} ({source})" if source else f"tenant {tenant}"
+        scope = "entity" if source else "tenant"
+        alert_id = spike_id(tenant, source, source_id, spike.start)
+        hour = f"{spike.start:%Y-%m-%d %H:00} UTC"
+        now = self.now()
+        started = Alert(
+            tenant_id=tenant,
+            alert_id=alert_id,
+            kind="spike_started",
+            scope=scope,
+            source=source,
+            source_id=source_id,
+            source_name=name,
+            budget_id="",
+            threshold_pct=0,
+            window_start=spike.start,
+            window_end=spike.start + HOUR,
+            observed_cost_usd=first.usage.cost_usd,
+            observed_calls=first.usage.calls,
+            baseline_cost_usd=base.cost_usd,
+            baseline_calls=base.calls,
+            message=(
+                f"cost spike: {who} spent {_money(first.usage.cost_usd)} in {first.usage.calls}"
+                f" calls in the hour from {hour}; a normal hour is {_money(base.cost_usd)}"
+                f" in {base.calls:g} calls"
+            ),
+            raised_at=now,
+        )
+        alerts = [started]
+        if spike.end is not None:
+            alerts.append(
+                Alert(
+                    **{
+                        **started.__dict__,
+                        "alert_id": f"{alert_id}-end",
+                        "kind": "spike_ended",
+                        "window_end": spike.end,
+                        "observed_cost_usd": spike.peak_cost_usd,
+                        "message": (
+                            f"cost spike over: {who} is back to normal from"
+                            f" {spike.end:%Y-%m-%d %H:00} UTC"
+                            f" (peak hour {_money(spike.peak_cost_usd)})"
+                        ),
+                    }
+                )
+            )
+        return alerts
+
+    def _new(self, tenant: str, candidates: list[Alert]) -> list[Alert]:
+        known = self.store.known_alerts(tenant, [a.alert_id for a in candidates])
+        new = [a for a in candidates if a.alert_id not in known]
+        self.store.insert_alerts(new)
+        return new
+
+    # --- budgets --------------------------------------------------------------------------
+    def _budgets(self) -> list[Alert]:
+        raised: list[Alert] = []
+        now = self.now()
+        for budget in self.store.budgets():
+            raised += self._budget(budget, now)
+        return raised
+
+    def _budget(self, budget: Budget, now: datetime) -> list[Alert]:
+        spend = spend_of(self.repository, budget, now)
+        reached = crossed(budget.thresholds, budget.limit_usd, spend.cost_usd)
+        what = {"tenant": "the tenant", "source": f"source {budget.source}"}.get(
+            budget.scope, f"{budget.source} {budget.source_id}"
+        )
+        candidates: list[Alert] = []
+        opened: dict[int, Alert] = {}
+        if budget.period is Period.ROLLING_24H:
+            opened = self.store.open_budget_alerts(budget.tenant_id, budget.budget_id)
+            for threshold, alert in opened.items():
+                if threshold not in reached:
+                    self.store.clear(alert, now)
+        for threshold in reached:
+            if threshold in opened:
+                continue
+            key = (
+                now.isoformat() if budget.period is Period.ROLLING_24H else spend.start.isoformat()
+            )
+            candidates.append(
+                Alert(
+                    tenant_id=budget.tenant_id,
+                    alert_id=_id("budget", budget.tenant_id, budget.budget_id, key, threshold),
+                    kind="budget_threshold",
+                    scope=budget.scope,
+                    source=budget.source,
+                    source_id=budget.source_id,
+                    source_name=budget.name,
+                    budget_id=budget.budget_id,
+                    threshold_pct=threshold,
+                    window_start=spend.start,
+                    window_end=spend.end,
+                    observed_cost_usd=spend.cost_usd,
+                    observed_calls=spend.calls,
+                    baseline_cost_usd=budget.limit_usd,
+                    baseline_calls=0.0,
+                    message=(
+                        f"budget {budget.name or budget.budget_id!r}"
+                        f" ({what}, {budget.period.value}):"
+                        f" {_money(spend.cost_usd)} of {_money(budget.limit_usd)} spent,"
+                        f" {threshold}% reached"
+                    ),
+                    raised_at=now,
+                )
+            )
+        return self._new(budget.tenant_id, candidates)
+
+    def budget_status(self) -> dict[str, dict[str, object]]:
+        """Per tenant: its used-up hard budgets, what ``budget_guard`` refuses calls for."""
+        now = self.now()
+        status: dict[str, dict[str, object]] = {}
+        for budget in self.store.budgets():
+            entry = status.setdefault(
+                budget.tenant_id,
+                {"tenant_id": budget.tenant_id, "as_of": now.isoformat(), "exhausted": []},
+            )
+            if not budget.hard:
+                continue
+            spend = spend_of(self.repository, budget, now)
+            if used_up(budget, spend.cost_usd):
+                exhausted = entry["exhausted"]
+                assert isinstance(exhausted, list)
+                exhausted.append(
+                    {
+                        "budget_id": budget.budget_id,
+                        "name": budget.name,
+                        "source": budget.source,
+                        "source_id": budget.source_id,
+                        "until": spend.end.isoformat(),
+                    }
+                )
+        return status
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less when ``stop`` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+class Alerter:
+    """``llm-usage alerter``: ticks, publishes alerts and budget status, delivers webhooks."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.db = ClickHouse(settings)
+        self.evaluator = Evaluator(settings, self.db, clock=clock)
+        self.producer: AIOKafkaProducer | None = None
+        self.delivered_since = datetime.fromtimestamp(clock(), UTC) - LOOKBACK
+        self.ticks = 0
+        self.alerts_raised = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        await ensure_topics(s, [s.topic_alerts, s.topic_budget_status])
+        self.producer = AIOKafkaProducer(
+            **kafka_client_options(s),
+            acks="all",
+            enable_idempotence=False,
+            client_id=f"{s.producer_client_id}-alerter",
+        )
+        await self.producer.start()
+        deliveries = asyncio.create_task(self._deliver_loop(stop))
+        try:
+            while not stop.is_set():
+                began = time.monotonic()
+                await self.tick()
+                wait = max(0.0, s.alert_interval_s - (time.monotonic() - began))
+                await _sleep_unless(stop, wait)
+        finally:
+            deliveries.cancel()
+            await asyncio.gather(deliveries, return_exceptions=True)
+            await self.producer.stop()
+            self.evaluator.close()
+            self.db.reset()
+
+    async def tick(self) -> list[Alert]:
+        """One evaluation; a failing ClickHouse or Kafka only postpones it to the next."""
+        assert self.producer is not None
+        try:
+            raised = await asyncio.to_thread(self.evaluator.tick)
+            for alert in raised:
+                log.info("alert %s: %s", alert.kind, alert.message)
+            await self._publish_pending()
+            status = await asyncio.to_thread(self.evaluator.budget_status)
+            for tenant, entry in status.items():
+                await self.producer.send_and_wait(
+                    self.settings.topic_budget_status,
+                    json.dumps(entry).encode(),
+                    key=tenant.encode(),
+                )
+        except (Unavailable, KafkaError) as exc:
+            log.warning("alerter: %s; trying again in %.0f s", exc, self.settings.alert_interval_s)
+            return []
+        self.ticks += 1
+        self.alerts_raised += len(raised)
+        return raised
+
+    async def _publish_pending(self) -> None:
+        """Put every stored alert not yet on the alerts topic there (after a crash too).
+
+        At least once: a crash between the send and its record sends it again; the key is
+        the alert id, so a consumer drops the repeat.
+        """
+        assert self.producer is not None
+        store = self.evaluator.store
+        for alert in await asyncio.to_thread(store.unpublished, self.delivered_since):
+            await self.producer.send_and_wait(
+                self.settings.topic_alerts,
+                json.dumps(alert.as_json()).encode(),
+                key=alert.alert_id.encode(),
+            )
+            await asyncio.to_thread(
+                store.record_delivery, alert, TOPIC_TARGET, attempts=1, status=0, delivered=True
+            )
+
+    async def _deliver_loop(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        async with httpx.AsyncClient(timeout=s.alert_webhook_timeout_s) as client:
+            while not stop.is_set():
+                try:
+                    pending = await asyncio.to_thread(
+                        self.evaluator.store.pending_deliveries, self.delivered_since
+                    )
+                except Unavailable as exc:
+                    log.warning("alerter: deliveries wait for ClickHouse: %s", exc)
+                    pending = []
+                if pending:
+                    await asyncio.gather(*(self._deliver(client, a, h) for a, h in pending))
+                await _sleep_unless(stop, 1.0)
+
+    async def _deliver(self, client: httpx.AsyncClient, alert: Alert, hook: Webhook) -> None:
+        s = self.settings
+        outcome = await deliver(
+            client,
+            alert,
+            hook,
+            attempts=s.alert_webhook_attempts,
+            backoff_s=s.alert_webhook_backoff_s,
+        )
+        await asyncio.to_thread(
+            self.evaluator.store.record_delivery,
+            alert,
+            hook.webhook_id,
+            attempts=outcome.attempts,
+            status=outcome.status,
+            delivered=outcome.delivered,
+        )
+
+
+def run_alerter(settings: Settings) -> None:
+    """``llm-usage alerter``: run until SIGINT or SIGTERM."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        log.info(
+            "alerter: judging new data every %.0f s (Kafka %s, ClickHouse %s)",
+            settings.alert_interval_s,
+            settings.kafka_bootstrap,
+            settings.clickhouse_url,
+        )
+        await Alerter(settings).run(stop)
+
+    asyncio.run(main())

@@ -1,0 +1,384 @@
+"""Every SQL statement of budgets, alerts, webhooks and their deliveries; bound parameters
+only. Used by the alerter and by the API's routers alike (one store, one truth)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from query_api.keys import Rows
+from stream_processor.alerts.budgets import Budget, Period
+
+TS = "DateTime64(3, 'UTC')"
+TOPIC_TARGET = "kafka"  # alert_deliveries.webhook_id of the alerts topic
+MONEY = "Decimal(38, 12)"
+
+
+def _version() -> int:
+    """Versions of config rows: microseconds since the epoch (later writes win)."""
+    return time.time_ns() // 1000
+
+
+def new_id() -> str:
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One breach: a spike that started or ended, or a budget threshold crossed."""
+
+    tenant_id: str
+    alert_id: str
+    kind: str  # spike_started, spike_ended, budget_threshold
+    scope: str  # tenant, source, entity
+    source: str
+    source_id: str
+    source_name: str
+    budget_id: str
+    threshold_pct: int
+    window_start: datetime
+    window_end: datetime
+    observed_cost_usd: Decimal
+    observed_calls: int
+    baseline_cost_usd: Decimal
+    baseline_calls: float
+    message: str
+    raised_at: datetime
+    cleared_at: datetime | None = None
+    version: int = 1
+
+    def as_json(self) -> dict[str, Any]:
+        """The wire form (Kafka topic, webhooks, API): money as strings, times ISO 8601."""
+        out: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, datetime):
+                value = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            elif isinstance(value, Decimal):
+                value = format(value.normalize(), "f")
+            out[key] = value
+        return out
+
+
+@dataclass(frozen=True)
+class Webhook:
+    tenant_id: str
+    webhook_id: str
+    url: str
+    secret: str
+    created_at: datetime
+
+
+_ALERT_COLUMNS = (
+    "tenant_id, alert_id, kind, scope, source, source_id, source_name, budget_id,"
+    " threshold_pct, window_start, window_end, observed_cost_usd, observed_calls,"
+    " baseline_cost_usd, baseline_calls, message, raised_at, cleared_at, version"
+)
+_ALERT_TYPES = {
+    "tenant_id": "String",
+    "alert_id": "String",
+    "kind": "String",
+    "scope": "String",
+    "source": "String",
+    "source_id": "String",
+    "source_name": "String",
+    "budget_id": "String",
+    "threshold_pct": "UInt16",
+    "window_start": TS,
+    "window_end": TS,
+    "observed_cost_usd": MONEY,
+    "observed_calls": "UInt64",
+    "baseline_cost_usd": MONEY,
+    "baseline_calls": "Float64",
+    "message": "String",
+    "raised_at": TS,
+    "cleared_at": f"Nullable({TS})",
+    "version": "UInt64",
+}
+_BUDGET_COLUMNS = (
+    "tenant_id, budget_id, name, source, source_id, period, time_zone, limit_usd, thresholds,"
+    " hard, created_at, updated_at"
+)
+
+
+def _alert_of(row: Any) -> Alert:
+    v = list(row)
+    return Alert(
+        tenant_id=v[0],
+        alert_id=v[1],
+        kind=v[2],
+        scope=v[3],
+        source=v[4],
+        source_id=v[5],
+        source_name=v[6],
+        budget_id=v[7],
+        threshold_pct=int(v[8]),
+        window_start=_utc(v[9]),
+        window_end=_utc(v[10]),
+        observed_cost_usd=Decimal(v[11]),
+        observed_calls=int(v[12]),
+        baseline_cost_usd=Decimal(v[13]),
+        baseline_calls=float(v[14]),
+        message=v[15],
+        raised_at=_utc(v[16]),
+        cleared_at=_utc(v[17]) if v[17] is not None else None,
+        version=int(v[18]),
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _budget_of(row: Any) -> Budget:
+    return Budget(
+        tenant_id=row[0],
+        budget_id=row[1],
+        name=row[2],
+        source=row[3],
+        source_id=row[4],
+        period=Period(row[5]),
+        time_zone=row[6],
+        limit_usd=Decimal(row[7]),
+        thresholds=tuple(int(t) for t in row[8]),
+        hard=bool(row[9]),
+        created_at=_utc(row[10]),
+        updated_at=_utc(row[11]),
+    )
+
+
+class AlertStore:
+    """Budgets, alerts, webhooks and deliveries in ClickHouse."""
+
+    def __init__(self, db: Rows) -> None:
+        self.db = db
+
+    # --- budgets ------------------------------------------------------------------------
+    def budgets(self, tenant_id: str | None = None) -> list[Budget]:
+        """Live budgets of ``tenant_id`` (every tenant's when None), oldest first."""
+        rows = self.db.rows(
+            f"SELECT {_BUDGET_COLUMNS} FROM budgets FINAL WHERE NOT deleted"
+            " AND ({tenant:String} = '' OR tenant_id = {tenant:String})"
+            " ORDER BY created_at, budget_id",
+            {"tenant": tenant_id or ""},
+        )
+        return [_budget_of(row) for row in rows]
+
+    def budget(self, tenant_id: str, budget_id: str) -> Budget | None:
+        found = [b for b in self.budgets(tenant_id) if b.budget_id == budget_id]
+        return found[0] if found else None
+
+    def put_budget(self, budget: Budget, *, deleted: bool = False) -> None:
+        """Write ``budget`` as its latest version (creation, change or deletion)."""
+        self.db.command(
+            f"INSERT INTO budgets ({_BUDGET_COLUMNS}, deleted, version) SELECT"
+            " {tenant:String}, {id:String}, {name:String}, {source:String}, {sid:String},"
+            " {period:String}, {tz:String}, {limit:Decimal(38, 12)}, {thresholds:Array(UInt16)},"
+            f" {{hard:Bool}}, {{created:{TS}}}, {{updated:{TS}}}, {{deleted:Bool}},"
+            " {version:UInt64}",
+            {
+                "tenant": budget.tenant_id,
+                "id": budget.budget_id,
+                "name": budget.name,
+                "source": budget.source,
+                "sid": budget.source_id,
+                "period": budget.period.value,
+                "tz": budget.time_zone,
+                "limit": budget.limit_usd,
+                "thresholds": list(budget.thresholds),
+                "hard": budget.hard,
+                "created": budget.created_at,
+                "updated": budget.updated_at,
+                "deleted": deleted,
+                "version": _version(),
+            },
+        )
+
+    # --- alerts -------------------------------------------------------------------------
+    def insert_alerts(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            values = asdict(alert)
+            placeholders = ", ".join(f"{{{k}:{_ALERT_TYPES[k]}}}" for k in values)
+            self.db.command(f"INSERT INTO alerts ({_ALERT_COLUMNS}) SELECT {placeholders}", values)
+
+    def known_alerts(self, tenant_id: str, alert_ids: list[str]) -> dict[str, Alert]:
+        """The stored (latest) versions of ``alert_ids``."""
+        if not alert_ids:
+            return {}
+        rows = self.db.rows(
+            f"SELECT {_ALERT_COLUMNS} FROM alerts FINAL WHERE tenant_id = {{tenant:String}}"
+            " AND alert_id IN {ids:Array(String)}",
+            {"tenant": tenant_id, "ids": alert_ids},
+        )
+        return {a.alert_id: a for a in map(_alert_of, rows)}
+
+    def alerts(
+        self,
+        tenant_id: str,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+    ) -> list[Alert]:
+        """The tenant's alerts whose window overlaps [start, end), newest window first."""
+        rows = self.db.rows(
+            f"SELECT {_ALERT_COLUMNS} FROM alerts FINAL WHERE tenant_id = {{tenant:String}}"
+            f" AND window_end > {{start:{TS}}} AND window_start < {{end:{TS}}}"
+            " AND ({kind:String} = '' OR kind = {kind:String})"
+            " ORDER BY window_start DESC, raised_at DESC, alert_id LIMIT {limit:UInt32}",
+            {
+                "tenant": tenant_id,
+                "start": start or datetime(1970, 1, 1, tzinfo=UTC),
+                "end": end or datetime(2100, 1, 1, tzinfo=UTC),
+                "kind": kind or "",
+                "limit": limit,
+            },
+        )
+        return [_alert_of(row) for row in rows]
+
+    def open_budget_alerts(self, tenant_id: str, budget_id: str) -> dict[int, Alert]:
+        """Rolling budgets: per threshold, the latest crossing that has not cleared."""
+        rows = self.db.rows(
+            f"SELECT {_ALERT_COLUMNS} FROM alerts FINAL WHERE tenant_id = {{tenant:String}}"
+            " AND budget_id = {budget:String} AND kind = 'budget_threshold'"
+            " AND cleared_at IS NULL ORDER BY raised_at",
+            {"tenant": tenant_id, "budget": budget_id},
+        )
+        return {a.threshold_pct: a for a in map(_alert_of, rows)}
+
+    def clear(self, alert: Alert, at: datetime) -> Alert:
+        cleared = replace(alert, cleared_at=at, version=alert.version + 1)
+        self.insert_alerts([cleared])
+        return cleared
+
+    def open_spikes(self) -> list[tuple[str, datetime]]:
+        """(tenant, start hour) of spikes that started and have not ended (an ended one
+        has the id of its start with ``-end``)."""
+        rows = self.db.rows(
+            "SELECT tenant_id, window_start FROM alerts FINAL WHERE kind = 'spike_started'"
+            " AND alert_id NOT IN (SELECT substring(alert_id, 1, 32) FROM alerts"
+            " WHERE kind = 'spike_ended')",
+            {},
+        )
+        return [(str(r[0]), _utc(r[1])) for r in rows]
+
+    # --- webhooks and deliveries -------------------------------------------------------
+    def webhooks(self, tenant_id: str | None = None) -> list[Webhook]:
+        rows = self.db.rows(
+            "SELECT tenant_id, webhook_id, url, secret, created_at FROM webhooks FINAL"
+            " WHERE NOT deleted AND ({tenant:String} = '' OR tenant_id = {tenant:String})"
+            " ORDER BY created_at, webhook_id",
+            {"tenant": tenant_id or ""},
+        )
+        return [Webhook(r[0], r[1], r[2], r[3], _utc(r[4])) for r in rows]
+
+    def put_webhook(self, hook: Webhook, *, deleted: bool = False) -> None:
+        self.db.command(
+            "INSERT INTO webhooks (tenant_id, webhook_id, url, secret, created_at, deleted,"
+            " version) SELECT {tenant:String}, {id:String}, {url:String}, {secret:String},"
+            f" {{created:{TS}}}, {{deleted:Bool}}, {{version:UInt64}}",
+            {
+                "tenant": hook.tenant_id,
+                "id": hook.webhook_id,
+                "url": hook.url,
+                "secret": hook.secret,
+                "created": hook.created_at,
+                "deleted": deleted,
+                "version": _version(),
+            },
+        )
+
+    def pending_deliveries(self, since: datetime) -> list[tuple[Alert, Webhook]]:
+        """(alert version, webhook) pairs raised since ``since`` that no delivery finished."""
+        hooks = {(h.tenant_id, h.webhook_id): h for h in self.webhooks()}
+        if not hooks:
+            return []
+        pending = self._undelivered(since, [h.webhook_id for h in hooks.values()])
+        return [(a, hooks[(a.tenant_id, w)]) for a, w in pending if (a.tenant_id, w) in hooks]
+
+    def unpublished(self, since: datetime) -> list[Alert]:
+        """Alert versions raised since ``since`` not yet on the alerts topic."""
+        return [alert for alert, _ in self._undelivered(since, [TOPIC_TARGET])]
+
+    def _undelivered(self, since: datetime, targets: list[str]) -> list[tuple[Alert, str]]:
+        rows = self.db.rows(
+            f"SELECT {_ALERT_COLUMNS}, target FROM alerts FINAL"
+            " ARRAY JOIN {targets:Array(String)} AS target"
+            f" WHERE raised_at >= {{since:{TS}}}"
+            " AND (tenant_id, alert_id, version, target) NOT IN"
+            " (SELECT tenant_id, alert_id, alert_version, webhook_id FROM alert_deliveries"
+            "  WHERE delivered OR webhook_id != {topic:String})"
+            " ORDER BY raised_at, alert_id",
+            {"since": since, "targets": targets, "topic": TOPIC_TARGET},
+        )
+        return [(_alert_of(r[:-1]), str(r[-1])) for r in rows]
+
+    def record_delivery(
+        self, alert: Alert, target: str, *, attempts: int, status: int, delivered: bool
+    ) -> None:
+        """The outcome of delivering ``alert`` to a webhook id or :data:`TOPIC_TARGET`."""
+        self.db.command(
+            "INSERT INTO alert_deliveries (tenant_id, alert_id, alert_version, webhook_id,"
+            " attempts, status, delivered, finished_at) SELECT {tenant:String}, {alert:String},"
+            " {version:UInt64}, {hook:String}, {attempts:UInt32}, {status:UInt16},"
+            " {delivered:Bool}, now64(3)",
+            {
+                "tenant": alert.tenant_id,
+                "alert": alert.alert_id,
+                "version": alert.version,
+                "hook": target,
+                "attempts": attempts,
+                "status": status,
+                "delivered": delivered,
+            },
+        )
+
+    # --- what the evaluator reads ------------------------------------------------------
+    def changed_hours(self, since: datetime) -> list[tuple[str, datetime, datetime]]:
+        """(tenant, hour, ingested at) of the event-time hours written to after ``since``."""
+        rows = self.db.rows(
+            "SELECT tenant_id, hour, max(last_ingested_at) AS ingested FROM ingest_activity"
+            f" GROUP BY tenant_id, hour HAVING ingested > {{since:{TS}}} ORDER BY tenant_id, hour",
+            {"since": since},
+        )
+        return [(str(r[0]), _utc(r[1]), _utc(r[2])) for r in rows]
+
+    def event_watermark(self, tenant_id: str) -> datetime | None:
+        """The latest event time of the tenant (hours before it count as complete)."""
+        rows = self.db.rows(
+            "SELECT max(last_occurred_at), count() FROM ingest_activity"
+            " WHERE tenant_id = {tenant:String}",
+            {"tenant": tenant_id},
+        )
+        return _utc(rows[0][0]) if rows and int(rows[0][1]) else None
+
+    def hourly(
+        self, tenant_id: str, start: datetime, end: datetime
+    ) -> list[tuple[str, str, datetime, Decimal, int]]:
+        """(source, source_id, hour, cost, calls) of every entity of the tenant in [start, end)."""
+        rows = self.db.rows(
+            "SELECT toString(source), source_id, hour, sum(cost_usd), sum(calls)"
+            " FROM usage_hourly WHERE tenant_id = {tenant:String}"
+            " AND hour >= toDateTime({start:DateTime64(3, 'UTC')}, 'UTC')"
+            " AND hour < toDateTime({end:DateTime64(3, 'UTC')}, 'UTC')"
+            " GROUP BY source, source_id, hour",
+            {"tenant": tenant_id, "start": start, "end": end},
+        )
+        return [(str(r[0]), str(r[1]), _utc(r[2]), Decimal(r[3]), int(r[4])) for r in rows]
+
+    def names(self, tenant_id: str, entities: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """Latest names of (source, source_id) pairs."""
+        if not entities:
+            return {}
+        rows = self.db.rows(
+            "SELECT toString(source), source_id, argMax(source_name, named_at) FROM source_names"
+            " WHERE tenant_id = {tenant:String}"
+            " AND (toString(source), source_id) IN {pairs:Array(Tuple(String, String))}"
+            " GROUP BY source, source_id",
+            {"tenant": tenant_id, "pairs": entities},
+        )
+        return {(str(r[0]), str(r[1])): str(r[2]) for r in rows}
