@@ -118,6 +118,7 @@ class Evaluator:
         self.rule = rule_of(settings)
         self.clock = clock
         self.since = datetime.fromtimestamp(clock(), UTC) - LOOKBACK
+        self.judged = 0  # tenant-hours judged by the last tick
 
     def close(self) -> None:
         self.repository.close()
@@ -140,6 +141,7 @@ class Evaluator:
             raised += self._spikes(tenant, judged)
         raised += self._budgets()
         self.since = latest - SAFETY
+        self.judged = sum(len(h) for h in hours.values())
         return raised
 
     # --- spikes ---------------------------------------------------------------------------
@@ -373,7 +375,15 @@ class Alerter:
         """One evaluation; a failing ClickHouse or Kafka only postpones it to the next."""
         assert self.producer is not None
         try:
+            began = time.monotonic()
             raised = await asyncio.to_thread(self.evaluator.tick)
+            if self.evaluator.judged or raised:
+                log.info(
+                    "alerter: judged %d tenant-hours, raised %d alerts in %.2f s",
+                    self.evaluator.judged,
+                    len(raised),
+                    time.monotonic() - began,
+                )
             for alert in raised:
                 log.info("alert %s: %s", alert.kind, alert.message)
             await self._publish_pending()
