@@ -58,6 +58,7 @@ from anthropic.types.beta.messages import BetaMessageBatch
 from anthropic.types.messages import MessageBatch
 from pydantic import ValidationError
 
+from producers.budget_guard import BudgetGuard
 from producers.contract import (
     V2_FIELDS,
     ServiceTier,
@@ -584,14 +585,24 @@ def _patch_sync(
     sink: SyncSink,
     defaults: UsageTags,
     attribution: BatchAttribution,
+    guard: BudgetGuard | None,
 ) -> None:
-    _patch_sync_resource(client.messages, sink, defaults)
-    _patch_sync_resource(client.beta.messages, sink, defaults)
+    _patch_sync_resource(client.messages, sink, defaults, guard)
+    _patch_sync_resource(client.beta.messages, sink, defaults, guard)
     _patch_sync_batches(client.messages.batches, sink, defaults, attribution)
     _patch_sync_batches(client.beta.messages.batches, sink, defaults, attribution)
 
 
-def _patch_sync_resource(messages: Any, sink: SyncSink, defaults: UsageTags) -> None:
+def _guarded(guard: BudgetGuard | None, tags: UsageTags) -> None:
+    """Refuse the call (:class:`BudgetExceeded`) if a used-up hard budget covers it."""
+    if guard is not None:
+        source = tags.source.value if isinstance(tags.source, Source) else tags.source
+        guard.check(tags.tenant_id, source, tags.source_id)
+
+
+def _patch_sync_resource(
+    messages: Any, sink: SyncSink, defaults: UsageTags, guard: BudgetGuard | None
+) -> None:
     original_post: Callable[..., Any] = messages._post
 
     def _post(path: str, *args: Any, **kwargs: Any) -> Any:
@@ -599,6 +610,7 @@ def _patch_sync_resource(messages: Any, sink: SyncSink, defaults: UsageTags) -> 
             return original_post(path, *args, **kwargs)
         body = kwargs.get("body") or {}
         call = _Call(defaults.overlay(current_tags()), body, bool(kwargs.get("stream")))
+        _guarded(guard, call.tags)
         try:
             result = original_post(path, *args, **kwargs)
         except BaseException as exc:
@@ -706,14 +718,17 @@ def _patch_async(
     sink: AsyncSink,
     defaults: UsageTags,
     attribution: BatchAttribution,
+    guard: BudgetGuard | None,
 ) -> None:
-    _patch_async_resource(client.messages, sink, defaults)
-    _patch_async_resource(client.beta.messages, sink, defaults)
+    _patch_async_resource(client.messages, sink, defaults, guard)
+    _patch_async_resource(client.beta.messages, sink, defaults, guard)
     _patch_async_batches(client.messages.batches, sink, defaults, attribution)
     _patch_async_batches(client.beta.messages.batches, sink, defaults, attribution)
 
 
-def _patch_async_resource(messages: Any, sink: AsyncSink, defaults: UsageTags) -> None:
+def _patch_async_resource(
+    messages: Any, sink: AsyncSink, defaults: UsageTags, guard: BudgetGuard | None
+) -> None:
     original_post: Callable[..., Awaitable[Any]] = messages._post
 
     async def _post(path: str, *args: Any, **kwargs: Any) -> Any:
@@ -721,6 +736,7 @@ def _patch_async_resource(messages: Any, sink: AsyncSink, defaults: UsageTags) -
             return await original_post(path, *args, **kwargs)
         body = kwargs.get("body") or {}
         call = _Call(defaults.overlay(current_tags()), body, bool(kwargs.get("stream")))
+        _guarded(guard, call.tags)
         try:
             result = await original_post(path, *args, **kwargs)
         except BaseException as exc:
@@ -781,6 +797,17 @@ def _patch_async_batches(
 
 
 # --- public entry point --------------------------------------------------------------------
+def _guard_of(budget_guard: bool | BudgetGuard, publisher: Any) -> BudgetGuard | None:
+    if isinstance(budget_guard, BudgetGuard):
+        return budget_guard
+    if not budget_guard:
+        return None
+    settings = getattr(publisher, "settings", None)
+    if settings is None:
+        raise TypeError("budget_guard=True needs a publisher with settings; pass a BudgetGuard")
+    return BudgetGuard(settings).start()
+
+
 @overload
 def instrument(
     client: anthropic.Anthropic,
@@ -792,6 +819,7 @@ def instrument(
     source_name: str | None = ...,
     metadata: Mapping[str, MetadataValue] | None = ...,
     batch_attribution: BatchAttribution | None = ...,
+    budget_guard: bool | BudgetGuard = ...,
 ) -> anthropic.Anthropic: ...
 @overload
 def instrument(
@@ -804,6 +832,7 @@ def instrument(
     source_name: str | None = ...,
     metadata: Mapping[str, MetadataValue] | None = ...,
     batch_attribution: BatchAttribution | None = ...,
+    budget_guard: bool | BudgetGuard = ...,
 ) -> anthropic.AsyncAnthropic: ...
 def instrument(
     client: Any,
@@ -815,6 +844,7 @@ def instrument(
     source_name: str | None = None,
     metadata: Mapping[str, MetadataValue] | None = None,
     batch_attribution: BatchAttribution | None = None,
+    budget_guard: bool | BudgetGuard = False,
 ) -> Any:
     """Publish one usage event per Messages API call of ``client``; returns ``client`` itself.
 
@@ -827,17 +857,24 @@ def instrument(
     overlay the tags in force when ``results()`` was called. It replaces the default,
     :func:`tags_from_custom_id` (the :func:`batch_custom_id` convention); returning None
     leaves the result with the instrument()/usage_context() tags alone.
+
+    ``budget_guard=True`` (or a :class:`~producers.budget_guard.BudgetGuard` to share)
+    raises :class:`~producers.budget_guard.BudgetExceeded` *before* sending a call whose
+    tenant, source or entity has used up a hard budget; it fails open when the budget
+    status is stale (see :mod:`producers.budget_guard`). True needs a publisher with
+    ``settings`` (both publishers have them): the guard reads their Kafka.
     """
     if getattr(client, _MARK, False):
         raise ValueError("this client is already instrumented")
     defaults = UsageTags(tenant_id, source, source_id, source_name, dict(metadata or {}))
     attribution = batch_attribution or tags_from_custom_id
+    guard = _guard_of(budget_guard, publisher)
     if isinstance(client, anthropic.AsyncAnthropic):
-        _patch_async(client, publisher, defaults, attribution)
+        _patch_async(client, publisher, defaults, attribution, guard)
     elif isinstance(client, anthropic.Anthropic):
         if inspect.iscoroutinefunction(getattr(publisher, "publish", None)):
             raise TypeError("a sync Anthropic client needs a SyncUsagePublisher (sync publish())")
-        _patch_sync(client, publisher, defaults, attribution)
+        _patch_sync(client, publisher, defaults, attribution, guard)
     else:
         raise TypeError(f"expected anthropic.Anthropic or AsyncAnthropic, got {type(client)!r}")
     original_copy = client.copy
@@ -852,6 +889,7 @@ def instrument(
             source_name=source_name,
             metadata=metadata,
             batch_attribution=batch_attribution,
+            budget_guard=guard or False,
         )
 
     client.copy = copy

@@ -19,11 +19,12 @@ from fastapi.testclient import TestClient
 
 from llm_usage.settings import Settings
 from llm_usage.simulate import SimulationConfig, publish
+from producers.budget_guard import BudgetExceeded, BudgetGuard
 from producers.topics import ensure_topics
 from query_api.app import create_app
 from query_api.db import ClickHouse
 from query_api.keys import Scope
-from stream_processor.alerts.evaluator import Evaluator
+from stream_processor.alerts.evaluator import Alerter, Evaluator
 from stream_processor.alerts.store import Alert
 from stream_processor.harness import WorkerProcess
 from tests.conftest import wait_for
@@ -207,3 +208,38 @@ def test_tenant_isolation_budgets_alerts_and_webhooks(
         response = api.post("/v1/budgets", json=bad, headers=A)
         assert response.status_code == 422, (bad, response.text)
         assert response.json()["detail"]
+
+
+def test_budget_guard_refuses_what_the_alerter_published_as_used_up(loaded: Settings) -> None:
+    api = TestClient(create_app(loaded))
+    top = api.get("/v1/usage/top?period=24h&limit=2", headers=A).json()["items"]
+    hard = _budget(
+        api,
+        A,
+        name="hard cap",
+        source=top[0]["source"],
+        source_id=top[0]["source_id"],
+        period="day",
+        limit_usd="0.01",
+        hard=True,
+    )
+    assert hard["spend"]["crossed"] == [50, 80, 100]
+
+    async def one_tick() -> None:
+        alerter = Alerter(loaded)
+        stop = asyncio.Event()
+        task = asyncio.create_task(alerter.run(stop))
+        while alerter.ticks < 1 and not task.done():
+            await asyncio.sleep(0.1)
+        stop.set()
+        await task
+
+    asyncio.run(one_tick())
+    guard = BudgetGuard(loaded).start()
+    try:
+        wait_for(lambda: guard.age_s("tenant-1") is not None, 30, "the budget status")
+        with pytest.raises(BudgetExceeded, match="hard cap"):
+            guard.check("tenant-1", top[0]["source"], top[0]["source_id"])
+        guard.check("tenant-1", top[1]["source"], top[1]["source_id"])  # not capped
+    finally:
+        guard.stop()
