@@ -303,6 +303,7 @@ function renderTimeseries(data) {
                   `Cost: ${formatUsd(p.cost_usd)}`,
                   `Calls: ${formatInteger(p.calls)}`,
                   `Tokens: ${formatTokens(p.input_tokens)} in · ${formatTokens(p.output_tokens)} out`,
+                  ...(alertsByBucket.get(ctx.dataIndex) || []).map((a) => `⚠ ${ALERT_KINDS[a.kind]}: ${a.name || a.source_id || "tenant"}`),
                 ];
               },
             },
@@ -324,6 +325,7 @@ function renderTimeseries(data) {
     costChart.data.datasets[0].data = values;
     costChart.update();
   }
+  markAlertBuckets();
   $("cost-chart").dataset.points = String(points.length);
   $("tz-note").textContent =
     `${state.granularity === "hour" ? "Hourly" : "Daily"} buckets in your time zone, ${TIME_ZONE}.`;
@@ -551,6 +553,11 @@ function renderTop(data) {
       calls.className = "calls";
       calls.textContent = `${formatInteger(item.calls)} calls`;
       li.append(rank, badge(item.source), name, bar, value, calls);
+      const budget = entityBudgets.get(`${item.source}/${item.source_id}`);
+      if (budget) {
+        li.classList.add("budgeted");
+        li.append(budgetBar(budget));
+      }
       return li;
     }),
   );
@@ -570,8 +577,159 @@ function showRecordsOf(item) {
 const loadTop = () =>
   loadPanel(
     "top",
-    (signal) => api("v1/usage/top", { ...windowParams(), by: state.topBy, limit: TOP_LIMIT }, signal),
+    async (signal) => {
+      const [top, budgets] = await Promise.all([
+        api("v1/usage/top", { ...windowParams(), by: state.topBy, limit: TOP_LIMIT }, signal),
+        budgetsOnce().catch(() => ({ items: [] })), // the bars are extra: never fail the list
+      ]);
+      entityBudgets = new Map(
+        (budgets.items || []).filter((b) => b.scope === "entity").map((b) => [`${b.source}/${b.source_id}`, b]),
+      );
+      return top;
+    },
     renderTop,
+  );
+
+// --- budgets -------------------------------------------------------------------------
+let entityBudgets = new Map();
+let budgetsRequest = null;
+const PERIOD_LABELS = { day: "per day", month: "per month", rolling_24h: "per 24 h" };
+
+/** One GET /v1/budgets per page load, shared by the Budgets panel and the top list. */
+function budgetsOnce() {
+  if (!budgetsRequest) {
+    budgetsRequest = api("v1/budgets", {}); // not aborted with either panel: both wait on it
+    budgetsRequest.catch(() => (budgetsRequest = null));
+  }
+  return budgetsRequest;
+}
+
+function meter(budget) {
+  const pct = Number(budget.spend.percent);
+  const box = document.createElement("span");
+  box.className = `meter${pct >= 100 ? " over" : pct >= 80 ? " warn" : ""}`;
+  box.setAttribute("role", "meter");
+  box.setAttribute("aria-valuenow", String(pct));
+  box.setAttribute("aria-valuemin", "0");
+  box.setAttribute("aria-valuemax", "100");
+  const fill = document.createElement("span");
+  fill.className = "fill";
+  fill.style.width = `${Math.min(100, pct)}%`;
+  box.append(fill);
+  for (const threshold of budget.thresholds.filter((t) => t < 100)) {
+    const tick = document.createElement("span");
+    tick.className = "tick";
+    tick.style.left = `${threshold}%`;
+    box.append(tick);
+  }
+  return box;
+}
+
+function spendText(budget) {
+  const period = PERIOD_LABELS[budget.period] || budget.period;
+  return `${formatUsd(budget.spend.cost_usd)} of ${formatUsd(budget.limit_usd)} ${period} · ${Math.round(budget.spend.percent)}%`;
+}
+
+function budgetBar(budget) {
+  const row = document.createElement("span");
+  row.className = "budget-bar";
+  row.dataset.budgetId = budget.budget_id;
+  const text = document.createElement("span");
+  text.textContent = `Budget: ${spendText(budget)}`;
+  row.append(meter(budget), text);
+  return row;
+}
+
+function budgetScope(budget) {
+  if (budget.scope === "tenant") return "Whole workspace";
+  if (budget.scope === "source") return `All of ${SOURCES[budget.source]?.label ?? budget.source}`;
+  return `${SOURCES[budget.source]?.label ?? budget.source} ${budget.source_id}`;
+}
+
+function renderBudgets(data) {
+  const items = data.items || [];
+  $("budget-list").replaceChildren(
+    ...items.map((budget) => {
+      const li = document.createElement("li");
+      li.dataset.budgetId = budget.budget_id;
+      const head = document.createElement("div");
+      head.className = "head";
+      const name = document.createElement("strong");
+      name.textContent = budget.name || budgetScope(budget);
+      const amount = document.createElement("span");
+      amount.className = "amount";
+      amount.textContent = spendText(budget);
+      head.append(name, amount);
+      const what = document.createElement("span");
+      what.className = "what";
+      what.textContent = `${budgetScope(budget)}${budget.hard ? " · hard limit" : ""}`;
+      li.append(head, meter(budget), what);
+      return li;
+    }),
+  );
+  return items.length ? "" : "No budgets yet: an admin key can add them (POST /v1/budgets)";
+}
+
+const loadBudgets = () => loadPanel("budgets", () => budgetsOnce(), renderBudgets);
+
+// --- alerts --------------------------------------------------------------------------
+const ALERT_KINDS = { spike_started: "Spike", spike_ended: "Spike over", budget_threshold: "Budget" };
+const PERIOD_MS = { "24h": 86_400_000, "7d": 7 * 86_400_000, "30d": 30 * 86_400_000 };
+let shownAlerts = [];
+let alertsByBucket = new Map();
+
+function renderAlerts(data) {
+  shownAlerts = data.items || [];
+  const now = new Date();
+  $("alert-list").replaceChildren(
+    ...shownAlerts.map((alert) => {
+      const li = document.createElement("li");
+      li.dataset.alertId = alert.alert_id;
+      li.dataset.kind = alert.kind;
+      const kind = document.createElement("span");
+      kind.className = `kind ${alert.kind}`;
+      kind.textContent = ALERT_KINDS[alert.kind] || alert.kind;
+      const body = document.createElement("div");
+      const message = document.createElement("div");
+      message.textContent = alert.message;
+      const when = document.createElement("div");
+      when.className = "when";
+      when.textContent = formatRelativeTime(new Date(alert.raised_at), now);
+      when.title = absoluteTime.format(new Date(alert.window_start));
+      body.append(message, when);
+      li.append(kind, body);
+      return li;
+    }),
+  );
+  markAlertBuckets();
+  return shownAlerts.length ? "" : "No alerts in this period";
+}
+
+/** Colour the chart's bars whose bucket holds the start of an alert's window. */
+function markAlertBuckets() {
+  alertsByBucket = new Map();
+  if (!costChart || !costPoints.length) return;
+  const starts = costPoints.map((p) => Date.parse(p.bucket_start));
+  for (const alert of shownAlerts) {
+    if (alert.kind === "spike_ended") continue;
+    const at = Date.parse(alert.window_start);
+    let index = -1;
+    for (let i = 0; i < starts.length && starts[i] <= at; i += 1) index = i;
+    if (index < 0) continue;
+    alertsByBucket.set(index, [...(alertsByBucket.get(index) || []), alert]);
+  }
+  const colours = costPoints.map((_, i) => (alertsByBucket.has(i) ? "#d92d20" : "rgba(29, 78, 216, 0.78)"));
+  costChart.data.datasets[0].backgroundColor = colours;
+  costChart.update();
+  $("cost-chart").dataset.alertBuckets = [...alertsByBucket.keys()].sort((a, b) => a - b).join(",");
+}
+
+const loadAlerts = () =>
+  loadPanel(
+    "alerts",
+    (signal) =>
+      api("v1/alerts", { from: new Date(Date.now() - PERIOD_MS[state.period]).toISOString(), limit: 50 }, signal),
+    renderAlerts,
   );
 
 // --- records -------------------------------------------------------------------------
@@ -822,9 +980,12 @@ function loadAll() {
     askForKey();
     return;
   }
+  budgetsRequest = null;
   loadSummary();
   loadTimeseries();
   loadBySource();
+  loadBudgets();
+  loadAlerts();
   loadByModel();
   loadTop();
   loadRecords();
