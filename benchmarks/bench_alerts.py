@@ -1,0 +1,144 @@
+"""Spike detection quality and cost (not a test): simulate's 7-day demo, many seeds.
+
+Starts its own ClickHouse (the local stack's server in a temporary home), and for each seed
+and size writes simulate's week straight into ``usage_events`` (priced with the worker's
+book; the rollups fill as in production), runs one evaluation of the alerter over the whole
+week (what a backfill gets), and prints per run: the injected spike found or missed, the
+false spike alerts (no injected spike explains them), and how long the evaluation took.
+
+    .venv/bin/python benchmarks/bench_alerts.py --seeds 42 1 2 3 4 5 --calls 10000 30000
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from llm_usage.clickhouse import apply_migrations, connect
+from llm_usage.localstack import LocalStack
+from llm_usage.localstack.processes import free_port
+from llm_usage.settings import Settings
+from llm_usage.simulate import SimulationConfig, book_pricer, generate
+from query_api.db import ClickHouse
+from stream_processor.alerts.evaluator import Evaluator
+from stream_processor.pricing import PriceBook
+
+COLUMNS = [
+    "event_id",
+    "tenant_id",
+    "occurred_at",
+    "source",
+    "source_id",
+    "source_name",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "priced",
+    "duration_ms",
+    "status",
+]
+
+
+def load_week(settings: Settings, cfg: SimulationConfig) -> list[dict[str, str]]:
+    """Write the week's unique calls; returns the manifest's injected spikes."""
+    price = book_pricer(PriceBook.load())
+    rows, spikes = [], {}
+    for item in generate(cfg):
+        event = item.call
+        if event is None or item.duplicate:
+            continue
+        if item.spike is not None:
+            spikes[(event.tenant_id, event.source_id)] = item.spike
+        cost = price(event)
+        rows.append(
+            [
+                event.event_id,
+                event.tenant_id,
+                event.occurred_at,
+                event.source.value,
+                event.source_id,
+                event.source_name or "",
+                event.model,
+                event.input_tokens,
+                event.output_tokens,
+                cost or 0,
+                cost is not None,
+                event.duration_ms,
+                event.status.value,
+            ]
+        )
+    client = connect(settings)
+    client.insert("usage_events", rows, column_names=COLUMNS)
+    client.close()
+    return [
+        {"tenant": t, "source_id": s, "start": a, "end": b} for (t, s), (a, b) in spikes.items()
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4, 5])
+    parser.add_argument("--calls", type=int, nargs="+", default=[10_000, 30_000])
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="bench-alerts-"))
+    base = Settings(
+        home=home,
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        clickhouse_url=f"http://127.0.0.1:{free_port()}",
+    )  # type: ignore[call-arg]
+    stack = LocalStack(base)
+    stack.start_service("clickhouse")
+    end = datetime.now(UTC).replace(microsecond=0)
+    print(f"{'seed':>5} {'calls':>7}  {'injected spike':<28} {'false':>5}  {'tick s':>6}")
+    totals = {"found": 0, "missed": 0, "false": 0, "runs": 0}
+    try:
+        for calls in args.calls:
+            for seed in args.seeds:
+                settings = base.model_copy(update={"clickhouse_database": f"alerts_{seed}_{calls}"})
+                apply_migrations(connect(settings, database=""), settings)
+                truth = load_week(
+                    settings, SimulationConfig(calls=calls, days=7, seed=seed, end=end)
+                )
+                evaluator = Evaluator(settings, ClickHouse(settings))
+                began = time.monotonic()
+                raised = evaluator.tick()
+                took = time.monotonic() - began
+                evaluator.close()
+                started = [a for a in raised if a.kind == "spike_started"]
+
+                def explains(alert, spike) -> bool:  # type: ignore[no-untyped-def]
+                    hour = spike["start"].replace(minute=0, second=0, microsecond=0)
+                    return (
+                        alert.tenant_id == spike["tenant"]
+                        and alert.source_id in (spike["source_id"], "")
+                        and hour <= alert.window_start < spike["end"]
+                    )
+
+                found = [s for s in truth if any(explains(a, s) and a.source_id for a in started)]
+                false = [a for a in started if not any(explains(a, s) for s in truth)]
+                label = "found" if found else "MISSED"
+                print(
+                    f"{seed:>5} {calls:>7,}  {label + ' (' + truth[0]['source_id'] + ')':<28}"
+                    f" {len(false):>5}  {took:>6.2f}"
+                )
+                for alert in false:
+                    print(f"{'':>15}false: {alert.message}")
+                totals["found" if found else "missed"] += 1
+                totals["false"] += len(false)
+                totals["runs"] += 1
+    finally:
+        stack.down()
+        shutil.rmtree(home, ignore_errors=True)
+    print(
+        f"\n{totals['runs']} weeks: injected spike found {totals['found']}, missed"
+        f" {totals['missed']}; false spike alerts {totals['false']} in all"
+    )
+
+
+if __name__ == "__main__":
+    main()
