@@ -17,63 +17,29 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from llm_usage.clickhouse import apply_migrations, connect
 from llm_usage.localstack import LocalStack
 from llm_usage.localstack.processes import free_port
 from llm_usage.settings import Settings
-from llm_usage.simulate import SimulationConfig, book_pricer, generate
+from llm_usage.simulate import SimulationConfig, book_pricer, generate, write_calls
 from query_api.db import ClickHouse
 from stream_processor.alerts.evaluator import Evaluator
 from stream_processor.pricing import PriceBook
 
-COLUMNS = [
-    "event_id",
-    "tenant_id",
-    "occurred_at",
-    "source",
-    "source_id",
-    "source_name",
-    "model",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "priced",
-    "duration_ms",
-    "status",
-]
 
-
-def load_week(settings: Settings, cfg: SimulationConfig) -> list[dict[str, str]]:
+def load_week(settings: Settings, cfg: SimulationConfig) -> list[dict[str, Any]]:
     """Write the week's unique calls; returns the manifest's injected spikes."""
-    price = book_pricer(PriceBook.load())
-    rows, spikes = [], {}
+    calls, spikes = [], {}
     for item in generate(cfg):
-        event = item.call
-        if event is None or item.duplicate:
+        if item.call is None or item.duplicate:
             continue
+        calls.append(item.call)
         if item.spike is not None:
-            spikes[(event.tenant_id, event.source_id)] = item.spike
-        cost = price(event)
-        rows.append(
-            [
-                event.event_id,
-                event.tenant_id,
-                event.occurred_at,
-                event.source.value,
-                event.source_id,
-                event.source_name or "",
-                event.model,
-                event.input_tokens,
-                event.output_tokens,
-                cost or 0,
-                cost is not None,
-                event.duration_ms,
-                event.status.value,
-            ]
-        )
+            spikes[(item.call.tenant_id, item.call.source_id)] = item.spike
     client = connect(settings)
-    client.insert("usage_events", rows, column_names=COLUMNS)
+    write_calls(client, calls, book_pricer(PriceBook.load()))
     client.close()
     return [
         {"tenant": t, "source_id": s, "start": a, "end": b} for (t, s), (a, b) in spikes.items()

@@ -148,13 +148,19 @@ class Evaluator:
     def store_open_spikes(self) -> list[tuple[str, datetime]]:
         return self.store.open_spikes()
 
-    def _spikes(self, tenant: str, judged: set[datetime]) -> list[Alert]:
-        start = min(judged) - self.rule.baseline - timedelta(days=1)
-        end = max(judged) + timedelta(days=1)
+    def _spikes(self, tenant: str, changed: set[datetime]) -> list[Alert]:
+        """Judge the changed hours, and every later hour whose 7-day baseline they are in:
+        a backfill arrives out of order (partitions in parallel), so an hour may have been
+        judged before its baseline was complete."""
+        last = min(max(changed) + self.rule.baseline, _hour(self.now()))
+        start = min(changed) - self.rule.baseline - timedelta(days=1)
+        end = max(max(changed), last) + timedelta(days=1)
         series: dict[tuple[str, str], dict[datetime, HourUsage]] = defaultdict(dict)
         for source, source_id, hour, cost, calls in self.store.hourly(tenant, start, end):
             series[(source, source_id)][hour] = HourUsage(cost, calls)
         series[TENANT] = _tenant_series(series.values())
+        affected = {h for h in series[TENANT] if min(changed) <= h <= last}
+        judged = changed | affected
         watermark = self.store.event_watermark(tenant) or self.now()
         complete_before = max(_hour(watermark), _hour(self.now() - LATENESS))
 

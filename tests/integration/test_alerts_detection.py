@@ -1,7 +1,8 @@
 """Spike alerts on simulate's 7-day demo, through the real worker and ClickHouse.
 
 The demo injects one agent that runs amok for an hour (the manifest names it under
-``spikes``). After the week is ingested, the alerter's evaluation must raise exactly one
+``spikes``). Evaluating as the alerter does, every half second while the week is ingested
+(out of order: six partitions in parallel) and once more at the end, must raise exactly one
 spike alert, for that agent and an hour of that spike, and a second one when it ended; the
 alerts over the rest of the week that no injected spike explains are counted and printed
 (the target is 0, and the test holds it there for the demo's seed).
@@ -10,15 +11,19 @@ alerts over the rest of the week that no injected spike explains are counted and
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from llm_usage.clickhouse import connect
 from llm_usage.settings import Settings
-from llm_usage.simulate import SimulationConfig, publish
+from llm_usage.simulate import SimulationConfig, book_pricer, generate, publish, write_calls
 from producers.topics import ensure_topics
 from query_api.db import ClickHouse
 from stream_processor.alerts.evaluator import Evaluator
+from stream_processor.alerts.store import Alert
 from stream_processor.harness import WorkerProcess
+from stream_processor.pricing import PriceBook
 from tests.conftest import wait_for
 from tests.integration.alerting import fast_settings, raw_count
 
@@ -34,25 +39,37 @@ def test_demo_week_raises_one_spike_alert_for_the_injected_agent_and_no_false_on
     worker.wait_assigned(timeout=90)
     end = datetime.now(UTC).replace(microsecond=0)
     cfg = SimulationConfig(calls=DEMO_CALLS, days=7, seed=42, end=end)
-    manifest = asyncio.run(publish(settings, cfg))
-    wait_for(
-        lambda: raw_count(settings) >= manifest.total.calls,
-        180,
-        "the demo in ClickHouse",
-        detail=worker.tail,
-    )
+    evaluator = Evaluator(settings, ClickHouse(settings))
+    raised: list[Alert] = []
+    done = threading.Event()
+
+    def evaluate_while_ingesting() -> None:  # as the alerter does during a backfill
+        while not done.wait(0.5):
+            raised.extend(evaluator.tick())
+
+    judge = threading.Thread(target=evaluate_while_ingesting, name="alerter")
+    judge.start()
+    try:
+        manifest = asyncio.run(publish(settings, cfg))
+        wait_for(
+            lambda: raw_count(settings) >= manifest.total.calls,
+            180,
+            "the demo in ClickHouse",
+            detail=worker.tail,
+        )
+    finally:
+        done.set()
+        judge.join(30)
+    try:
+        raised += evaluator.tick()
+        again = evaluator.tick()
+    finally:
+        evaluator.close()
     truth = manifest.as_json()["spikes"]
     assert len(truth) == 1, truth
     spike = truth[0]
     start = datetime.fromisoformat(spike["start"])
     stop = datetime.fromisoformat(spike["end"])
-
-    evaluator = Evaluator(settings, ClickHouse(settings))
-    try:
-        raised = evaluator.tick()
-        again = evaluator.tick()
-    finally:
-        evaluator.close()
     started = [a for a in raised if a.kind == "spike_started"]
     ended = [a for a in raised if a.kind == "spike_ended"]
 
@@ -79,3 +96,30 @@ def test_demo_week_raises_one_spike_alert_for_the_injected_agent_and_no_false_on
     assert ended[0].window_end <= stop + timedelta(hours=2)
     # judging the same data again raises nothing: one alert per breach, not per evaluation
     assert again == []
+
+
+def test_an_hour_judged_before_its_baseline_arrived_is_judged_again(migrated: Settings) -> None:
+    """A backfill arrives out of order: here the spike's day and the days after it first,
+    the week before it later. The first look has no baseline (no verdict); the baseline's
+    arrival must make the alerter judge the later hours again, and find the spike."""
+    end = datetime.now(UTC).replace(microsecond=0)
+    published = list(generate(SimulationConfig(calls=DEMO_CALLS, days=7, seed=42, end=end)))
+    calls = [p.call for p in published if p.call is not None and not p.duplicate]
+    spike_start = next(p.spike[0] for p in published if p.spike is not None)
+    cut = spike_start - timedelta(days=1)
+    client = connect(migrated)
+    evaluator = Evaluator(migrated, ClickHouse(migrated))
+    price = book_pricer(PriceBook.load())
+    try:
+        write_calls(client, [c for c in calls if c.occurred_at >= cut], price)
+        first = [a for a in evaluator.tick() if a.kind == "spike_started"]
+        evaluator.since = datetime.now(UTC)  # the next look is minutes later: only new rows
+        write_calls(client, [c for c in calls if c.occurred_at < cut], price)
+        second = [a for a in evaluator.tick() if a.kind == "spike_started"]
+    finally:
+        evaluator.close()
+        client.close()
+    assert first == [], [a.message for a in first]
+    assert [(a.source_id, a.window_start.date()) for a in second] == [
+        ("agent-1-001", spike_start.date())
+    ], [a.message for a in second]
