@@ -183,25 +183,32 @@ class Evaluator:
         if kept:
             found[TENANT] = kept
         names = self.store.names(tenant, [key for key in found if key != TENANT])
-        candidates = [
-            alert
-            for (source, source_id), got in found.items()
-            for spike in got
-            for alert in self._spike_alerts(
-                tenant, source, source_id, names.get((source, source_id), ""), spike
-            )
-        ]
+        # A spike already alerted from a later hour (its first hour grew past the bar only
+        # when late calls arrived) keeps the id it was raised with: one alert per spike.
+        ids = {
+            (key, hour): spike_id(tenant, *key, hour)
+            for key, got in found.items()
+            for hour in _spike_hours(got, complete_before)
+        }
+        known = self.store.known_alerts(tenant, list(ids.values()))
+        candidates = []
+        for key, got in found.items():
+            for spike in got:
+                hours = _spike_hours([spike], complete_before)
+                raised = [ids[(key, h)] for h in hours if ids[(key, h)] in known]
+                alert_id = raised[0] if raised else ids[(key, spike.start)]
+                name = names.get(key, "")
+                candidates += self._spike_alerts(tenant, *key, name, spike, alert_id)
         return self._new(tenant, candidates)
 
     def _spike_alerts(
-        self, tenant: str, source: str, source_id: str, name: str, spike: Spike
+        self, tenant: str, source: str, source_id: str, name: str, spike: Spike, alert_id: str
     ) -> list[Alert]:
         first = spike.first
         assert first.baseline is not None
         base = first.baseline
         who = f"{name or source_id} ({source})" if source else f"tenant {tenant}"
         scope = "entity" if source else "tenant"
-        alert_id = spike_id(tenant, source, source_id, spike.start)
         hour = f"{spike.start:%Y-%m-%d %H:00} UTC"
         now = self.now()
         started = Alert(

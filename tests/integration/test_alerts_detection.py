@@ -123,3 +123,34 @@ def test_an_hour_judged_before_its_baseline_arrived_is_judged_again(migrated: Se
     assert [(a.source_id, a.window_start.date()) for a in second] == [
         ("agent-1-001", spike_start.date())
     ], [a.message for a in second]
+
+
+def test_late_calls_in_the_hour_before_an_alerted_spike_raise_no_second_alert(
+    migrated: Settings,
+) -> None:
+    """The spike's first hour arrives last (a late producer): the spike was already alerted
+    from its second hour; tracing it back to an earlier start must keep that one alert."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    end = now.replace(minute=54) - (timedelta(hours=1) if now.minute < 54 else timedelta(0))
+    published = list(generate(SimulationConfig(calls=DEMO_CALLS, days=7, seed=42, end=end)))
+    calls = [p.call for p in published if p.call is not None and not p.duplicate]
+    spike_start = next(p.spike[0] for p in published if p.spike is not None)
+    assert spike_start.minute == 30  # half of the spike in each of two clock hours
+    first_hour = spike_start.replace(minute=0, second=0, microsecond=0)
+    late = [c for c in calls if first_hour <= c.occurred_at < first_hour + timedelta(hours=1)]
+    client = connect(migrated)
+    evaluator = Evaluator(migrated, ClickHouse(migrated))
+    price = book_pricer(PriceBook.load())
+    try:
+        write_calls(client, [c for c in calls if c not in late], price)
+        first = [a for a in evaluator.tick() if a.kind == "spike_started"]
+        evaluator.since = datetime.now(UTC)
+        write_calls(client, late, price)
+        second = [a for a in evaluator.tick() if a.kind == "spike_started"]
+    finally:
+        evaluator.close()
+        client.close()
+    assert [(a.source_id, a.window_start) for a in first] == [
+        ("agent-1-001", first_hour + timedelta(hours=1))
+    ], [a.message for a in first]
+    assert second == [], [a.message for a in second]
