@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from query_api.auth import read_tenant, require
 from query_api.keys import Principal, Scope
 from query_api.schemas import ErrorBody, iso, money
-from query_api.window import WindowError, parse_zone
+from query_api.window import MAX_MS, WindowError, parse_zone, to_ms
 from stream_processor.alerts.budgets import (
     DEFAULT_THRESHOLDS,
     Budget,
@@ -302,6 +302,10 @@ def list_alerts(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AlertList:
     """The tenant's alerts whose window overlaps [from, to), newest first."""
+    start, end = _aware(start), _aware(end)
+    for moment in (start, end):
+        if moment is not None and not 0 <= to_ms(moment) < MAX_MS:
+            raise HTTPException(422, "from/to must lie between 1970-01-01 and 2100-01-01")
     if start and end and start >= end:
         raise HTTPException(422, "from must be before to")
     found = _store(request).alerts(
