@@ -8,6 +8,7 @@ the session's real broker and ClickHouse.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -44,19 +45,23 @@ def clients(migrated: Settings) -> Iterator[dict[Scope, TestClient]]:
         yield {Scope.READ: query, Scope.INGEST: ing}
 
 
-# The scope each family of endpoints needs; a new secured endpoint must be classified here.
-NEEDED = {
-    "/v1/usage/": Scope.READ,
-    "/v1/keys": Scope.ADMIN,
-    "/v1/events": Scope.INGEST,
-    "/v1/traces": Scope.INGEST,
+# The scope each family of endpoints needs, per method ("*": any other); a new secured
+# endpoint must be classified here.
+NEEDED: dict[str, dict[str, Scope]] = {
+    "/v1/usage/": {"*": Scope.READ},
+    "/v1/keys": {"*": Scope.ADMIN},
+    "/v1/budgets": {"GET": Scope.READ, "*": Scope.ADMIN},  # the page shows them
+    "/v1/alerts": {"*": Scope.READ},
+    "/v1/webhooks": {"*": Scope.ADMIN},
+    "/v1/events": {"*": Scope.INGEST},
+    "/v1/traces": {"*": Scope.INGEST},
 }
 
 
-def needed_scope(path: str) -> Scope:
-    found = [scope for prefix, scope in NEEDED.items() if path.startswith(prefix)]
+def needed_scope(method: str, path: str) -> Scope:
+    found = [rule for prefix, rule in NEEDED.items() if path.startswith(prefix)]
     assert len(found) == 1, f"{path}: which scope does it need? add it to NEEDED"
-    return found[0]
+    return found[0].get(method, found[0]["*"])
 
 
 def test_scopes_every_endpoint_refuses_no_key_bad_key_and_keys_without_its_scope(
@@ -68,8 +73,8 @@ def test_scopes_every_endpoint_refuses_no_key_bad_key_and_keys_without_its_scope
     checked: dict[Scope, int] = dict.fromkeys(Scope, 0)
     for client in clients.values():
         for method, path in secured_operations(client.app):  # type: ignore[arg-type]
-            needed = needed_scope(path)
-            url = path.replace("{key_id}", "0123456789abcdef")
+            needed = needed_scope(method, path)
+            url = re.sub(r"\{\w+\}", "0123456789abcdef", path)  # an id nobody has
             assert client.request(method, url).status_code == 401, (method, path)
             assert client.request(method, url, headers=bad).status_code == 401, (method, path)
             for scope, key in keys.items():
