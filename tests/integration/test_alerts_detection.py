@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from llm_usage.clickhouse import connect
 from llm_usage.settings import Settings
 from llm_usage.simulate import SimulationConfig, book_pricer, generate, publish, write_calls
@@ -30,6 +32,7 @@ from tests.integration.alerting import fast_settings, raw_count
 DEMO_CALLS = 30_000  # what `llm-usage run` backfills
 
 
+@pytest.mark.sharded
 def test_demo_week_raises_one_spike_alert_for_the_injected_agent_and_no_false_ones(
     migrated: Settings, worker_factory: Callable[[Settings], WorkerProcess]
 ) -> None:

@@ -118,6 +118,7 @@ def _alerts_of_agent(settings: Settings) -> list[tuple[str, datetime]]:
     return [(str(r[0]), r[1]) for r in rows]
 
 
+@pytest.mark.sharded
 def test_live_spike_alerts_within_two_minutes_once_despite_a_worker_sigkill(
     migrated: Settings,
     worker_factory: Callable[[Settings], WorkerProcess],
