@@ -105,6 +105,8 @@ COMMENT 'Alert deliveries (Distributed over alert_deliveries_local)';
 
 -- Which (tenant, hour) received rows and when: the alerter re-judges exactly the hours that
 -- changed since its last look (a backfill of a week marks a week, live traffic one hour).
+-- Like every target of a view over usage_events it deduplicates inserts (DESIGN: a replayed
+-- block is dropped in raw and in every view's target).
 CREATE TABLE IF NOT EXISTS ${database}.ingest_activity${local} ${on_cluster}
 (
     tenant_id LowCardinality(String) COMMENT 'Tenant',
@@ -115,6 +117,8 @@ CREATE TABLE IF NOT EXISTS ${database}.ingest_activity${local} ${on_cluster}
 ENGINE = ${replicated}AggregatingMergeTree
 ORDER BY (tenant_id, hour)
 TTL hour + INTERVAL ${raw_retention_days} DAY
+SETTINGS non_replicated_deduplication_window = ${dedup_window},
+    replicated_deduplication_window = ${dedup_window}
 COMMENT 'Last ingest time per tenant and event-time hour (fed by ingest_activity_mv)';
 
 -- @cluster-only

@@ -112,3 +112,22 @@ def test_cluster_only_statements_and_placeholders() -> None:
         render("SELECT 1,\n-- @cluster-only\n2", CLUSTER)
     with pytest.raises(MigrationError, match="bad placeholder"):
         render("SELECT ${nope}", SINGLE, name="x.sql")
+
+
+def test_every_target_of_a_view_over_usage_events_deduplicates_inserts() -> None:
+    """A replayed batch is dropped in raw and in every view's target only if each target
+    keeps a deduplication window (DESIGN "Exactly once into ClickHouse, rollups included")."""
+    statements = [s for m in discover() for s in m.statements(SINGLE)]
+    created = _created(statements)
+    targets = {
+        m.group(1)
+        for s in statements
+        if (
+            m := re.search(
+                r"MATERIALIZED VIEW .*?TO \w+\.(\w+) AS\s.*FROM \w+\.usage_events\b", s, re.S
+            )
+        )
+    }
+    assert {"usage_hourly", "usage_daily", "ingest_activity"} <= targets
+    for name in sorted(targets | {"usage_events"}):
+        assert "non_replicated_deduplication_window" in created[name], name
