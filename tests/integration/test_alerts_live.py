@@ -132,6 +132,7 @@ def _quiet_agent(settings: Settings) -> str:
     return str(rows[0][0])
 
 
+@pytest.mark.sharded
 def test_live_spike_alerts_within_two_minutes_once_despite_a_worker_sigkill(
     migrated: Settings,
     worker_factory: Callable[[Settings], WorkerProcess],
