@@ -411,6 +411,9 @@ class Alerter:
         except (Unavailable, KafkaError) as exc:
             log.warning("alerter: %s; trying again in %.0f s", exc, self.settings.alert_interval_s)
             return []
+        except Exception:  # a bug must not stop alerting for everyone: log it, try again
+            log.exception("alerter: the evaluation failed; trying again next tick")
+            return []
         self.ticks += 1
         self.alerts_raised += len(raised)
         return raised
@@ -444,8 +447,12 @@ class Alerter:
                 except Unavailable as exc:
                     log.warning("alerter: deliveries wait for ClickHouse: %s", exc)
                     pending = []
-                if pending:
-                    await asyncio.gather(*(self._deliver(client, a, h) for a, h in pending))
+                outcomes = await asyncio.gather(
+                    *(self._deliver(client, a, h) for a, h in pending), return_exceptions=True
+                )
+                for failure in (o for o in outcomes if isinstance(o, BaseException)):
+                    # the delivery is not recorded, so it is tried again on the next round
+                    log.warning("alerter: a delivery failed: %s", failure)
                 await _sleep_unless(stop, 1.0)
 
     async def _deliver(self, client: httpx.AsyncClient, alert: Alert, hook: Webhook) -> None:

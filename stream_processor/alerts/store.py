@@ -293,12 +293,18 @@ class AlertStore:
         )
 
     def pending_deliveries(self, since: datetime) -> list[tuple[Alert, Webhook]]:
-        """(alert version, webhook) pairs raised since ``since`` that no delivery finished."""
+        """(alert version, webhook) pairs that no delivery finished: alerts raised since
+        ``since`` and after the webhook was created."""
         hooks = {(h.tenant_id, h.webhook_id): h for h in self.webhooks()}
         if not hooks:
             return []
         pending = self._undelivered(since, [h.webhook_id for h in hooks.values()])
-        return [(a, hooks[(a.tenant_id, w)]) for a, w in pending if (a.tenant_id, w) in hooks]
+        return [
+            (alert, hook)
+            for alert, target in pending
+            if (hook := hooks.get((alert.tenant_id, target))) is not None
+            and alert.raised_at >= hook.created_at  # a new webhook gets new alerts only
+        ]
 
     def unpublished(self, since: datetime) -> list[Alert]:
         """Alert versions raised since ``since`` not yet on the alerts topic."""
