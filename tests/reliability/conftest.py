@@ -12,7 +12,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -25,10 +25,12 @@ from llm_usage.localstack import LocalStack
 from llm_usage.localstack.processes import free_port
 from llm_usage.settings import Settings
 from llm_usage.simulate import Manifest, SimulationConfig, book_pricer, generate
+from producers.contract import UsageEvent
 from producers.publisher import UsagePublisher
 from stream_processor.harness import WorkerProcess
 from stream_processor.pricing import PriceBook
 from tests.conftest import wait_for
+from tests.integration.test_processor_crash import missing_report
 
 # (calls, input, output, cache writes 5m + 1h, cache reads, cost, unpriced calls)
 Totals = tuple[int, int, int, int, int, Decimal, int]
@@ -106,13 +108,23 @@ def assert_exact(
     timeout: float = 120.0,
     *,
     worker: WorkerProcess | None = None,
+    events: list[UsageEvent] | None = None,
 ) -> Totals:
     """Wait for every row, give late duplicates a chance, then compare all three tables.
 
-    On a timeout the failure shows ``worker``'s log tail (why it stopped writing).
+    On a timeout the failure shows ``worker``'s log tail (why it stopped writing) and, given
+    the published ``events``, where each missing one sits in the topic (or that it is not
+    there: lost before Kafka).
     """
     want = expected(manifest)
-    detail = worker.tail if worker is not None else None
+    detail: Callable[[], str] | None = None
+    if worker is not None:
+        tail = worker.tail
+        detail = (
+            tail
+            if events is None
+            else lambda: f"{missing_report(settings, events, worker)}\n{tail()}"
+        )
     wait_for(lambda: raw_count(settings) >= want[0], timeout, f"{want[0]} rows", detail=detail)
     time.sleep(1.5)  # a duplicate or a double-counted replay would land now
     got = totals(settings)
@@ -173,6 +185,7 @@ class Stream:
     hold_at: int | None = None
     resume: threading.Event = field(default_factory=threading.Event)
     published: int = 0
+    events: list[UsageEvent] = field(default_factory=list)  # each unique call, once
     # the longest single publish() call since the test last reset it: a publisher that waits
     # for the broker shows up here, however slowly a busy machine generates the traffic
     slowest_publish_s: float = 0.0
@@ -226,6 +239,7 @@ class Stream:
                 self.manifest.record(item)
                 if item.call is not None and not item.duplicate:
                     self.published += 1
+                    self.events.append(item.call)
                     if self.published == self.hold_at:
                         held = time.monotonic()
                         await asyncio.to_thread(self.resume.wait, 300)

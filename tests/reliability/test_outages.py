@@ -206,7 +206,7 @@ def test_broker_unreachable_10s_services_spool_and_replay_totals_exact(
         replayed = sum(int(s["replayed"]) for s in stream.stats)
         print(f"publishers: spooled {spooled}, replayed {replayed}; {stream.stats}")
         assert spooled > 0 and replayed >= spooled, stream.stats
-        want = assert_exact(settings, manifest, timeout=150, worker=worker)
+        want = assert_exact(settings, manifest, timeout=150, worker=worker, events=stream.events)
         print(f"expected = observed = {want}")
         assert_never_crashed(worker)
     finally:
