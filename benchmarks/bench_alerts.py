@@ -12,10 +12,11 @@ false spike alerts (no injected spike explains them), and how long the evaluatio
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4, 5])
     parser.add_argument("--calls", type=int, nargs="+", default=[10_000, 30_000])
+    parser.add_argument(
+        "--ends-hours-ago",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="weeks ending this many hours before now (the week depends on its end, to the second)",
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="bench-alerts-"))
     base = Settings(
@@ -59,44 +67,45 @@ def main() -> None:
     )  # type: ignore[call-arg]
     stack = LocalStack(base)
     stack.start_service("clickhouse")
-    end = datetime.now(UTC).replace(microsecond=0)
-    print(f"{'seed':>5} {'calls':>7}  {'injected spike':<28} {'false':>5}  {'tick s':>6}")
+    now = datetime.now(UTC).replace(microsecond=0)
+    print(
+        f"{'seed':>5} {'calls':>7} {'end':>11}  {'injected spike':<28} {'false':>5}  {'tick s':>6}"
+    )
     totals = {"found": 0, "missed": 0, "false": 0, "runs": 0}
     try:
-        for calls in args.calls:
-            for seed in args.seeds:
-                settings = base.model_copy(update={"clickhouse_database": f"alerts_{seed}_{calls}"})
-                apply_migrations(connect(settings, database=""), settings)
-                truth = load_week(
-                    settings, SimulationConfig(calls=calls, days=7, seed=seed, end=end)
-                )
-                evaluator = Evaluator(settings, ClickHouse(settings))
-                began = time.monotonic()
-                raised = evaluator.tick()
-                took = time.monotonic() - began
-                evaluator.close()
-                started = [a for a in raised if a.kind == "spike_started"]
+        for calls, seed, ago in itertools.product(args.calls, args.seeds, args.ends_hours_ago):
+            end = now - timedelta(hours=ago)
+            database = f"alerts_{seed}_{calls}_{ago}"
+            settings = base.model_copy(update={"clickhouse_database": database})
+            apply_migrations(connect(settings, database=""), settings)
+            truth = load_week(settings, SimulationConfig(calls=calls, days=7, seed=seed, end=end))
+            evaluator = Evaluator(settings, ClickHouse(settings))
+            began = time.monotonic()
+            raised = evaluator.tick()
+            took = time.monotonic() - began
+            evaluator.close()
+            started = [a for a in raised if a.kind == "spike_started"]
 
-                def explains(alert, spike) -> bool:  # type: ignore[no-untyped-def]
-                    hour = spike["start"].replace(minute=0, second=0, microsecond=0)
-                    return (
-                        alert.tenant_id == spike["tenant"]
-                        and alert.source_id in (spike["source_id"], "")
-                        and hour <= alert.window_start < spike["end"]
-                    )
-
-                found = [s for s in truth if any(explains(a, s) and a.source_id for a in started)]
-                false = [a for a in started if not any(explains(a, s) for s in truth)]
-                label = "found" if found else "MISSED"
-                print(
-                    f"{seed:>5} {calls:>7,}  {label + ' (' + truth[0]['source_id'] + ')':<28}"
-                    f" {len(false):>5}  {took:>6.2f}"
+            def explains(alert, spike) -> bool:  # type: ignore[no-untyped-def]
+                hour = spike["start"].replace(minute=0, second=0, microsecond=0)
+                return (
+                    alert.tenant_id == spike["tenant"]
+                    and alert.source_id in (spike["source_id"], "")
+                    and hour <= alert.window_start < spike["end"]
                 )
-                for alert in false:
-                    print(f"{'':>15}false: {alert.message}")
-                totals["found" if found else "missed"] += 1
-                totals["false"] += len(false)
-                totals["runs"] += 1
+
+            found = [s for s in truth if any(explains(a, s) and a.source_id for a in started)]
+            false = [a for a in started if not any(explains(a, s) for s in truth)]
+            label = f"{'found' if found else 'MISSED'} ({truth[0]['source_id']})"
+            print(
+                f"{seed:>5} {calls:>7,} {end:%m-%d %H:%M}  {label:<28}"
+                f" {len(false):>5}  {took:>6.2f}"
+            )
+            for alert in false:
+                print(f"{'':>15}false: {alert.message}")
+            totals["found" if found else "missed"] += 1
+            totals["false"] += len(false)
+            totals["runs"] += 1
     finally:
         stack.down()
         shutil.rmtree(home, ignore_errors=True)

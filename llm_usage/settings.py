@@ -216,7 +216,7 @@ class Settings(BaseSettings):
         3.0, ge=1, description="a spike hour is at least this multiple of a normal hour"
     )
     alert_spike_min_cost_usd: Decimal = Field(
-        Decimal("1"), ge=0, description="an hour costing less never alerts (tiny entities)"
+        Decimal("2"), ge=0, description="an hour costing less never alerts (tiny entities)"
     )
     alert_spike_min_calls: int = Field(
         20, ge=1, description="a spike by call count needs at least this many calls"

@@ -131,3 +131,25 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProces
     yield start
     for worker in started:
         worker.stop()
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """``figure("...")``: a measured figure (a detection delay, a false-alert count) that
+    pytest prints at the end of the run, passed or failed, under "figures of this run"."""
+
+    def note(line: str) -> None:
+        _FIGURES.append(f"{request.node.nodeid}: {line}")
+        print(line)
+
+    return note
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("figures of this run")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

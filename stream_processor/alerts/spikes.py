@@ -40,7 +40,7 @@ class SpikeRule:
 
     sensitivity: float = 6.0
     min_ratio: float = 3.0
-    min_cost_usd: Decimal = Decimal("1")
+    min_cost_usd: Decimal = Decimal("2")
     min_calls: int = 20
     min_history: int = 6
     min_days: int = 3

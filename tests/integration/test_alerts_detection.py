@@ -34,7 +34,9 @@ DEMO_CALLS = 30_000  # what `llm-usage run` backfills
 
 @pytest.mark.sharded
 def test_demo_week_raises_one_spike_alert_for_the_injected_agent_and_no_false_ones(
-    migrated: Settings, worker_factory: Callable[[Settings], WorkerProcess]
+    migrated: Settings,
+    worker_factory: Callable[[Settings], WorkerProcess],
+    figure: Callable[[str], None],
 ) -> None:
     settings = fast_settings(migrated)
     asyncio.run(ensure_topics(settings))
@@ -82,9 +84,9 @@ def test_demo_week_raises_one_spike_alert_for_the_injected_agent_and_no_false_on
 
     right = [a for a in started if explained(a.window_start, a.source_id)]
     false = [a for a in started if not explained(a.window_start, a.source_id)]
-    print(
-        f"\nspike alerts over the 7-day demo ({DEMO_CALLS:,} calls): {len(started)} raised,"
-        f" {len(right)} for the injected spike, {len(false)} false"
+    figure(
+        f"spike alerts over the 7-day demo ({DEMO_CALLS:,} calls, seed 42, ending {end:%H:%M}"
+        f" UTC): {len(started)} raised, {len(right)} for the injected spike, {len(false)} false"
     )
     for alert in started + ended:
         print(f"  {alert.kind} {alert.window_start:%Y-%m-%d %H:%M} {alert.message}")

@@ -138,6 +138,7 @@ def test_live_spike_alerts_within_two_minutes_once_despite_a_worker_sigkill(
     worker_factory: Callable[[Settings], WorkerProcess],
     receiver: Receiver,
     tmp_path: Path,
+    figure: Callable[[str], None],
 ) -> None:
     settings = fast_settings(migrated, api_keys="key-live:tenant-1", alert_interval_s=2.0)
     asyncio.run(
@@ -200,9 +201,9 @@ def test_live_spike_alerts_within_two_minutes_once_despite_a_worker_sigkill(
         first, seen = asyncio.run(spike())
         assert seen is not None, f"no alert within 2 minutes:\n{alerter.tail()}"
         delay = seen - first
-        print(
-            f"\nspike: first event to alert in ClickHouse {delay:.1f} s (worker SIGKILLed"
-            " after the 7th event)"
+        figure(
+            f"live spike: first event to alert in ClickHouse {delay:.1f} s (alerter every"
+            f" {settings.alert_interval_s:g} s; worker SIGKILLed after the 7th event)"
         )
         assert delay < 120
 
