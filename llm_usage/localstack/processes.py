@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+_random = random.SystemRandom()  # not the seeded global: tests seed that one
 
 
 def spawn(
@@ -85,22 +88,33 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (outgoing connections take those)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A currently free TCP port on ``host`` (for tests and ad-hoc stacks)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> int:
     """The first of ``count`` consecutive free ports (a sharded stack counts up from it).
 
-    Ask once for all the ports a stack needs: two separate calls can overlap, since the
-    kernel hands out ephemeral ports in sequence.
+    Taken at random below the kernel's ephemeral range: a port the kernel handed out for
+    ``bind(0)`` is also the kind it hands to outgoing connections, and one did take a
+    ClickHouse shard's port between this check and the server's start (seen in a test run).
+    Ask once for all the ports a stack needs: two separate calls can overlap.
     """
-    for _ in range(200):
-        first = free_port(host)
-        if first + count <= 65535 and all(_bindable(host, first + i) for i in range(1, count)):
+    low, high = 10_000, _ephemeral_low() - count
+    if high - low < 1_000:  # an unusual ephemeral range: anywhere above the system ports
+        low, high = 1_024, 65_535 - count
+    for _ in range(500):
+        first = _random.randint(low, high)
+        if all(_bindable(host, first + i) for i in range(count)):
             return first
     raise RuntimeError(f"no {count} consecutive free ports on {host}")
 
