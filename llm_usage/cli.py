@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from llm_usage.localstack.stack import ServiceStatus
 from llm_usage.settings import Settings, get_settings
@@ -20,6 +21,11 @@ app = typer.Typer(help="LLM usage analytics pipeline.", no_args_is_help=True)
 stack_app = typer.Typer(help="The local Kafka broker and ClickHouse server.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 console = Console()
+PIPED_TABLE_WIDTH = 250  # a table piped to grep or a file is not cut to 80 columns
+
+
+def print_table(table: Table) -> None:
+    (console if console.is_terminal else Console(width=PIPED_TABLE_WIDTH)).print(table)
 
 
 def _print_status(statuses: list[ServiceStatus]) -> None:
@@ -224,8 +230,6 @@ def prices(
         return
     from datetime import UTC, date, datetime
 
-    from rich.table import Table
-
     book = _load_book()
     day = date.fromisoformat(at) if at else datetime.now(UTC).date()
     moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
@@ -259,7 +263,7 @@ def prices(
                 _rates_text(batch.base) if batch else "", _rates_text(fast.base) if fast else "",
                 str(entry.web_search_per_1k or ""), geo, ", ".join(aliases),
             )  # fmt: skip
-    console.print(table)
+    print_table(table)
 
 
 @prices_app.command("import")
@@ -330,7 +334,6 @@ def reprice(
     from datetime import date
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-    from rich.table import Table
 
     from llm_usage.clickhouse import connect
     from stream_processor.reprice import Repricer, Selection
@@ -367,7 +370,7 @@ def reprice(
         for name, item in sorted(changes.items()):
             table.add_row(name, f"{item.calls:,}", f"{item.changed:,}", f"{item.old_cost:f}",
                           f"{item.new_cost:f}", f"{item.new_cost - item.old_cost:+f}")  # fmt: skip
-        console.print(table)
+        print_table(table)
         return
     rate = result.scanned / result.seconds if result.seconds else 0.0
     if result.resumed:
@@ -468,7 +471,6 @@ def keys_list(
     revoked: bool = typer.Option(False, "--revoked", help="include revoked keys"),
 ) -> None:
     """List keys (ids, tenants, scopes; never the keys themselves)."""
-    from rich.table import Table
 
     table = Table("key id", "tenant", "scopes", "name", "created", "revoked")
     for key in _key_store().list(tenant or None):
@@ -482,7 +484,7 @@ def keys_list(
             f"{key.created_at:%Y-%m-%d %H:%M:%S}",
             f"{key.revoked_at:%Y-%m-%d %H:%M:%S}" if key.revoked_at else "",
         )
-    console.print(table)
+    print_table(table)
 
 
 @keys_app.command("revoke")

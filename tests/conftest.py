@@ -80,6 +80,8 @@ def settings(base_settings: Settings, tmp_path: Path) -> Settings:
             "topic_calls": unique("calls"),
             "topic_entities": unique("entities"),
             "topic_dead_letter": unique("dlq"),
+            "topic_alerts": unique("alerts"),
+            "topic_budget_status": unique("budget-status"),
             "home": tmp_path / "home",
         }
     )
@@ -133,23 +135,35 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProces
         worker.stop()
 
 
-_FIGURES: list[str] = []
+SCREENSHOT_DIR = Path(__file__).resolve().parents[1] / "test-output" / "browser"
+_SESSION_STARTED = time.time()
 
 
 @pytest.fixture
 def figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
     """``figure("...")``: a measured figure (a detection delay, a false-alert count) that
-    pytest prints at the end of the run, passed or failed, under "figures of this run"."""
+    pytest prints at the end of the run, passed or failed, under "figures of this run"
+    (kept in the test's report, so it reaches the summary from pytest-xdist workers too)."""
 
     def note(line: str) -> None:
-        _FIGURES.append(f"{request.node.nodeid}: {line}")
+        request.node.user_properties.append(("figure", line))
         print(line)
 
     return note
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _FIGURES:
+    figures: dict[tuple[str, str], None] = {}  # ordered, one per test and line
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for key, value in getattr(report, "user_properties", ()):
+                if key == "figure":
+                    figures[(report.nodeid, str(value))] = None
+    if figures:
         terminalreporter.section("figures of this run")
-        for line in _FIGURES:
-            terminalreporter.write_line(line)
+        for nodeid, line in figures:
+            terminalreporter.write_line(f"{nodeid}: {line}")
+    if SCREENSHOT_DIR.is_dir():
+        for path in sorted(SCREENSHOT_DIR.glob("*.png")):
+            if path.stat().st_mtime >= _SESSION_STARTED:
+                terminalreporter.write_line(f"Usage page screenshot: {path}")

@@ -25,7 +25,7 @@ import pytest
 from llm_usage.clickhouse import apply_migrations, connect
 from llm_usage.localstack.processes import free_port
 from llm_usage.settings import Settings
-from tests.conftest import unique
+from tests.conftest import SCREENSHOT_DIR, unique
 
 CHROMIUM = os.environ.get("LLM_USAGE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -39,7 +39,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 # Repo-level folder for artefacts a person looks at (gitignored).
-OUTPUT_DIR = Path(__file__).resolve().parents[2] / "test-output" / "browser"
+OUTPUT_DIR = SCREENSHOT_DIR
 
 KEY = "browser-test-key"
 TENANT = "browser-tenant"
@@ -242,26 +242,17 @@ def wait_ready(page: Any, *panels: str) -> None:
         page.wait_for_selector(f"#{panel}[data-state=ready], #{panel}[data-state=empty]")
 
 
-_SCREENSHOTS: list[Path] = []
-
-
 def save_screenshot(page: Any, name: str, selector: str | None = None) -> Path:
     """A full-page PNG (or of the element ``selector``) in test-output/browser/, listed at
-    the end of the pytest run."""
+    the end of the pytest run (tests/conftest.py)."""
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     path = OUTPUT_DIR / name
     if selector:
         page.locator(selector).screenshot(path=str(path))
     else:
         page.screenshot(path=str(path), full_page=True)
-    _SCREENSHOTS.append(path)
     print(f"screenshot of the Usage page: {path}")
     return path
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    for path in _SCREENSHOTS:
-        terminalreporter.write_line(f"Usage page screenshot: {path}")
 
 
 def format_tokens(value: int) -> str:

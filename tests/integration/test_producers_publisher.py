@@ -19,7 +19,7 @@ from producers.batching import partition_for
 from producers.contract import EntityRenamed, Source, UsageEvent, decode_calls, parse_call
 from producers.publisher import SyncUsagePublisher, UsagePublisher
 from producers.spool import SpoolLockedError
-from producers.topics import ensure_topics, read_topic
+from producers.topics import ensure_topics, pipeline_topics, read_topic
 
 
 def make_events(n: int, conversations: int = 40, tenant: str = "acme") -> list[UsageEvent]:
@@ -117,7 +117,7 @@ def test_topics_get_the_configured_partition_count(settings: Settings) -> None:
         return racing, again, partitions
 
     racing, again, partitions = asyncio.run(main())
-    everything = [settings.topic_calls, settings.topic_entities, settings.topic_dead_letter]
+    everything = pipeline_topics(settings)  # the test's own names (tests/conftest.py)
     assert sorted(racing[0] + racing[1]) == sorted(everything)  # each created exactly once
     assert again == []
     assert partitions == set(range(5))
@@ -238,12 +238,15 @@ def test_cli_creates_topics_and_drains_a_dead_services_spool(
         "LLM_USAGE_TOPIC_CALLS": settings.topic_calls,
         "LLM_USAGE_TOPIC_ENTITIES": settings.topic_entities,
         "LLM_USAGE_TOPIC_DEAD_LETTER": settings.topic_dead_letter,
+        "LLM_USAGE_TOPIC_ALERTS": settings.topic_alerts,
+        "LLM_USAGE_TOPIC_BUDGET_STATUS": settings.topic_budget_status,
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     runner = CliRunner()
     result = runner.invoke(app, ["topics"])
-    assert result.exit_code == 0 and result.output.count("created") == 3, result.output
+    created = len(pipeline_topics(settings))
+    assert result.exit_code == 0 and result.output.count("created") == created, result.output
     result = runner.invoke(app, ["replay-spool", "--name", "chat-1", "--timeout", "20"])
     assert result.exit_code == 0 and "replayed 50 events; 0 bytes left" in result.output
     got = asyncio.run(read_calls(settings, 50))
