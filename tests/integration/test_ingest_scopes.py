@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -135,9 +136,22 @@ def test_tenant_isolation_ingest_key_writes_only_its_tenant_read_key_sees_only_i
         assert body["accepted"] == len(mine)
         assert [r["index"] for r in body["rejected"]] == list(range(len(mine), len(mine) + 3))
         posted[tenant] = len(mine)
+    for number, tenant in enumerate(("t1", "t2")):  # OTLP: one span of its own, one claiming
+        other = "t2" if tenant == "t1" else "t1"  # the other tenant (rejected, with a reason)
+        spans = [_genai_span(start, number, 1, None), _genai_span(start, number, 2, other)]
+        answer = ingest.post(
+            "/v1/traces", json=_otlp(spans), headers=_auth(new_key(tenant, Scope.INGEST))
+        )
+        assert answer.status_code == 200, answer.text
+        partial = answer.json()["partialSuccess"]
+        assert int(partial["rejectedSpans"]) == 1, partial  # int64: a string in OTLP/JSON
+        assert (
+            f"'{other}' does not match the API key's tenant '{tenant}'" in partial["errorMessage"]
+        )
+        posted[tenant] += 1
     worker = worker_factory(settings)
     wait_for(
-        lambda: counted(settings, len(events)),
+        lambda: counted(settings, len(events) + 2),
         90,
         "both tenants' events",
         detail=worker.tail,
@@ -157,6 +171,35 @@ def test_tenant_isolation_ingest_key_writes_only_its_tenant_read_key_sees_only_i
         )
         assert records.status_code == 200
         assert records.json()["total"] == count == len(records.json()["items"])
+
+
+def _genai_span(
+    start: datetime, trace: int, span: int, claimed_tenant: str | None
+) -> dict[str, Any]:
+    """An OTLP/JSON GenAI chat span; ``claimed_tenant`` sets ``llm_usage.tenant_id``."""
+    began = int((start + timedelta(minutes=span)).timestamp() * 1e9)
+    attributes = {
+        "gen_ai.operation.name": {"stringValue": "chat"},
+        "gen_ai.provider.name": {"stringValue": "anthropic"},
+        "gen_ai.response.model": {"stringValue": "claude-sonnet-4-6"},
+        "gen_ai.conversation.id": {"stringValue": "conv-otlp"},
+        "gen_ai.usage.input_tokens": {"intValue": "100"},
+        "gen_ai.usage.output_tokens": {"intValue": "10"},
+    }
+    if claimed_tenant is not None:
+        attributes["llm_usage.tenant_id"] = {"stringValue": claimed_tenant}
+    return {
+        "traceId": f"{trace + 1:032x}",
+        "spanId": f"{span:016x}",
+        "name": "chat claude-sonnet-4-6",
+        "startTimeUnixNano": str(began),
+        "endTimeUnixNano": str(began + 900_000_000),
+        "attributes": [{"key": k, "value": v} for k, v in attributes.items()],
+    }
+
+
+def _otlp(spans: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}
 
 
 def _auth(key: str) -> dict[str, str]:
