@@ -229,5 +229,28 @@ def test_live_spike_alerts_within_two_minutes_once_despite_a_worker_sigkill(
         assert delivered[0]["kind"] == "spike_started" and "source_name" in delivered[0]
         listed = api.get("/v1/alerts?kind=spike_started", headers=KEY).json()["items"]
         assert [a["alert_id"] for a in listed if a["source_id"] == agent] == [alert_id]
+
+        # every alert raised since the webhook exists reaches it (each was refused twice
+        # first), and after dedupe by Idempotency-Key each is there exactly once
+        since = datetime.fromisoformat(hook.json()["created_at"])
+        raised = {
+            a["alert_id"]
+            for a in api.get("/v1/alerts?limit=1000", headers=KEY).json()["items"]
+            if datetime.fromisoformat(a["raised_at"]) >= since
+        }
+
+        def delivered_ids() -> list[str]:
+            return [a["alert_id"] for a in receiver.accepted]
+
+        wait_for(
+            lambda: raised <= set(delivered_ids()),
+            60,
+            "every alert at the webhook",
+            detail=alerter.tail,
+        )
+        assert sorted(delivered_ids()) == sorted(raised), "each alert once, none from before"
+        assert all(receiver.attempts[a["key"]] >= 3 for a in receiver.accepted)
+        figure(f"webhook: {len(raised)} alert(s) delivered, each once after two refusals")
+        assert receiver.bad_signatures == 0
     finally:
         alerter.stop()
