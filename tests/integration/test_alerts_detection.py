@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +21,7 @@ import pytest
 from llm_usage.clickhouse import connect
 from llm_usage.settings import Settings
 from llm_usage.simulate import SimulationConfig, book_pricer, generate, publish, write_calls
+from producers.contract import UsageEvent, uuid7
 from producers.topics import ensure_topics
 from query_api.db import ClickHouse
 from stream_processor.alerts.evaluator import Evaluator
@@ -159,3 +161,58 @@ def test_late_calls_in_the_hour_before_an_alerted_spike_raise_no_second_alert(
         ("agent-1-001", first_hour + timedelta(hours=1))
     ], [a.message for a in first]
     assert second == [], [a.message for a in second]
+
+
+def _expensive_chat(tenant: str, conversation: str, at: datetime) -> UsageEvent:
+    """A chat call with a huge uncached prompt (about $0.48)."""
+    return UsageEvent(
+        event_id=uuid7(),
+        tenant_id=tenant,
+        occurred_at=at,
+        source="chat",
+        source_id=conversation,
+        model="claude-sonnet-4-5",
+        input_tokens=150_000,
+        output_tokens=2_000,
+        duration_ms=9_000,
+    )
+
+
+def test_a_conversation_spike_and_a_tenant_spike_of_new_conversations_alert_once_each(
+    migrated: Settings,
+) -> None:
+    """Spikes are judged per conversation and per tenant too, not only per agent. On the
+    demo week: one of tenant-2's conversations suddenly costs many times its normal hour
+    (its own alert; the tenant's hour, which it explains, raises none); and forty
+    conversations of tenant-3 that never existed before (no normal of their own yet) all
+    spend in one hour: only the tenant's detector can see that, and it alerts."""
+    end = datetime.now(UTC).replace(microsecond=0)
+    published = list(generate(SimulationConfig(calls=DEMO_CALLS, days=7, seed=42, end=end)))
+    calls = [p.call for p in published if p.call is not None and not p.duplicate]
+    chats = Counter(c.source_id for c in calls if c.tenant_id == "tenant-2" and c.source == "chat")
+    conversation = chats.most_common(1)[0][0]
+    conversation_hour = (end - timedelta(hours=30)).replace(minute=0, second=0)
+    tenant_hour = (end - timedelta(hours=54)).replace(minute=0, second=0)
+    injected = [
+        _expensive_chat("tenant-2", conversation, conversation_hour + timedelta(minutes=m))
+        for m in range(0, 60, 2)
+    ] + [
+        _expensive_chat("tenant-3", f"conv-new-{n}", tenant_hour + timedelta(minutes=n))
+        for n in range(40)
+        for _ in range(3)
+    ]
+    client = connect(migrated)
+    evaluator = Evaluator(migrated, ClickHouse(migrated))
+    try:
+        write_calls(client, calls + injected, book_pricer(PriceBook.load()))
+        raised = evaluator.tick()
+    finally:
+        evaluator.close()
+        client.close()
+    started = [a for a in raised if a.kind == "spike_started" and a.tenant_id != "tenant-1"]
+    assert sorted((a.tenant_id, a.scope, a.source_id, a.window_start) for a in started) == [
+        ("tenant-2", "entity", conversation, conversation_hour),
+        ("tenant-3", "tenant", "", tenant_hour),
+    ], [a.message for a in started]
+    conversation_alert = next(a for a in started if a.scope == "entity")
+    assert conversation_alert.source == "chat" and conversation_alert.source_name
