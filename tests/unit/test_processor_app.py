@@ -69,8 +69,11 @@ def test_post_recovery_seek_neither_skips_nor_rewinds() -> None:
         async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
             return {tp: 2 for tp in tps}
 
+        async def seek_wait(self, partitions: dict[TP, int]) -> None:
+            self.seeks.extend(partitions.items())  # on the consumer's thread, not _seek
+
         async def _seek(self, tp: TP, offset: int) -> None:
-            self.seeks.append((tp, offset))
+            raise AssertionError("_seek calls aiokafka from the wrong thread")
 
     consumer = FakeConsumer()
     already_read = {TP("calls", 0): 9}  # the agent took offsets 5..8 before the seek
