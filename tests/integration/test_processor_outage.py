@@ -21,6 +21,7 @@ from stream_processor.harness import WorkerProcess
 from tests.conftest import wait_for
 from tests.integration.test_processor_e2e import (
     cost_of,
+    counted,
     expected_totals,
     make_events,
     publish,
@@ -62,7 +63,7 @@ def test_two_workers_split_partitions_and_survive_a_clickhouse_outage(
         stack.start_service("clickhouse")
 
     expected = expected_totals(events, [cost_of(e) for e in events])
-    wait_for(lambda: totals(settings)["raw"][0] >= len(events), 90, "catching up")
+    wait_for(lambda: counted(settings, len(events)), 90, "catching up, rollups included")
     time.sleep(1.0)
     got = totals(settings)
     assert got["raw"] == expected
