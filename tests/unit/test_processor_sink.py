@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from stream_processor.enrich import COLUMNS, Row
 from stream_processor.metrics import Metrics
-from stream_processor.sink import Aborted, Sink
+from stream_processor.sink import OCCURRED_AT, Aborted, Sink, by_month
+
+DEC_1 = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+
+
+def row(at: datetime = DEC_1) -> Row:
+    """A usage_events row whose only meaningful column is ``occurred_at``."""
+    return tuple(at if i == OCCURRED_AT else None for i in range(len(COLUMNS)))
 
 
 class FakeWriter:
@@ -61,7 +70,7 @@ async def feed(sink: Sink, writer: FakeWriter, offsets: list[int], rows_each: in
     for offset in offsets:
         message = Message(writer.calls, offset)
         messages.append(message)
-        await sink.add(partition, offset, message, [("row",)] * rows_each)
+        await sink.add(partition, offset, message, [row()] * rows_each)
     return messages
 
 
@@ -167,7 +176,7 @@ def test_revoke_during_retries_aborts_without_acking() -> None:
         await sink.open_partition(0, 0)
         writer.failures = 10**9
         message = Message(writer.calls, 0)
-        await sink.add(0, 0, message, [("r",), ("r",)])  # the write retries in the background
+        await sink.add(0, 0, message, [row(), row()])  # the write retries in the background
         await asyncio.sleep(0.05)
         await sink.reset()
         assert not message.acked and not sink.buffers
@@ -204,5 +213,35 @@ def test_messages_without_rows_are_acked_without_an_insert() -> None:
         await feed(sink, writer, [0, 1], rows_each=0)
         await sink.flush_due(force=True)
         assert writer.calls == [("ack", 0), ("ack", 1)]
+
+    asyncio.run(run())
+
+
+def test_a_batch_is_inserted_once_per_utc_month_each_under_its_own_token() -> None:
+    """One part per table per insert: a batch across a month boundary is two inserts."""
+    nov = datetime(2026, 11, 30, 23, 59, tzinfo=UTC)
+    dec = DEC_1
+    jan = datetime(2027, 1, 1, 0, 0, tzinfo=UTC)
+    assert by_month([row(dec), row(dec)], "t") == [("t", [row(dec), row(dec)])]
+    split = by_month([row(dec), row(nov), row(jan), row(nov)], "t")
+    assert split == [
+        ("t:202611", [row(nov), row(nov)]),
+        ("t:202612", [row(dec)]),
+        ("t:202701", [row(jan)]),
+    ]
+    assert by_month([row(nov), row(jan), row(dec), row(nov)], "t") == split, "pure"
+
+    async def run() -> None:
+        writer = FakeWriter()
+        sink = make_sink(writer, max_events=3)
+        await sink.open_partition(0, 0)
+        for offset, at in enumerate([nov, dec, dec]):
+            await sink.add(0, offset, Message(writer.calls, offset), [row(at)])
+        await sink.drain()
+        assert writer.calls[:3] == [
+            ("record", 0, 2, 3, "cid:calls:0:0-2"),
+            ("insert", 1, "cid:calls:0:0-2:202611"),
+            ("insert", 2, "cid:calls:0:0-2:202612"),
+        ]
 
     asyncio.run(run())
