@@ -67,12 +67,11 @@ def by_month(rows: Sequence[Row], token: str) -> list[tuple[str, list[Row]]]:
     """Split a batch into one insert per UTC month, each under its own token.
 
     Every table the insert reaches is partitioned by month or by year, so each of these
-    inserts writes exactly one part per table. That matters after a hard crash of a
-    non-replicated ClickHouse: it commits a multi-part insert part by part and writes their
-    deduplication records when the table's share of the insert is done, so a crash between
-    two parts left a committed part without its record, and the retry doubled it (seen in a
-    rollup during the ClickHouse-outage test). A batch within one month keeps the batch's
-    token; the split is a pure function of the rows, so a replay splits the same way.
+    inserts writes exactly one part per table. That matters when ClickHouse stops in the
+    middle of an insert: a non-replicated MergeTree commits a multi-part insert part by
+    part, and the retry of such a batch was doubled in a rollup (the ClickHouse-outage test,
+    about one run in eight, even with a graceful stop). A batch within one month keeps the
+    batch's token; the split is a pure function of the rows, so a replay splits the same way.
     """
     months: dict[tuple[int, int], list[Row]] = {}
     for row in rows:
