@@ -329,6 +329,7 @@ class LocalStack:
         return [asdict(s) for s in self.status()]
 
 
+_RUNNING_INSERTS = "SELECT count() FROM system.processes WHERE query_kind = 'Insert'"
 _USER_DATABASES = (
     "SELECT name FROM system.databases WHERE engine = 'Atomic'"
     " AND name NOT IN ('system', 'default', 'information_schema', 'INFORMATION_SCHEMA')"
@@ -342,9 +343,11 @@ def _detach_databases(shard: Shard, timeout: float = 10.0) -> None:
     non-replicated MergeTree keeps its deduplication log in a write buffer until then: the
     tokens of the last inserts were lost at every stop, and a worker's retry of a batch in
     flight was written twice into whichever table had lost it (the ClickHouse-outage tests
-    saw a rollup 175 calls over). ``DETACH DATABASE`` shuts every table of it down (the
-    log is written and synced), and the next start attaches it again, as a real server's
-    graceful shutdown does. Best effort: a server that does not answer is stopped anyway.
+    saw a rollup 175 calls over). So, as a real server's graceful shutdown does: let the
+    running inserts finish (an insert stopped between its parts was doubled in a rollup
+    on retry), then ``DETACH DATABASE``, which shuts every table down (its log is written
+    and synced); the next start attaches them again. Best effort: a server that does not
+    answer is stopped anyway.
     """
 
     def post(sql: str) -> str:
@@ -353,6 +356,9 @@ def _detach_databases(shard: Shard, timeout: float = 10.0) -> None:
             return response.read().decode()
 
     try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and post(_RUNNING_INSERTS).strip() not in ("", "0"):
+            time.sleep(0.01)  # as a server's shutdown lets running queries finish
         for database in post(_USER_DATABASES).split():
             post(f"DETACH DATABASE `{database}` SYNC")
     except OSError:
