@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from llm_usage.clickhouse import connect
 from llm_usage.localstack.processes import free_port
 from llm_usage.settings import Settings
+from producers.contract import UsageEvent, uuid7
 from tests.conftest import unique
 
 
@@ -30,3 +33,18 @@ def raw_count(settings: Settings) -> int:
         return int(client.query("SELECT count() FROM usage_events").result_rows[0][0])
     finally:
         client.close()
+
+
+def expensive_call(tenant: str, source: str, source_id: str, at: datetime) -> UsageEvent:
+    """One call of an entity running amok: a huge uncached prompt (about $0.48)."""
+    return UsageEvent(
+        event_id=uuid7(),
+        tenant_id=tenant,
+        occurred_at=at,
+        source=source,
+        source_id=source_id,
+        model="claude-sonnet-4-5",
+        input_tokens=150_000,
+        output_tokens=2_000,
+        duration_ms=9_000,
+    )

@@ -21,7 +21,6 @@ import pytest
 from llm_usage.clickhouse import connect
 from llm_usage.settings import Settings
 from llm_usage.simulate import SimulationConfig, book_pricer, generate, publish, write_calls
-from producers.contract import UsageEvent, uuid7
 from producers.topics import ensure_topics
 from query_api.db import ClickHouse
 from stream_processor.alerts.evaluator import Evaluator
@@ -29,7 +28,7 @@ from stream_processor.alerts.store import Alert
 from stream_processor.harness import WorkerProcess
 from stream_processor.pricing import PriceBook
 from tests.conftest import wait_for
-from tests.integration.alerting import fast_settings, raw_count
+from tests.integration.alerting import expensive_call, fast_settings, raw_count
 
 DEMO_CALLS = 30_000  # what `llm-usage run` backfills
 
@@ -168,21 +167,6 @@ def test_late_calls_in_the_hour_before_an_alerted_spike_raise_no_second_alert(
     assert second == [], [a.message for a in second]
 
 
-def _expensive_chat(tenant: str, conversation: str, at: datetime) -> UsageEvent:
-    """A chat call with a huge uncached prompt (about $0.48)."""
-    return UsageEvent(
-        event_id=uuid7(),
-        tenant_id=tenant,
-        occurred_at=at,
-        source="chat",
-        source_id=conversation,
-        model="claude-sonnet-4-5",
-        input_tokens=150_000,
-        output_tokens=2_000,
-        duration_ms=9_000,
-    )
-
-
 def test_a_conversation_spike_and_a_tenant_spike_of_new_conversations_alert_once_each(
     migrated: Settings,
 ) -> None:
@@ -199,10 +183,10 @@ def test_a_conversation_spike_and_a_tenant_spike_of_new_conversations_alert_once
     conversation_hour = (end - timedelta(hours=30)).replace(minute=0, second=0)
     tenant_hour = (end - timedelta(hours=54)).replace(minute=0, second=0)
     injected = [
-        _expensive_chat("tenant-2", conversation, conversation_hour + timedelta(minutes=m))
+        expensive_call("tenant-2", "chat", conversation, conversation_hour + timedelta(minutes=m))
         for m in range(0, 60, 2)
     ] + [
-        _expensive_chat("tenant-3", f"conv-new-{n}", tenant_hour + timedelta(minutes=n))
+        expensive_call("tenant-3", "chat", f"conv-new-{n}", tenant_hour + timedelta(minutes=n))
         for n in range(40)
         for _ in range(3)
     ]

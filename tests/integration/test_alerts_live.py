@@ -29,14 +29,13 @@ from llm_usage.localstack.processes import free_port
 from llm_usage.runner import AlerterProcess
 from llm_usage.settings import Settings
 from llm_usage.simulate import SimulationConfig, publish
-from producers.contract import UsageEvent, uuid7
 from producers.publisher import UsagePublisher
 from producers.topics import ensure_topics
 from query_api.app import create_app
 from stream_processor.alerts.webhooks import SIGNATURE_HEADER, verify
 from stream_processor.harness import WorkerProcess
 from tests.conftest import wait_for
-from tests.integration.alerting import fast_settings, raw_count
+from tests.integration.alerting import expensive_call, fast_settings, raw_count
 from tests.integration.test_processor_e2e import read_topic
 
 KEY = {"Authorization": "Bearer key-live"}
@@ -86,21 +85,6 @@ def receiver() -> Iterator[Receiver]:
     hook = Receiver()
     yield hook
     hook.close()
-
-
-def _spike_call(agent: str, now: datetime) -> UsageEvent:
-    """One call of the agent running amok: a huge uncached prompt (about $0.48)."""
-    return UsageEvent(
-        event_id=uuid7(),
-        tenant_id="tenant-1",
-        occurred_at=now,
-        source="agent",
-        source_id=agent,
-        model="claude-sonnet-4-5",
-        input_tokens=150_000,
-        output_tokens=2_000,
-        duration_ms=9_000,
-    )
 
 
 def _alerts_of_agent(settings: Settings, agent: str) -> list[tuple[str, datetime]]:
@@ -186,7 +170,9 @@ def test_live_spike_alerts_within_two_minutes_once_despite_a_worker_sigkill(
             seen: float | None = None
             async with UsagePublisher(settings) as publisher:
                 for n in range(240):  # up to 2 minutes, two calls a second
-                    await publisher.publish(_spike_call(agent, datetime.now(UTC)))
+                    await publisher.publish(
+                        expensive_call("tenant-1", "agent", agent, datetime.now(UTC))
+                    )
                     if n == 6:  # in the middle of the spike: the worker dies, another starts
                         await publisher.flush()
                         worker.kill()
