@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from llm_usage.clickhouse import connect
 from llm_usage.localstack.processes import free_port
@@ -48,3 +48,17 @@ def expensive_call(tenant: str, source: str, source_id: str, at: datetime) -> Us
         output_tokens=2_000,
         duration_ms=9_000,
     )
+
+
+def demo_end() -> datetime:
+    """Where the alert tests end simulate's week: the latest 17:54 UTC.
+
+    The week depends on its end's time of day (diurnal traffic, agent schedules): ending at
+    17:54 puts the injected spike at 13:30, in working hours, half of it in each clock
+    hour, each half a spike of its own, and gives the same data every day. At night the
+    spike is a few dollars, and at some minutes it stays under the $2 floor (a CI run
+    ending at 02:40 missed it; bench_alerts.py measures how often).
+    """
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    end = now.replace(hour=17, minute=54)
+    return end if end <= now else end - timedelta(days=1)

@@ -28,7 +28,7 @@ from stream_processor.alerts.store import Alert
 from stream_processor.harness import WorkerProcess
 from stream_processor.pricing import PriceBook
 from tests.conftest import wait_for
-from tests.integration.alerting import expensive_call, fast_settings, raw_count
+from tests.integration.alerting import demo_end, expensive_call, fast_settings, raw_count
 
 DEMO_CALLS = 30_000  # what `llm-usage run` backfills
 
@@ -43,7 +43,7 @@ def test_demo_week_raises_one_spike_alert_for_the_injected_agent_and_no_false_on
     asyncio.run(ensure_topics(settings))
     worker = worker_factory(settings)
     worker.wait_assigned(timeout=90)
-    end = datetime.now(UTC).replace(microsecond=0)
+    end = demo_end()
     cfg = SimulationConfig(calls=DEMO_CALLS, days=7, seed=42, end=end)
     evaluator = Evaluator(settings, ClickHouse(settings))
     raised: list[Alert] = []
@@ -108,7 +108,7 @@ def test_an_hour_judged_before_its_baseline_arrived_is_judged_again(migrated: Se
     """A backfill arrives out of order: here the spike's day and the days after it first,
     the week before it later. The first look has no baseline (no verdict); the baseline's
     arrival must make the alerter judge the later hours again, and find the spike."""
-    end = datetime.now(UTC).replace(microsecond=0)
+    end = demo_end()
     published = list(generate(SimulationConfig(calls=DEMO_CALLS, days=7, seed=42, end=end)))
     calls = [p.call for p in published if p.call is not None and not p.duplicate]
     spike_start = next(p.spike[0] for p in published if p.spike is not None)
@@ -136,13 +136,7 @@ def test_late_calls_in_the_hour_before_an_alerted_spike_raise_no_second_alert(
 ) -> None:
     """The spike's first hour arrives last (a late producer): the spike was already alerted
     from its second hour; tracing it back to an earlier start must keep that one alert."""
-    # The week depends on its end's time of day: ending at 17:54 UTC puts the spike at
-    # 13:30, in working hours, where each half of it is a spike of its own (at night the
-    # second half alone can stay under the $2 floor). The same data every day.
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
-    end = now.replace(hour=17, minute=54)
-    if end > now:
-        end -= timedelta(days=1)
+    end = demo_end()  # the spike at 13:30: half of it in each of two clock hours
     published = list(generate(SimulationConfig(calls=DEMO_CALLS, days=7, seed=42, end=end)))
     calls = [p.call for p in published if p.call is not None and not p.duplicate]
     spike_start = next(p.spike[0] for p in published if p.spike is not None)
@@ -175,7 +169,7 @@ def test_a_conversation_spike_and_a_tenant_spike_of_new_conversations_alert_once
     (its own alert; the tenant's hour, which it explains, raises none); and forty
     conversations of tenant-3 that never existed before (no normal of their own yet) all
     spend in one hour: only the tenant's detector can see that, and it alerts."""
-    end = datetime.now(UTC).replace(microsecond=0)
+    end = demo_end()
     published = list(generate(SimulationConfig(calls=DEMO_CALLS, days=7, seed=42, end=end)))
     calls = [p.call for p in published if p.call is not None and not p.duplicate]
     chats = Counter(c.source_id for c in calls if c.tenant_id == "tenant-2" and c.source == "chat")
