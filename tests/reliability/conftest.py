@@ -180,9 +180,10 @@ class Stream:
     cfg: SimulationConfig
     rate: float
     publishers: int = 1  # several "services", each with its own publisher and spool
-    # Pause after this many unique calls until ``resume`` is set: a fault injected meanwhile
-    # lands while the stream flows, however slowly a busy machine consumes it.
-    hold_at: int | None = None
+    # Pause after each of these many unique calls until ``resume`` is set (each set releases
+    # one hold): a fault injected meanwhile lands while the stream flows, however slowly a
+    # busy machine consumes it.
+    hold_at: tuple[int, ...] = ()
     resume: threading.Event = field(default_factory=threading.Event)
     published: int = 0
     events: list[UsageEvent] = field(default_factory=list)  # each unique call, once
@@ -240,9 +241,10 @@ class Stream:
                 if item.call is not None and not item.duplicate:
                     self.published += 1
                     self.events.append(item.call)
-                    if self.published == self.hold_at:
+                    if self.published in self.hold_at:
                         held = time.monotonic()
                         await asyncio.to_thread(self.resume.wait, 300)
+                        self.resume.clear()
                         started += time.monotonic() - held
                     ahead = self.published / self.rate - (time.monotonic() - started)
                     if ahead > 0:

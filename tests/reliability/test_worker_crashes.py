@@ -50,13 +50,16 @@ def test_worker_sigkilled_three_times_mid_stream_totals_exact(
 
     A restarted worker joins the group only once the killed member's session (6 s) has
     expired, about 10 s after the kill; the stream is paced (~33 s) so that the kills land
-    while calls are still being published, not only while a backlog is drained.
+    while calls are still being published, not only while a backlog is drained. On a slow
+    machine the stream also holds before its 10,000th, 20,000th and 27,000th call until the
+    next kill is done, so every kill lands before the last call is written.
     """
     settings = fast_worker(migrated, processor_session_timeout_s=6.0)
     cfg = SimulationConfig(calls=CALLS, days=3, seed=rng.randrange(1 << 30), tenants=3)
     worker = worker_factory(settings)
     worker.wait_assigned(timeout=90)
-    stream = Stream(settings.model_copy(update={"producer_linger_ms": 100}), cfg, rate=900).start()
+    paced = settings.model_copy(update={"producer_linger_ms": 100})
+    stream = Stream(paced, cfg, rate=900, hold_at=(10_000, 20_000, 27_000)).start()
     # Kill k happens once the restarted worker is busy again, after a random extra delay.
     kills = []
     rows = 0
@@ -67,6 +70,7 @@ def test_worker_sigkilled_three_times_mid_stream_totals_exact(
         worker.kill()
         kills.append((stream.published, rows))
         assert rows < CALLS, "the kill must land before every call is written"
+        stream.resume.set()  # releases one hold, if the stream waits at one
         worker = worker_factory(settings)
     manifest = stream.join()
     print(f"kills at (calls published, rows written): {kills}")
@@ -96,7 +100,7 @@ def test_two_workers_one_sigkilled_survivor_takes_over_totals_exact(
 
     wait_for(split, 90, "both workers to own partitions")
     cfg = SimulationConfig(calls=20_000, days=2, seed=rng.randrange(1 << 30), tenants=3)
-    stream = Stream(settings, cfg, rate=2500, hold_at=12_000).start()
+    stream = Stream(settings, cfg, rate=2500, hold_at=(12_000,)).start()
     wait_for(lambda: raw_count(settings) > 1000, 60, "both workers to write")
     time.sleep(rng.uniform(0.5, 3.0))
     victim, survivor = (one, two) if rng.random() < 0.5 else (two, one)
