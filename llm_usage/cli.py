@@ -577,12 +577,15 @@ def bench_api(
     api_workers: int = typer.Option(1, "--api-workers", min=1, max=16, help="uvicorn workers"),
     keep: bool = typer.Option(False, "--keep", help="keep the temporary folder"),
     shards: int = typer.Option(1, "--shards", min=1, max=8, help="ClickHouse shards"),
+    data: Path | None = typer.Option(
+        None, "--data", help="keep the ClickHouse data here and reuse it on the next run"
+    ),
 ) -> None:
     """Load the query API with concurrent clients (own ClickHouse, loopback): p50/p99."""
     from llm_usage.bench_api import run_bench
 
     run_bench(events=events, clients=clients, requests=requests, seconds=seconds, chunk=chunk,
-              api_workers=api_workers, keep=keep, shards=shards)  # fmt: skip
+              api_workers=api_workers, keep=keep, shards=shards, data=data)  # fmt: skip
 
 
 @bench_app.command("http-ingest")
