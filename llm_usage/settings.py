@@ -182,6 +182,16 @@ class Settings(BaseSettings):
     api_key_cache_s: float = Field(
         5.0, ge=0, description="a stored key's lookup is cached this long (revocation delay)"
     )
+    api_cache_max_rows: int = Field(
+        1_000_000,
+        ge=0,
+        description="rows of settled past-hour aggregates each API process keeps (0: no cache)",
+    )
+    api_cache_settle_s: float = Field(
+        30.0,
+        ge=0,
+        description="hours written to more recently than this are queried, not cached",
+    )
 
     # --- Ingest service (query_api/ingest/) -------------------------------------------
     ingest_host: str = Field("127.0.0.1", description="address `llm-usage ingest` binds")

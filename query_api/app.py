@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from llm_usage.settings import Settings, get_settings
 from query_api import alerts_api, health, keys_api, page, usage
+from query_api.cache import SettledCache
 from query_api.db import ClickHouse, Unavailable
 from query_api.keys import Authenticator, KeyStore
 from query_api.metrics import ApiMetrics, MetricsMiddleware
@@ -29,7 +30,8 @@ def create_app(
     """A ready-to-serve app; ``clock`` (seconds since the epoch) is "now" for rolling periods."""
     settings = settings or get_settings()
     db = ClickHouse(settings)
-    repository = UsageRepository(db)
+    cache = SettledCache(settings.api_cache_max_rows)
+    repository = UsageRepository(db, cache=cache, settle_s=settings.api_cache_settle_s, clock=clock)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -49,7 +51,7 @@ def create_app(
     app.state.repository = repository
     app.state.authenticator = Authenticator(settings, KeyStore(db))
     app.state.alert_store = AlertStore(db)
-    app.state.metrics = ApiMetrics()
+    app.state.metrics = ApiMetrics(cache)
 
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)

@@ -3,18 +3,45 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from query_api.cache import SettledCache
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-class ApiMetrics:
-    """Request counts and latencies per route template, and ClickHouse outages."""
+class CacheCollector(Collector):
+    """Hits, misses and size of the settled-aggregate cache, read when scraped."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache: SettledCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        lookups = CounterMetricFamily(
+            "llm_usage_api_cache_lookups",
+            "settled-aggregate cache lookups, by result",
+            labels=["result"],
+        )
+        lookups.add_metric(["hit"], self.cache.hits)
+        lookups.add_metric(["miss"], self.cache.misses)
+        yield lookups
+        yield GaugeMetricFamily(
+            "llm_usage_api_cache_rows", "rows the cache holds", value=self.cache.rows
+        )
+
+
+class ApiMetrics:
+    """Request counts and latencies per route template, ClickHouse outages, the cache."""
+
+    def __init__(self, cache: SettledCache | None = None) -> None:
         self.registry = CollectorRegistry()
+        if cache is not None:
+            self.registry.register(CacheCollector(cache))
         self.requests = Counter(
             "llm_usage_api_requests",
             "HTTP requests by method, route template and status",

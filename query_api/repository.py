@@ -6,17 +6,23 @@ rollups, partial edges from ``usage_events``), and the outer query sums the part
 a name search the compact rollups answer (per source, or per source, model and price tier
 for costs by model and the summary's unpriced models); with one (or for per-entity
 rankings) the rollups that keep ``source_id``.
+
+Whole past hours of a window are read once and then served from :mod:`query_api.cache`
+for as long as their ingest version (see :meth:`UsageRepository.version`) stays the same;
+only the recent hour and the window's unaligned edges are queried on every request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+from query_api.cache import SettledCache, Version
 from query_api.db import ClickHouse
 from query_api.window import (
     DAY,
@@ -30,9 +36,12 @@ from query_api.window import (
     from_ms,
     plan,
     raw_resolution,
+    split_settled,
 )
 
 SOURCES = ("chat", "agent", "memory")
+# ClickHouse orders the source Enum8 by value (chat = 1, agent = 2, memory = 3).
+SOURCE_RANK = {source: rank for rank, source in enumerate(SOURCES, start=1)}
 TopBy = Literal["cost", "tokens"]
 
 
@@ -335,11 +344,111 @@ def _outer_metrics(metrics: Sequence[str]) -> str:
     return ", ".join(f"sum(x_{name}) AS {name}" for name in metrics)
 
 
+TOKENS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+
+
+def _shape(
+    filters: Filters, keys: Sequence[str], tiers: Mapping[int, Table], metrics: Sequence[str]
+) -> tuple[Hashable, ...]:
+    """What, besides the time ranges, makes two aggregate queries return the same rows."""
+    return (
+        filters.tenant,
+        filters.source,
+        filters.source_id,
+        filters.search if filters.matches is None else filters.matches,
+        tuple(keys),
+        tuple(table.name for table in tiers.values()),
+        tuple(metrics),
+    )
+
+
+def _merge(parts: Sequence[Sequence[Sequence[Any]]], width: int) -> list[Sequence[Any]]:
+    """Rows of several parts summed per key (the first ``width`` columns)."""
+    filled = [rows for rows in parts if rows]
+    if len(filled) <= 1:
+        return list(filled[0]) if filled else []
+    merged: dict[tuple[Any, ...], list[Any]] = {}
+    for rows in filled:
+        for row in rows:
+            key = tuple(row[:width])
+            known = merged.get(key)
+            if known is None:
+                merged[key] = list(row)
+            else:
+                for i in range(width, len(row)):
+                    known[i] += row[i]
+    return list(merged.values())
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Every entity of a settled part, best first, as ``top`` orders them in SQL.
+
+    Rows are (source, source_id, *METRICS).
+    """
+
+    by: TopBy
+    order: list[tuple[str, str]]
+    rows: dict[tuple[str, str], Sequence[Any]]
+
+    @classmethod
+    def of(cls, rows: Sequence[Sequence[Any]], by: TopBy) -> Ranking:
+        ordered = sorted(rows, key=lambda row: _rank_key(row, by))
+        return cls(
+            by,
+            [(str(r[0]), str(r[1])) for r in ordered],
+            {(str(r[0]), str(r[1])): r for r in ordered},
+        )
+
+    def top(self, live: Sequence[Sequence[Any]], limit: int) -> list[Sequence[Any]]:
+        """The best ``limit`` once ``live`` rows are added: an entity without live rows
+        keeps its settled total, so only the best ``limit`` of those can make the list."""
+        recent = {(str(r[0]), str(r[1])): r for r in live}
+        candidates: list[Sequence[Any]] = []
+        for key in self.order:
+            if len(candidates) == limit:
+                break
+            if key not in recent:
+                candidates.append(self.rows[key])
+        for key, row in recent.items():
+            known = self.rows.get(key)
+            candidates.append(_merge([[known], [row]], 2)[0] if known else row)
+        candidates.sort(key=lambda row: _rank_key(row, self.by))
+        return candidates[:limit]
+
+
+_METRIC_AT = {name: 2 + i for i, name in enumerate(METRICS)}
+
+
+def _rank_key(row: Sequence[Any], by: TopBy) -> tuple[Any, ...]:
+    """ORDER BY metric DESC, source (enum order), source_id of a (source, source_id, ...)."""
+    if by == "cost":
+        metric = row[_METRIC_AT["cost_usd"]]
+    else:
+        metric = sum(row[_METRIC_AT[name]] for name in TOKENS)
+    return (-metric, SOURCE_RANK[str(row[0])], str(row[1]))
+
+
 class UsageRepository:
     """Every query the API makes, for one tenant at a time (``Filters.tenant``)."""
 
-    def __init__(self, db: ClickHouse) -> None:
+    def __init__(
+        self,
+        db: ClickHouse,
+        *,
+        cache: SettledCache | None = None,
+        settle_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._db = db
+        self._cache = cache or SettledCache(0)
+        self._settle_s = settle_s
+        self._clock = clock
         # Independent queries of one request (a page and its total) run side by side.
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="usage-query")
 
@@ -370,16 +479,76 @@ class UsageRepository:
         metrics: Sequence[str] = METRICS,
         ranges: Sequence[Range] | None = None,
         raw_grain: int = QUARTER,
+    ) -> list[Sequence[Any]]:
+        """Rows of ``keys`` + ``metrics``; ``tiers`` answer unless a search needs source_id.
+
+        Settled whole hours come from the cache when their version allows; the rest is
+        queried, and both are summed per key.
+        """
+        tiers = DETAILED if filters.per_entity else tiers
+        ranges = list(ranges or [(window.start_ms, window.end_ms)])
+        settled, recent = self._split(window, filters, ranges, tiers)
+        if not settled:
+            return list(self._query(ranges, filters, keys, tiers, metrics, raw_grain))
+        version = self._pool.submit(self.version, filters.tenant, settled)
+        live = self._live(recent, filters, keys, tiers, metrics, raw_grain)
+        key = ("grouped", *_shape(filters, keys, tiers, metrics), tuple(settled))
+        cached = self._cache.get(key, version.result())
+        if cached is None:
+            cached = list(self._query(settled, filters, keys, tiers, metrics, raw_grain))
+            self._cache.put(key, version.result(), cached, len(cached))
+        return _merge([cached, live.result() if live else []], len(keys))
+
+    def _split(
+        self,
+        window: Window,
+        filters: Filters,
+        ranges: Sequence[Range],
+        tiers: Mapping[int, Table],
+    ) -> tuple[list[Range], list[Range]]:
+        """(settled, recent) parts of ``ranges``: none settled without a cache.
+
+        Settled pieces end with the last whole hour before now (the current hour is being
+        written) and are whole pieces of the tiers' finest grain (no raw edges).
+        """
+        if not self._cache.enabled or (filters.search and filters.matches is None):
+            # a search answered by a subquery depends on names, which the version ignores
+            return [], list(ranges)
+        boundary = min(window.end_ms, int(self._clock() * 1000)) // HOUR * HOUR
+        return split_settled(ranges, boundary, min(tiers))
+
+    def _live(
+        self,
+        ranges: Sequence[Range],
+        filters: Filters,
+        keys: Sequence[str],
+        tiers: Mapping[int, Table],
+        metrics: Sequence[str],
+        raw_grain: int,
+    ) -> Future[Sequence[Sequence[Any]]] | None:
+        """The recent part's rows, queried beside the version check (None if no part)."""
+        if not ranges:
+            return None
+        return self._pool.submit(self._query, ranges, filters, keys, tiers, metrics, raw_grain)
+
+    def _query(
+        self,
+        ranges: Sequence[Range],
+        filters: Filters,
+        keys: Sequence[str],
+        tiers: Mapping[int, Table],
+        metrics: Sequence[str],
+        raw_grain: int,
         tail: str = "",
         params: _Params | None = None,
     ) -> Sequence[Sequence[Any]]:
-        """Rows of ``keys`` + ``metrics``; ``tiers`` answer unless a search needs source_id."""
+        """One query: the UNION ALL over ``ranges``, summed per key (then ``tail``)."""
         params = params or _Params()
         inner = _aggregate_sql(
-            ranges or [(window.start_ms, window.end_ms)],
+            ranges,
             filters,
             keys,
-            tiers=DETAILED if filters.per_entity else tiers,
+            tiers=tiers,
             metrics=metrics,
             raw_grain=raw_grain,
             params=params,
@@ -389,6 +558,31 @@ class UsageRepository:
         group = f" GROUP BY {', '.join(name for _, name in outer)}" if keys else ""
         sql = f"SELECT {', '.join([*columns, _outer_metrics(metrics)])} FROM ({inner}){group}{tail}"
         return self._db.rows(sql, params.values)
+
+    def version(self, tenant: str, ranges: Sequence[Range]) -> Version:
+        """The ingest version of the hours ``ranges`` touch, in one small query.
+
+        ``ingest_activity`` holds the last write per tenant and event-time hour (a
+        materialized view on every insert into ``usage_events``); a reprice step is
+        recorded in ``reprice_runs`` after it changed the rollups.
+        """
+        params = _Params()
+        t = params.bind(tenant, "String")
+        lo = params.bind(min(a for a, _ in ranges) // HOUR * HOUR // 1000, "Int64")
+        hi = params.bind(max(b for _, b in ranges) // 1000, "Int64")
+        reprices = f"FROM reprice_runs WHERE tenant_id IN ({t}, '')"
+        rows = self._db.rows(
+            "SELECT sum(cityHash64(hour, last)), count(), toUnixTimestamp64Milli(max(last)),"
+            f" (SELECT count() {reprices}), (SELECT toUnixTimestamp64Milli(max(at)) {reprices}),"
+            " toUnixTimestamp64Milli(now64(3))"
+            " FROM (SELECT hour, max(last_ingested_at) AS last FROM ingest_activity"
+            f" WHERE tenant_id = {t} AND hour >= toDateTime({lo}, 'UTC')"
+            f" AND hour < toDateTime({hi}, 'UTC') GROUP BY hour)",
+            params.values,
+        )
+        hashed, hours, last_ms, runs, last_run_ms, now_ms = (int(v) for v in rows[0])
+        settled = now_ms - max(last_ms, last_run_ms) >= self._settle_s * 1000
+        return Version((hashed, hours, runs, last_run_ms), settled)
 
     def resolve_search(self, filters: Filters) -> Filters:
         """``filters`` with the search resolved to its (source, source_id) matches, once."""
@@ -477,17 +671,32 @@ class UsageRepository:
         return points
 
     def top(self, window: Window, filters: Filters, by: TopBy, limit: int) -> list[TopItem]:
-        params = _Params()
-        metric = (
-            "cost_usd"
-            if by == "cost"
-            else "input_tokens + output_tokens + cache_creation_input_tokens"
-            " + cache_read_input_tokens"
-        )
-        tail = f" ORDER BY {metric} DESC, source, source_id LIMIT {params.bind(limit, 'UInt32')}"
-        rows = self._grouped(
-            window, filters, ["source", "source_id"], tiers=DETAILED, tail=tail, params=params
-        )
+        """The ``limit`` entities with the most cost or tokens, ties by source and id.
+
+        Settled hours are ranked once and kept (every entity, in order); a request then
+        only adds the entities of the recent part: the best of the others keep their rank.
+        """
+        keys = ["source", "source_id"]
+        span = [(window.start_ms, window.end_ms)]
+        settled, recent = self._split(window, filters, span, DETAILED)
+        if settled:
+            version = self._pool.submit(self.version, filters.tenant, settled)
+            live = self._live(recent, filters, keys, DETAILED, METRICS, QUARTER)
+            key = ("top", by, *_shape(filters, keys, DETAILED, METRICS), tuple(settled))
+            ranking: Ranking | None = self._cache.get(key, version.result())
+            if ranking is None:
+                rows = self._query(settled, filters, keys, DETAILED, METRICS, QUARTER)
+                ranking = Ranking.of(rows, by)
+                self._cache.put(key, version.result(), ranking, len(rows))
+            rows = ranking.top(live.result() if live else [], limit)
+        else:
+            params = _Params()
+            metric = "cost_usd" if by == "cost" else " + ".join(TOKENS)
+            tail = (
+                f" ORDER BY {metric} DESC, source, source_id LIMIT {params.bind(limit, 'UInt32')}"
+            )
+            span = [(window.start_ms, window.end_ms)]
+            rows = self._query(span, filters, keys, DETAILED, METRICS, QUARTER, tail, params)
         names = self.latest_names(filters.tenant, [(str(r[0]), str(r[1])) for r in rows])
         return [
             TopItem(

@@ -272,3 +272,25 @@ class BucketIndex:
         if not a <= t < b:
             raise LookupError(f"{t} is in no bucket")
         return index
+
+
+def split_settled(
+    ranges: Sequence[Range], boundary_ms: int, grain: int
+) -> tuple[list[Range], list[Range]]:
+    """Split ``ranges`` into (settled, recent): whole ``grain`` pieces before ``boundary_ms``
+    that a cache may keep, and the rest (unaligned edges, everything after the boundary).
+
+    Each range keeps its own settled piece (a bucket stays a bucket: rows keyed by grain
+    start still fall into the bucket that owns them).
+    """
+    settled: list[Range] = []
+    recent: list[Range] = []
+    for a, b in ranges:
+        lo = -(-a // grain) * grain
+        hi = min(b, boundary_ms) // grain * grain
+        if lo >= hi:
+            recent.append((a, b))
+            continue
+        settled.append((lo, hi))
+        recent.extend(piece for piece in ((a, lo), (hi, b)) if piece[0] < piece[1])
+    return settled, recent

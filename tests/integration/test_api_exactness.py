@@ -47,8 +47,9 @@ ZONES = [
     "America/Santiago", "Asia/Beirut", "Australia/Adelaide",
 ]  # fmt: skip
 SEARCHES = [None, "alpha", "GAMMA", "o'b", "week", "Digest sync", "zzz-none", "SecretB"]
-KEYS = {"key-a": "tenant-a", "key-b": "tenant-b"}
+KEYS = {"key-a": "tenant-a", "key-b": "tenant-b", "key-c": "tenant-c"}
 AUTH_A = {"Authorization": "Bearer key-a"}
+AUTH_C = {"Authorization": "Bearer key-c"}
 NOW_S = (START + timedelta(days=20, hours=5, minutes=7, seconds=3.25)).timestamp()
 
 
@@ -66,6 +67,8 @@ def env(base_settings: Settings) -> Iterator[Env]:
         update={
             "clickhouse_database": unique("api"),
             "api_keys": ",".join(f"{k}:{t}" for k, t in KEYS.items()),
+            # cache settled hours at once: every test below also checks the cached answers
+            "api_cache_settle_s": 0.0,
         }
     )
     migrate(settings)
@@ -131,8 +134,10 @@ def _params(window: dict[str, str], flt: dict[str, Any], **extra: Any) -> dict[s
     return {**window, **{k: v for k, v in flt.items() if v is not None}, **extra}
 
 
-def _get(env: Env, path: str, params: dict[str, Any]) -> dict[str, Any]:
-    response = env.client.get(path, params=params, headers=AUTH_A)
+def _get(
+    env: Env, path: str, params: dict[str, Any], headers: dict[str, str] = AUTH_A
+) -> dict[str, Any]:
+    response = env.client.get(path, params=params, headers=headers)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -163,8 +168,29 @@ def test_every_endpoint_equals_brute_force(
 ) -> None:
     wparams, start, end = window
     q = Query("tenant-a", start, end, flt["source"], flt["search"])
+    _check_endpoints(env, AUTH_A, q, wparams, flt, tz, granularity, by, limit, page, page_size)
 
-    summary = _get(env, "/v1/usage/summary", _params(wparams, flt))
+
+def _check_endpoints(
+    env: Env,
+    auth: dict[str, str],
+    q: Query,
+    wparams: dict[str, str],
+    flt: dict[str, Any],
+    tz: str,
+    granularity: str,
+    by: str,
+    limit: int,
+    page: int,
+    page_size: int,
+) -> None:
+    """Every endpoint for one window, filter and zone equals brute force over the raw table."""
+    start, end = q.start_ms, q.end_ms
+
+    def get(path: str, params: dict[str, Any]) -> dict[str, Any]:
+        return _get(env, path, params, auth)
+
+    summary = get("/v1/usage/summary", _params(wparams, flt))
     expected = oracle_totals(env.oracle.summary(q))
     assert api_totals(summary, "total_cost_usd") == expected
     calls, cost = expected[0], expected[6]
@@ -175,9 +201,9 @@ def test_every_endpoint_equals_brute_force(
     assert [(m["model"], m["calls"]) for m in summary["unpriced_models"]] == unpriced
     assert summary["cost_incomplete"] is bool(unpriced)
 
-    _check_by_model(env, _get(env, "/v1/usage/by-model", _params(wparams, flt)), q)
+    _check_by_model(env, get("/v1/usage/by-model", _params(wparams, flt)), q)
 
-    by_source = _get(env, "/v1/usage/by-source", _params(wparams, flt))
+    by_source = get("/v1/usage/by-source", _params(wparams, flt))
     brute = env.oracle.by_source(q)
     assert [s["source"] for s in by_source["sources"]] == (
         [flt["source"]] if flt["source"] else ["chat", "agent", "memory"]
@@ -186,9 +212,7 @@ def test_every_endpoint_equals_brute_force(
         want = brute.get(item["source"], (0, 0, 0, 0, 0, 0, Decimal(0)))
         assert api_totals(item) == oracle_totals(want), item["source"]
 
-    series = _get(
-        env, "/v1/usage/timeseries", _params(wparams, flt, tz=tz, granularity=granularity)
-    )
+    series = get("/v1/usage/timeseries", _params(wparams, flt, tz=tz, granularity=granularity))
     keys = [bucket_key(p["bucket_start"], granularity) for p in series["points"]]
     assert len(keys) == len(set(keys)), "one point per local bucket"
     got = {k: api_totals(p) for k, p in zip(keys, series["points"], strict=True)}
@@ -198,15 +222,15 @@ def test_every_endpoint_equals_brute_force(
     starts = [p["bucket_start"] for p in series["points"]]
     assert starts == sorted(starts, key=lambda s: _utc(s)), "points in time order"
 
-    top = _get(env, "/v1/usage/top", _params(wparams, flt, by=by, limit=limit))
-    names = env.oracle.latest_names("tenant-a")
+    top = get("/v1/usage/top", _params(wparams, flt, by=by, limit=limit))
+    names = env.oracle.latest_names(q.tenant)
     want_top = env.oracle.top(q, by, limit)
     assert [(i["source"], i["source_id"]) for i in top["items"]] == [r[:2] for r in want_top]
     for item, row in zip(top["items"], want_top, strict=True):
         assert api_totals(item) == oracle_totals(row[2:], unpriced=False)
         assert item["name"] == names.get((row[0], row[1]), "")
 
-    records = _get(env, "/v1/usage/records", _params(wparams, flt, page=page, page_size=page_size))
+    records = get("/v1/usage/records", _params(wparams, flt, page=page, page_size=page_size))
     ids, total = env.oracle.records(q, (page - 1) * page_size, page_size)
     assert [r["event_id"] for r in records["items"]] == ids
     assert records["total"] == total
@@ -331,3 +355,44 @@ def test_broad_searches_fall_back_to_a_subquery_and_stay_exact(
         assert [(m["model"], m["calls"]) for m in summary["unpriced_models"]] == (
             env.oracle.unpriced_models(q)
         )
+
+
+def _cache_hits(env: Env) -> float:
+    text = env.client.get("/metrics").text
+    line = next(x for x in text.splitlines() if x.startswith("llm_usage_api_cache_lookups_total"))
+    hits = [x for x in text.splitlines() if 'result="hit"' in x and "cache_lookups" in x]
+    assert line and hits, text
+    return float(hits[0].split()[-1])
+
+
+def test_late_events_into_cached_hours_count_at_once(env: Env) -> None:
+    """Settled hours are served from the cache, and a late event into one of them retires
+    the cached aggregate: the next answer equals brute force again, every endpoint."""
+    client = connect(env.settings)
+    insert(client, generate("tenant-c", 900, seed=3), blocks=3)
+    now = int(NOW_S * 1000)
+    cases: list[tuple[dict[str, str], int, int, dict[str, Any]]] = [
+        ({"period": "30d"}, now - 30 * 86_400_000, now, {"source": None, "search": None}),
+        ({"period": "7d"}, now - 7 * 86_400_000, now, {"source": "agent", "search": None}),
+        ({"period": "24h"}, now - 86_400_000, now, {"source": None, "search": "alpha"}),
+        (
+            {"from": iso_ms(ms(START) + 1_234), "to": iso_ms(ms(END) - 777)},
+            ms(START) + 1_234,
+            ms(END) - 777,
+            {"source": "chat", "search": None},
+        ),
+    ]
+
+    def check_all() -> None:
+        for wparams, start, end, flt in cases:
+            q = Query("tenant-c", start, end, flt["source"], flt["search"])
+            for tz, granularity, by in (("UTC", "hour", "cost"), ("Asia/Kolkata", "day", "tokens")):
+                _check_endpoints(env, AUTH_C, q, wparams, flt, tz, granularity, by, 7, 2, 13)
+
+    check_all()
+    before = _cache_hits(env)
+    check_all()
+    assert _cache_hits(env) > before, "the second pass reads settled hours from the cache"
+    # late calls into hours the cache holds (spread over the whole data range)
+    insert(client, generate("tenant-c", 120, seed=4), blocks=1)
+    check_all()
