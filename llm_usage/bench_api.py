@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from llm_usage.settings import Settings
 console = Console()
 
 TENANT, KEY = "bench", "bench-key"
+DATABASE = "bench_api"
 DAY_MS = 86_400_000
 SPAN_DAYS = 35
 
@@ -107,6 +109,13 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
     ("records page 1", "/v1/usage/records", {"page": 1}),
     ("records page 200", "/v1/usage/records", {"page": 200}),
     ("records search", "/v1/usage/records", {"search": "agent 12"}),
+    ("summary agent", "/v1/usage/summary", {"source": "agent"}),
+    ("timeseries hour chat", "/v1/usage/timeseries", {"granularity": "hour", "source": "chat"}),
+    ("by-model memory", "/v1/usage/by-model", {"source": "memory"}),
+    ("top 10 agent by tokens", "/v1/usage/top", {"by": "tokens", "limit": 10, "source": "agent"}),
+    ("records page 1 chat", "/v1/usage/records", {"page": 1, "source": "chat"}),
+    ("summary search", "/v1/usage/summary", {"search": "agent 12"}),
+    ("top 10 search", "/v1/usage/top", {"search": "agent 12"}),
 ]  # fmt: skip
 
 
@@ -147,7 +156,9 @@ def load(client: Client, events: int, end_ms: int, chunk: int) -> float:
     return time.perf_counter() - started
 
 
-def start_api(settings: Settings, port: int, log: Path, workers: int) -> subprocess.Popen[bytes]:
+def start_api(
+    settings: Settings, port: int, log: Path, workers: int, keys: str = f"{KEY}:{TENANT}"
+) -> subprocess.Popen[bytes]:
     """The API under uvicorn on loopback, configured by LLM_USAGE_* variables only."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_USAGE_")}
     env.update({
@@ -155,7 +166,7 @@ def start_api(settings: Settings, port: int, log: Path, workers: int) -> subproc
         "LLM_USAGE_CLICKHOUSE_DATABASE": settings.clickhouse_database,
         "LLM_USAGE_CLICKHOUSE_CLUSTER": settings.clickhouse_cluster,
         "LLM_USAGE_CLICKHOUSE_SHARD_URLS": settings.clickhouse_shard_urls,
-        "LLM_USAGE_API_KEYS": f"{KEY}:{TENANT}",
+        "LLM_USAGE_API_KEYS": keys,
     })  # fmt: skip
     argv = [sys.executable, "-m", "uvicorn", "query_api.app:create_app", "--factory",
             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
@@ -174,11 +185,11 @@ def start_api(settings: Settings, port: int, log: Path, workers: int) -> subproc
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    _stop_api(proc)
+    stop_api(proc)
     raise SystemExit(f"the API did not become ready; see {log}")
 
 
-def _stop_api(proc: subprocess.Popen[bytes]) -> None:
+def stop_api(proc: subprocess.Popen[bytes]) -> None:
     stop(proc.pid, "uvicorn")
     try:
         proc.wait(timeout=15)
@@ -244,10 +255,62 @@ def check_exact(http: httpx.Client, client: Client) -> list[str]:
     return problems
 
 
+LATE_EVENTS = 1_000
+
+
+def check_late(http: httpx.Client, client: Client, first: int) -> list[str]:
+    """Late calls into hours the API has cached: the 30-day summary and top list must count
+    them at once (compared with brute force over the raw table, same window)."""
+    window = http.get("/v1/usage/summary", params={"period": "30d"}).json()
+    window = {"from": window["from"], "to": window["to"]}
+    for _ in range(2):  # cached on the first request, served from the cache on the second
+        http.get("/v1/usage/summary", params=window)
+        http.get("/v1/usage/top", params={**window, "limit": 10})
+    client.command(
+        LOAD_SQL,
+        parameters={
+            "end_ms": int(time.time() * 1000) - 17 * DAY_MS, "span_ms": 3 * DAY_MS,
+            "first": first, "count": LATE_EVENTS,
+        },
+    )  # fmt: skip
+    params = {"t": TENANT, "a": window["from"], "b": window["to"]}
+    where = (
+        "tenant_id = {t:String} AND occurred_at >= parseDateTime64BestEffort({a:String}, 3)"
+        " AND occurred_at < parseDateTime64BestEffort({b:String}, 3)"
+    )
+    problems = []
+    calls, cost = client.query(
+        f"SELECT count(), sum(cost_usd) FROM usage_events WHERE {where}", parameters=params
+    ).result_rows[0]
+    body = http.get("/v1/usage/summary", params=window).json()
+    if (body["calls"], Decimal(body["total_cost_usd"])) != (calls, cost):
+        problems.append(f"late events: summary {body['calls']} calls != raw {calls}")
+    want = [
+        (str(s), str(i), Decimal(c))
+        for s, i, c in client.query(
+            f"SELECT source, source_id, sum(cost_usd) AS c FROM usage_events WHERE {where}"
+            " GROUP BY source, source_id ORDER BY c DESC, source, source_id LIMIT 10",
+            parameters=params,
+        ).result_rows
+    ]
+    top = http.get("/v1/usage/top", params={**window, "limit": 10}).json()["items"]
+    got = [(i["source"], i["source_id"], Decimal(i["cost_usd"])) for i in top]
+    if got != want:
+        problems.append(f"late events: top 10 {got} != raw {want}")
+    return problems
+
+
 async def drive(
-    base_url: str, clients: int, max_requests: int, seconds: float
+    base_url: str,
+    clients: int,
+    max_requests: int,
+    seconds: float,
+    *,
+    key: str = KEY,
+    stop_when: threading.Event | None = None,
 ) -> tuple[dict[tuple[str, str], Cell], float, int]:
-    """``clients`` concurrent loops over the request mix until either budget is spent."""
+    """``clients`` concurrent loops over the request mix until either budget is spent
+    (or ``stop_when`` is set)."""
     cells: dict[tuple[str, str], Cell] = defaultdict(Cell)
     mix = itertools.cycle(itertools.product(ENDPOINTS, PERIODS))
     issued = 0
@@ -255,12 +318,14 @@ async def drive(
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
     async with httpx.AsyncClient(
-        base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60, limits=limits
+        base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60, limits=limits
     ) as http:
 
         async def one_client() -> None:
             nonlocal issued
             while issued < max_requests and time.monotonic() < deadline:
+                if stop_when is not None and stop_when.is_set():
+                    return
                 issued += 1
                 (name, path, params), period = next(mix)
                 cell = cells[(name, period)]
@@ -325,6 +390,13 @@ def report(cells: dict[tuple[str, str], Cell], wall: float, events: int, clients
     every = [ms for c in cells.values() for ms in c.latencies]
     errors = sum(c.errors for c in cells.values())
     total = len(every) + errors
+    if errors:
+        failed: dict[int, int] = defaultdict(int)
+        for cell in cells.values():
+            for status, n in cell.statuses.items():
+                if status != 200:
+                    failed[status] += n
+        console.print(f"errors by HTTP status (0: no answer): {dict(failed)}", highlight=False)
     table.add_section()
     table.add_row("all endpoints", "all", str(total), str(errors), f"{total / wall:.1f}",
                   f"{percentile(every, 0.5):.1f}", f"{percentile(every, 0.99):.1f}",
@@ -366,7 +438,7 @@ def run_bench(
         clickhouse_url=f"http://127.0.0.1:{ports}",
         clickhouse_tcp_port=ports + shards,
         clickhouse_shards=shards,
-        clickhouse_database="bench_api",
+        clickhouse_database=DATABASE,
     )  # type: ignore[call-arg]
     stack = LocalStack(settings)
     api: subprocess.Popen[bytes] | None = None
@@ -378,8 +450,8 @@ def run_bench(
         client = connect(settings, send_receive_timeout=3600)
         rows = int(client.query("SELECT count() FROM usage_events").result_rows[0][0])
         load_s = 0.0
-        if rows == events and data is not None:
-            console.print(f"reusing the {rows:,} events in {data}")
+        if data is not None and rows >= events and (rows - events) % LATE_EVENTS == 0:
+            console.print(f"reusing the {rows:,} events in {data} (late ones of earlier runs)")
         elif rows:
             raise SystemExit(f"{home} holds {rows:,} events, not {events:,}: use another --data")
         else:
@@ -413,11 +485,21 @@ def run_bench(
         cells, wall, _ = asyncio.run(drive(base_url, clients, requests, seconds))
         result = report(cells, wall, events, clients)
         result.update(load_seconds=round(load_s, 1), api_workers=api_workers)
+        with httpx.Client(
+            base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=300
+        ) as http:
+            late = check_late(http, client, first=rows)
+        if late:
+            raise SystemExit("the API is not exact after late events:\n" + "\n".join(late))
+        console.print(
+            f"{LATE_EVENTS:,} late calls into cached hours: the 30-day summary and top 10"
+            " equal brute force at once"
+        )
         print(json.dumps(result))
         return result
     finally:
         if api is not None:
-            _stop_api(api)
+            stop_api(api)
         for shard in stack.shards:
             stack.stop_service(shard.name)
         if keep or data is not None:

@@ -449,11 +449,15 @@ class UsageRepository:
         self._cache = cache or SettledCache(0)
         self._settle_s = settle_s
         self._clock = clock
-        # Independent queries of one request (a page and its total) run side by side.
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="usage-query")
+        # Independent single queries of one request run side by side here. A task in this
+        # pool never waits for another one in it (that deadlocks once every thread waits):
+        # whole methods that do, such as a records page's total, run in ``_methods``.
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="usage-query")
+        self._methods = ThreadPoolExecutor(max_workers=16, thread_name_prefix="usage-method")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._methods.shutdown(wait=False, cancel_futures=True)
 
     def records_page(
         self,
@@ -465,7 +469,7 @@ class UsageRepository:
         after: tuple[int, str] | None = None,
     ) -> tuple[list[Record], int]:
         """A page of :meth:`records` and the window's total, queried concurrently."""
-        total = self._pool.submit(self.count, window, filters)
+        total = self._methods.submit(self.count, window, filters)
         rows = self.records(window, filters, limit=limit, offset=offset, after=after)
         return rows, total.result()
 

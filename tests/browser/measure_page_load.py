@@ -3,6 +3,8 @@
 Not a test (pytest does not collect it): a script for the closing note of the page's issue.
 
     .venv/bin/python -m tests.browser.measure_page_load --events 10000000 --runs 7
+    .venv/bin/python -m tests.browser.measure_page_load --bench-data /work/bench/100m \
+        --events 100000000 --runs 50 --load-clients 16
 
 It starts its own ClickHouse server (chdb-core, as ``llm-usage stack up`` does) in
 ``test-output/page-load/`` on a free port, loads ``--events`` generated calls of one tenant
@@ -12,17 +14,26 @@ the page in Debian's Chromium. For each period it reports, over ``--runs`` fresh
 profiles (no cache), the time from navigation start until the last of the six panels
 (cards, chart, donut, cost by model, top consumers, records) has rendered, and the slowest
 API response the page waited for. Everything it started is stopped by PID at the end.
+
+``--load-clients N`` measures under load: N more clients send the dashboard mix of
+``llm-usage bench api`` to the same API the whole time (their throughput and p99 are printed
+too). ``--bench-data DIR`` reuses the data of ``llm-usage bench api --data DIR`` (its
+tenant and key) instead of loading this script's own.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from llm_usage import bench_api
 from llm_usage.clickhouse import apply_migrations, connect
 from llm_usage.clickhouse.migrations import MigrationError
 from llm_usage.localstack import LocalStack
@@ -63,6 +74,12 @@ FROM numbers({first:UInt64}, {count:UInt64})
 
 
 def load_events(settings: Settings, events: int) -> None:
+    if settings.clickhouse_database == bench_api.DATABASE:
+        have = int(str(connect(settings).command("SELECT count() FROM usage_events")))
+        if have != events:
+            raise SystemExit(f"the bench data holds {have:,} events, not {events:,}")
+        print(f"{have:,} events of llm-usage bench api")
+        return
     admin = connect(settings, database="")
     try:
         apply_migrations(admin, settings)
@@ -88,7 +105,7 @@ def load_events(settings: Settings, events: int) -> None:
     client.command("OPTIMIZE TABLE usage_events FINAL")  # as after a quiet night of merges
 
 
-def measure(base_url: str, runs: int) -> None:
+def measure(base_url: str, runs: int, key: str) -> None:
     from playwright.sync_api import sync_playwright
 
     rows = []
@@ -102,7 +119,7 @@ def measure(base_url: str, runs: int) -> None:
                 for run in range(runs + 1):  # the first run warms ClickHouse's caches
                     ctx = browser.new_context(base_url=base_url, reduced_motion="reduce")
                     ctx.add_init_script(
-                        f"localStorage.setItem('llmUsage.apiKey', '{KEY}');"
+                        f"localStorage.setItem('llmUsage.apiKey', '{key}');"
                         f"localStorage.setItem('llmUsage.period', '{period}');"
                     )
                     page = ctx.new_page()
@@ -138,11 +155,14 @@ def measure(base_url: str, runs: int) -> None:
         finally:
             browser.close()
     print(f"\nUsage page load in Chromium, {runs} cold-profile loads per period")
-    print(f"{'period':>6} {'calls in window':>16} {'median ms':>10} {'max ms':>8} {'API max':>8}")
+    header = ("period", "calls in window", "median ms", "p99 ms", "max ms", "API max")
+    print(f"{header[0]:>6} {header[1]:>16} {header[2]:>10} {header[3]:>8} {header[4]:>8} "
+          f"{header[5]:>8}")  # fmt: skip
     for period, calls, page_ms, api_ms in rows:
         print(
             f"{period:>6} {calls:>16,} {statistics.median(page_ms):>10.0f} "
-            f"{max(page_ms):>8.0f} {statistics.median(api_ms):>8.0f}"
+            f"{bench_api.percentile(page_ms, 0.99):>8.0f} {max(page_ms):>8.0f} "
+            f"{statistics.median(api_ms):>8.0f}"
         )
     print("(time from navigation start until all six panels have rendered; "
           "'API max' = median of the slowest /v1/usage call of each load)")  # fmt: skip
@@ -159,36 +179,70 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--home", type=Path, default=ROOT / "test-output" / "page-load")
+    parser.add_argument("--bench-data", type=Path, help="the --data folder of bench api")
+    parser.add_argument("--load-clients", type=int, default=0, help="API clients meanwhile")
+    parser.add_argument("--api-workers", type=int, default=1, help="uvicorn workers")
     args = parser.parse_args()
 
+    key, tenant, home, database = KEY, TENANT, args.home, "page_load"
+    if args.bench_data:
+        key, tenant, home = bench_api.KEY, bench_api.TENANT, args.bench_data
+        database = bench_api.DATABASE
     settings = get_settings(
-        home=args.home,
+        home=home,
         clickhouse_url=f"http://127.0.0.1:{free_port()}",
-        clickhouse_database="page_load",
-        api_keys=f"{KEY}:{TENANT}",
+        clickhouse_database=database,
+        api_keys=f"{key}:{tenant}",
     )
     stack = LocalStack(settings)
     stack.start_service("clickhouse")
-    server = None
+    api = None
     try:
         load_events(settings, args.events)
-        import uvicorn
-
-        from query_api.app import create_app
-
         port = free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+        api = bench_api.start_api(
+            settings, port, home / "page-load-api.log", args.api_workers, keys=f"{key}:{tenant}"
         )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        measure(f"http://127.0.0.1:{port}", args.runs)
+        base_url = f"http://127.0.0.1:{port}"
+        with _background_load(base_url, args.load_clients, key):
+            measure(base_url, args.runs, key)
     finally:
-        if server is not None:
-            server.should_exit = True
+        if api is not None:
+            bench_api.stop_api(api)
         stack.stop_service("clickhouse")
+
+
+@contextmanager
+def _background_load(base_url: str, clients: int, key: str) -> Iterator[None]:
+    """``clients`` more API clients sending the bench's dashboard mix while the page loads;
+    their throughput and latency are printed at the end."""
+    if not clients:
+        yield
+        return
+    stop = threading.Event()
+    results: list[tuple[dict[Any, bench_api.Cell], float, int]] = []
+
+    def run() -> None:
+        drive = bench_api.drive(base_url, clients, 10**9, 3600, key=key, stop_when=stop)
+        results.append(asyncio.run(drive))
+
+    thread = threading.Thread(target=run, name="load", daemon=True)
+    thread.start()
+    time.sleep(2)  # let the load reach its pace before the first page load
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(120)
+    for cells, wall, _ in results:
+        every = [ms for cell in cells.values() for ms in cell.latencies]
+        errors = sum(cell.errors for cell in cells.values())
+        print(
+            f"\nmeanwhile {clients} API clients: {len(every) + errors:,} requests in "
+            f"{wall:.0f} s ({(len(every) + errors) / wall:.1f}/s), {errors} errors, "
+            f"p50 {bench_api.percentile(every, 0.5):.0f} ms, "
+            f"p99 {bench_api.percentile(every, 0.99):.0f} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -396,3 +397,19 @@ def test_late_events_into_cached_hours_count_at_once(env: Env) -> None:
     # late calls into hours the cache holds (spread over the whole data range)
     insert(client, generate("tenant-c", 120, seed=4), blocks=1)
     check_all()
+
+
+@pytest.mark.timeout(120)
+def test_many_concurrent_requests_all_answer(env: Env) -> None:
+    """More concurrent requests than the repository has query threads (a records page waits
+    for its total while its own queries run), beside every other endpoint: all answer."""
+    requests = [("/v1/usage/records", period) for period in ("24h", "7d", "30d") * 12]
+    for path in ("/v1/usage/summary", "/v1/usage/top", "/v1/usage/timeseries"):
+        requests += [(path, period) for period in ("24h", "7d", "30d")]
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        futures = [
+            pool.submit(env.client.get, path, params={"period": period}, headers=AUTH_A)
+            for path, period in requests
+        ]
+        statuses = [f.result(timeout=90).status_code for f in futures]
+    assert statuses == [200] * len(futures)
