@@ -48,13 +48,23 @@ TENANT, KEY = "bench", "bench-key"
 DATABASE = "bench_api"
 DAY_MS = 86_400_000
 SPAN_DAYS = 35
+HOUR_MS = 3_600_000
+# Conversation shapes: (how long one lives, how many are open at once). "hourly" is the
+# worst case for the top list (100 new conversations an hour, 84,000 in 35 days); in
+# "daily" 1,000 conversations live 3 days each, as long chats and agents do.
+SHAPES = {"hourly": (HOUR_MS, 100), "daily": (3 * DAY_MS, 1000)}
+# The data runs this far past the load, so that runs in the next hours see a busy current
+# hour, as a live system does.
+LEAD_MS = 3 * HOUR_MS
 
 # 80% of the calls belong to the benchmarked tenant (the rest to two others, so tenant
-# filtering is real work), spread uniformly over the last 35 days; 100 new conversations an
-# hour and 500 long-lived agents; costs with 12 decimals; 2% unpriced (mostly calls of two
-# models the price book does not know); 20% batch and 10% fast calls; 6% with web searches
-# (a tool cost of $0.01 each); 1% errors. The price tier and the token cost are computed by
-# ClickHouse from service_tier / speed and cost_usd - tool_cost_usd (MATERIALIZED columns).
+# filtering is real work), over the last 35 days in time order, as a live system writes them
+# (so parts stay time-local), with a minute of jitter. Conversations follow a shape (see
+# SHAPES) and there are 500 long-lived agents; costs with 12 decimals; 2% unpriced (mostly
+# calls of two models the price book does not know); 20% batch and 10% fast calls; 6% with
+# web searches (a tool cost of $0.01 each); 1% errors. The price tier and the token cost
+# are computed by ClickHouse from service_tier / speed and cost_usd - tool_cost_usd
+# (MATERIALIZED columns).
 LOAD_SQL = """
 INSERT INTO usage_events (event_id, tenant_id, occurred_at, source, source_id, source_name,
     model, input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
@@ -63,10 +73,12 @@ INSERT INTO usage_events (event_id, tenant_id, occurred_at, source, source_id, s
 SELECT * EXCEPT (conversation, token_cost) FROM (SELECT
     generateUUIDv4(number) AS event_id,
     multiIf(h % 10 < 8, 'bench', h % 10 = 8, 'other-1', 'other-2') AS tenant_id,
-    fromUnixTimestamp64Milli(toInt64({end_ms:Int64} - cityHash64(number, 1) % {span_ms:UInt64}),
-                             'UTC') AS occurred_at,
+    fromUnixTimestamp64Milli(toInt64({start_ms:Int64}
+        + intDiv((number - {first:UInt64}) * {slice_ms:UInt64}, {count:UInt64})
+        + cityHash64(number, 1) % 60000), 'UTC') AS occurred_at,
     multiIf(h2 % 10 < 6, 'chat', h2 % 10 < 9, 'agent', 'memory') AS source,
-    intDiv(toUnixTimestamp64Milli(occurred_at), 3600000) * 100 + h3 % 100 AS conversation,
+    intDiv(toUnixTimestamp64Milli(occurred_at), {conversation_ms:UInt64}) * {open:UInt64}
+        + h3 % {open:UInt64} AS conversation,
     if(source = 'agent', concat('agent-', toString(h3 % 500)),
        concat('conv-', toString(conversation))) AS source_id,
     if(source = 'agent', concat('Agent ', toString(h3 % 500)),
@@ -137,23 +149,41 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def load(client: Client, events: int, end_ms: int, chunk: int) -> float:
-    """Generate ``events`` rows server-side in chunks; returns the seconds it took."""
+def load(client: Client, events: int, end_ms: int, chunk: int, shape: str = "hourly") -> float:
+    """Generate ``events`` rows server-side in chunks, in time order over the 35 days before
+    ``end_ms``; returns the seconds it took."""
     started = time.perf_counter()
+    span = SPAN_DAYS * DAY_MS
     for first in range(0, events, chunk):
         count = min(chunk, events - first)
-        client.command(
-            LOAD_SQL,
-            parameters={
-                "end_ms": end_ms, "span_ms": SPAN_DAYS * DAY_MS, "first": first, "count": count,
-            },
-            settings={"max_insert_threads": 1},
-        )  # fmt: skip
+        insert_calls(
+            client,
+            first=first,
+            count=count,
+            start_ms=end_ms - span + span * first // events,
+            slice_ms=span * count // events,
+            shape=shape,
+        )
         console.print(
             f"  loaded {first + count:,} events ({time.perf_counter() - started:.0f}s)",
             highlight=False,
         )
     return time.perf_counter() - started
+
+
+def insert_calls(
+    client: Client, *, first: int, count: int, start_ms: int, slice_ms: int, shape: str
+) -> None:
+    """Calls ``first`` .. ``first + count`` spread in order over ``slice_ms`` from ``start_ms``."""
+    conversation_ms, open_conversations = SHAPES[shape]
+    client.command(
+        LOAD_SQL,
+        parameters={
+            "start_ms": start_ms, "slice_ms": slice_ms, "first": first, "count": count,
+            "conversation_ms": conversation_ms, "open": open_conversations,
+        },
+        settings={"max_insert_threads": 1},
+    )  # fmt: skip
 
 
 def start_api(
@@ -258,7 +288,7 @@ def check_exact(http: httpx.Client, client: Client) -> list[str]:
 LATE_EVENTS = 1_000
 
 
-def check_late(http: httpx.Client, client: Client, first: int) -> list[str]:
+def check_late(http: httpx.Client, client: Client, first: int, shape: str) -> list[str]:
     """Late calls into hours the API has cached: the 30-day summary and top list must count
     them at once (compared with brute force over the raw table, same window)."""
     window = http.get("/v1/usage/summary", params={"period": "30d"}).json()
@@ -266,13 +296,14 @@ def check_late(http: httpx.Client, client: Client, first: int) -> list[str]:
     for _ in range(2):  # cached on the first request, served from the cache on the second
         http.get("/v1/usage/summary", params=window)
         http.get("/v1/usage/top", params={**window, "limit": 10})
-    client.command(
-        LOAD_SQL,
-        parameters={
-            "end_ms": int(time.time() * 1000) - 17 * DAY_MS, "span_ms": 3 * DAY_MS,
-            "first": first, "count": LATE_EVENTS,
-        },
-    )  # fmt: skip
+    insert_calls(
+        client,
+        first=first,
+        count=LATE_EVENTS,
+        start_ms=int(time.time() * 1000) - 20 * DAY_MS,
+        slice_ms=3 * DAY_MS,
+        shape=shape,
+    )
     params = {"t": TENANT, "a": window["from"], "b": window["to"]}
     where = (
         "tenant_id = {t:String} AND occurred_at >= parseDateTime64BestEffort({a:String}, 3)"
@@ -422,13 +453,16 @@ def run_bench(
     keep: bool = False,
     shards: int = 1,
     data: Path | None = None,
+    shape: str = "hourly",
 ) -> dict[str, Any]:
     """Load ``events``, then drive the API; returns the figures (also printed as JSON).
 
     With ``data`` the ClickHouse folder lives there and outlives the run: a later run with
-    the same ``data`` and ``events`` skips the load (100 million events take ~11 minutes),
-    so two versions of the API can be measured on the same data, side by side.
+    the same ``data``, ``events`` and ``shape`` skips the load (100 million events take
+    ~12 minutes), so two versions of the API can be measured on the same data, side by side.
     """
+    if shape not in SHAPES:
+        raise SystemExit(f"unknown --shape {shape!r}; use one of {', '.join(SHAPES)}")
     home = data or Path(tempfile.mkdtemp(prefix="llm-usage-bench-api-"))
     home.mkdir(parents=True, exist_ok=True)
     ports = free_ports(2 * shards)  # HTTP ports of the shards, then their native ports
@@ -450,13 +484,16 @@ def run_bench(
         client = connect(settings, send_receive_timeout=3600)
         rows = int(client.query("SELECT count() FROM usage_events").result_rows[0][0])
         load_s = 0.0
-        if data is not None and rows >= events and (rows - events) % LATE_EVENTS == 0:
-            console.print(f"reusing the {rows:,} events in {data} (late ones of earlier runs)")
+        marker = home / "bench-data.json"
+        want = {"events": events, "shape": shape}
+        if rows and marker.exists() and json.loads(marker.read_text()) == want:
+            console.print(f"reusing the {rows:,} events in {home} (late ones of earlier runs)")
         elif rows:
-            raise SystemExit(f"{home} holds {rows:,} events, not {events:,}: use another --data")
+            raise SystemExit(f"{home} holds other data ({rows:,} events): use another --data")
         else:
-            console.print(f"generating {events:,} events in {settings.clickhouse_url} …")
-            load_s = load(client, events, int(time.time() * 1000), chunk)
+            console.print(f"generating {events:,} {shape} events in {settings.clickhouse_url} …")
+            load_s = load(client, events, int(time.time() * 1000) + LEAD_MS, chunk, shape)
+            marker.write_text(json.dumps(want))
             rows = int(client.query("SELECT count() FROM usage_events").result_rows[0][0])
             if rows != events:
                 raise SystemExit(f"expected {events:,} rows, found {rows:,}")
@@ -488,7 +525,7 @@ def run_bench(
         with httpx.Client(
             base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=300
         ) as http:
-            late = check_late(http, client, first=rows)
+            late = check_late(http, client, first=rows, shape=shape)
         if late:
             raise SystemExit("the API is not exact after late events:\n" + "\n".join(late))
         console.print(

@@ -580,12 +580,25 @@ def bench_api(
     data: Path | None = typer.Option(
         None, "--data", help="keep the ClickHouse data here and reuse it on the next run"
     ),
+    shape: str = typer.Option(
+        "hourly", "--shape", help="conversations: hourly (100 new an hour) or daily (3 days)"
+    ),
 ) -> None:
     """Load the query API with concurrent clients (own ClickHouse, loopback): p50/p99."""
     from llm_usage.bench_api import run_bench
 
-    run_bench(events=events, clients=clients, requests=requests, seconds=seconds, chunk=chunk,
-              api_workers=api_workers, keep=keep, shards=shards, data=data)  # fmt: skip
+    run_bench(
+        events=events,
+        clients=clients,
+        requests=requests,
+        seconds=seconds,
+        chunk=chunk,
+        api_workers=api_workers,
+        keep=keep,
+        shards=shards,
+        data=data,
+        shape=shape,
+    )
 
 
 @bench_app.command("http-ingest")
