@@ -3,8 +3,8 @@
 A 30-day dashboard re-reads 29 days that did not change since the last page load. Whole
 past hours are queried once and kept here under the *ingest version* of the hours they
 cover (see :class:`Version`): a late or replayed event landing in one of those hours, or a
-reprice, changes the version and so retires the entry. Caching by time alone would not be
-exact.
+reprice of calls in them, changes the version and so retires the entry. Caching by time
+alone would not be exact.
 
 An entry is stored only when the newest write it covers is older than ``settle_s``: the
 materialized views of one insert commit one after the other, so a version younger than that
@@ -24,9 +24,9 @@ from typing import Any
 class Version:
     """What the cached hours looked like: ``fingerprint`` changes with any write into them.
 
-    ``fingerprint`` = (hash of every hour's last ingest time, number of hours with data,
-    reprice steps recorded, last reprice step); ``settled`` = the newest write or reprice
-    step is older than the settle delay, so an aggregate read now may be stored.
+    ``fingerprint`` = (hash of every hour's last write time, number of hours with data);
+    ``settled`` = the newest write is older than the settle delay, so an aggregate read
+    now may be stored.
     """
 
     fingerprint: tuple[Any, ...]

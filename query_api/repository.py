@@ -566,27 +566,25 @@ class UsageRepository:
     def version(self, tenant: str, ranges: Sequence[Range]) -> Version:
         """The ingest version of the hours ``ranges`` touch, in one small query.
 
-        ``ingest_activity`` holds the last write per tenant and event-time hour (a
-        materialized view on every insert into ``usage_events``); a reprice step is
-        recorded in ``reprice_runs`` after it changed the rollups.
+        ``ingest_activity`` holds the last write per tenant and event-time hour: a
+        materialized view on every insert into ``usage_events`` writes it, and a reprice
+        marks the hours whose rollups it changed.
         """
         params = _Params()
         t = params.bind(tenant, "String")
         lo = params.bind(min(a for a, _ in ranges) // HOUR * HOUR // 1000, "Int64")
         hi = params.bind(max(b for _, b in ranges) // 1000, "Int64")
-        reprices = f"FROM reprice_runs WHERE tenant_id IN ({t}, '')"
         rows = self._db.rows(
             "SELECT sum(cityHash64(hour, last)), count(), toUnixTimestamp64Milli(max(last)),"
-            f" (SELECT count() {reprices}), (SELECT toUnixTimestamp64Milli(max(at)) {reprices}),"
             " toUnixTimestamp64Milli(now64(3))"
             " FROM (SELECT hour, max(last_ingested_at) AS last FROM ingest_activity"
             f" WHERE tenant_id = {t} AND hour >= toDateTime({lo}, 'UTC')"
             f" AND hour < toDateTime({hi}, 'UTC') GROUP BY hour)",
             params.values,
         )
-        hashed, hours, last_ms, runs, last_run_ms, now_ms = (int(v) for v in rows[0])
-        settled = now_ms - max(last_ms, last_run_ms) >= self._settle_s * 1000
-        return Version((hashed, hours, runs, last_run_ms), settled)
+        hashed, hours, last_ms, now_ms = (int(v) for v in rows[0])
+        settled = now_ms - last_ms >= self._settle_s * 1000
+        return Version((hashed, hours), settled)
 
     def resolve_search(self, filters: Filters) -> Filters:
         """``filters`` with the search resolved to its (source, source_id) matches, once."""

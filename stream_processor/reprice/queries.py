@@ -221,6 +221,18 @@ def delta_sql(database: str, rollup: Rollup, materialized: list[tuple[str, str]]
     )
 
 
+def activity_sql(database: str) -> str:
+    """Marks the hours of a run's calls as written in ``ingest_activity``, as an insert into
+    ``usage_events`` does: the query API's cache of settled hours drops what it holds for
+    them, and the alerter looks at them again."""
+    return (
+        f"INSERT INTO {database}.ingest_activity"
+        " (tenant_id, hour, last_ingested_at, last_occurred_at)"
+        " SELECT tenant_id, toStartOfHour(occurred_at) AS hour, now64(3), max(occurred_at)"
+        f" FROM {database}.reprice_values WHERE run_id = {{run:String}} GROUP BY tenant_id, hour"
+    )
+
+
 def join_table(database: str, run_id: str) -> str:
     return f"{database}.reprice_join_{run_id}"
 

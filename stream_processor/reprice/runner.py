@@ -8,8 +8,10 @@ A run goes through steps, each recorded in ``reprice_runs`` only after it comple
 2. ``delta:<rollup>``: for each rollup, the delta rows (new minus old prices of the staged
    calls, see :mod:`stream_processor.reprice.queries`) are inserted under an
    ``insert_deduplication_token`` of the run and rollup: re-sent after a crash, ClickHouse
-   drops the repeat. All deltas are computed from the calls' old prices, which is why the
-   raw table is only updated after the last of them.
+   drops the repeat. The hours of the changed calls are then marked in ``ingest_activity``
+   (what the query API's cache of settled hours is checked against). All deltas are
+   computed from the calls' old prices, which is why the raw table is only updated after
+   the last of them.
 3. ``raw``: one ``ALTER TABLE usage_events UPDATE`` sets the staged calls' new prices
    (from a Join table of the run's values); running it twice sets the same values.
 4. ``finished``: the run's values are deleted.
@@ -45,6 +47,7 @@ from stream_processor.reprice.queries import (
     VIEWS_SQL,
     Rollup,
     Selection,
+    activity_sql,
     count_sql,
     delta_sql,
     join_ddl,
@@ -252,6 +255,7 @@ class Repricer:
                 parameters={"run": run_id},
                 settings={**DELTA_SETTINGS, "insert_deduplication_token": token},
             )
+            self.client.command(activity_sql(self.database), parameters={"run": run_id})
             self._record(run_id, step, selection)
             self._on_step(step)
         if "raw" not in done:

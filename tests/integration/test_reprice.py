@@ -196,6 +196,16 @@ def test_a_newly_priced_model_and_a_discount_reprice_history_exactly(
     assert_exact(settings, expected(events, PriceBook.load()))  # stored unpriced at first
     assert stored(settings)["tables"]["usage_hourly"][UNKNOWN][1] == 100
 
+    # an API process that caches settled hours at once, alive across the reprice
+    window = {"from": (now - timedelta(days=4)).isoformat(), "to": now.isoformat()}
+    cached_app = create_app(
+        settings.model_copy(update={"api_keys": "k:acme", "api_cache_settle_s": 0.0})
+    )
+    cached = TestClient(cached_app, headers={"Authorization": "Bearer k"})
+    for _ in range(2):
+        before = cached.get("/v1/usage/summary", params=window).json()
+    assert 'llm_usage_api_cache_lookups_total{result="hit"} 1.0' in cached.get("/metrics").text
+
     book = write_overrides(overrides)
     client = connect(settings)
     try:
@@ -208,6 +218,10 @@ def test_a_newly_priced_model_and_a_discount_reprice_history_exactly(
         result = repricer.run(Selection())
         assert result.changed == 200  # the unknown model's calls and the discounted ones
         assert_exact(settings, expected(events, book))
+        after = cached.get("/v1/usage/summary", params=window).json()
+        want = sum((v[2] for v in expected(events, book)["models"].values()), Decimal(0))
+        assert Decimal(after["total_cost_usd"]) == want != Decimal(before["total_cost_usd"])
+        assert after["unpriced_models"] == [], "the cached hours were read again"
         when = repriced_at(settings)
         assert when is not None
         assert abs(datetime.fromisoformat(when) - datetime.now(UTC)) < timedelta(minutes=2)
