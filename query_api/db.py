@@ -20,6 +20,14 @@ from llm_usage.settings import Settings
 log = logging.getLogger(__name__)
 
 
+# What the API reads (migrations 0001-0015); readiness fails until every one exists.
+API_TABLES = (
+    "usage_events", "usage_api_15m", "usage_api_daily", "usage_api_models_15m",
+    "usage_api_models_daily", "usage_api_models_1m", "usage_hourly", "usage_daily",
+    "usage_entities_15m", "source_names", "ingest_activity", "reprice_runs",
+)  # fmt: skip
+
+
 class Unavailable(RuntimeError):
     """ClickHouse cannot answer (down, unreachable, or failing); the API answers 503."""
 
@@ -82,13 +90,12 @@ class ClickHouse:
         try:
             found = self.rows(
                 "SELECT count() FROM system.tables WHERE database = currentDatabase()"
-                " AND name IN ('usage_events', 'usage_api_15m', 'usage_api_daily',"
-                " 'usage_hourly', 'usage_daily', 'source_names')",
-                {},
+                " AND name IN {tables:Array(String)}",
+                {"tables": list(API_TABLES)},
             )
         except Unavailable as exc:
             return str(exc)
-        if int(found[0][0]) != 6:
+        if int(found[0][0]) != len(API_TABLES):
             return (
                 f"database {self._settings.clickhouse_database} lacks the API's tables;"
                 " run `llm-usage migrate`"

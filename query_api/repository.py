@@ -27,6 +27,7 @@ from query_api.db import ClickHouse
 from query_api.window import (
     DAY,
     HOUR,
+    MINUTE,
     QUARTER,
     RAW,
     Bucket,
@@ -54,18 +55,24 @@ class Table:
     kind: Literal["date", "datetime"]
 
 
-# Largest grain first; each divides the one before (see window.decompose).
+# Largest grain first; each divides the one before (see window.decompose). The finest
+# grains (migration 0015) keep the raw edges of a window short: under a minute for the
+# compact questions, under 15 minutes per conversation or agent.
+EDGES = Table("usage_api_models_1m", "minute", "datetime")
 COMPACT: dict[int, Table] = {
     DAY: Table("usage_api_daily", "day", "date"),
     QUARTER: Table("usage_api_15m", "slot", "datetime"),
+    MINUTE: EDGES,
 }
 MODELS: dict[int, Table] = {
     DAY: Table("usage_api_models_daily", "day", "date"),
     QUARTER: Table("usage_api_models_15m", "slot", "datetime"),
+    MINUTE: EDGES,
 }
 DETAILED: dict[int, Table] = {
     DAY: Table("usage_daily", "day", "date"),
     HOUR: Table("usage_hourly", "hour", "datetime"),
+    QUARTER: Table("usage_entities_15m", "slot", "datetime"),
 }
 
 METRICS = (
@@ -491,7 +498,7 @@ class UsageRepository:
         """
         tiers = DETAILED if filters.per_entity else tiers
         ranges = list(ranges or [(window.start_ms, window.end_ms)])
-        settled, recent = self._split(window, filters, ranges, tiers)
+        settled, recent = self._split(window, filters, ranges)
         if not settled:
             return list(self._query(ranges, filters, keys, tiers, metrics, raw_grain))
         version = self._pool.submit(self.version, filters.tenant, settled)
@@ -504,22 +511,18 @@ class UsageRepository:
         return _merge([cached, live.result() if live else []], len(keys))
 
     def _split(
-        self,
-        window: Window,
-        filters: Filters,
-        ranges: Sequence[Range],
-        tiers: Mapping[int, Table],
+        self, window: Window, filters: Filters, ranges: Sequence[Range]
     ) -> tuple[list[Range], list[Range]]:
         """(settled, recent) parts of ``ranges``: none settled without a cache.
 
         Settled pieces end with the last whole hour before now (the current hour is being
-        written) and are whole pieces of the tiers' finest grain (no raw edges).
+        written) and are whole 15-minute slots (any zone's buckets are whole slots).
         """
         if not self._cache.enabled or (filters.search and filters.matches is None):
             # a search answered by a subquery depends on names, which the version ignores
             return [], list(ranges)
         boundary = min(window.end_ms, int(self._clock() * 1000)) // HOUR * HOUR
-        return split_settled(ranges, boundary, min(tiers))
+        return split_settled(ranges, boundary, QUARTER)
 
     def _live(
         self,
@@ -680,7 +683,7 @@ class UsageRepository:
         """
         keys = ["source", "source_id"]
         span = [(window.start_ms, window.end_ms)]
-        settled, recent = self._split(window, filters, span, DETAILED)
+        settled, recent = self._split(window, filters, span)
         if settled:
             version = self._pool.submit(self.version, filters.tenant, settled)
             live = self._live(recent, filters, keys, DETAILED, METRICS, QUARTER)

@@ -57,8 +57,16 @@ OVERRIDES = {
             "cache_write_5m": "2.25", "cache_write_1h": "3.6", "cache_read": "0.09"}]},
     }
 }  # fmt: skip
-ROLLUPS = ("usage_hourly", "usage_daily", "usage_api_15m", "usage_api_daily",
-           "usage_api_models_15m", "usage_api_models_daily")  # fmt: skip
+ROLLUPS = (
+    "usage_hourly",
+    "usage_daily",
+    "usage_api_15m",
+    "usage_api_daily",
+    "usage_api_models_15m",
+    "usage_api_models_daily",
+    "usage_api_models_1m",
+    "usage_entities_15m",
+)
 
 
 def make_events(count: int, now: datetime, seed: int) -> list[UsageEvent]:
