@@ -51,7 +51,7 @@ def create_app(
     app.state.repository = repository
     app.state.authenticator = Authenticator(settings, KeyStore(db))
     app.state.alert_store = AlertStore(db)
-    app.state.metrics = ApiMetrics(cache)
+    app.state.metrics = ApiMetrics(cache, repository.shared_reads)
 
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)

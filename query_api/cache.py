@@ -14,8 +14,10 @@ may already show an insert whose rollup rows are not visible yet.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,3 +78,42 @@ class SettledCache:
     @property
     def rows(self) -> int:
         return self._rows
+
+
+class SharedReads:
+    """One read serves every request that arrived before it was sent.
+
+    Requests that come in together (a page's panels, many viewers) need the same version
+    of the same hours. A read sent after a request arrived sees every write committed
+    before that arrival, so the request may use it; a read already under way when the
+    request arrived may not, and the request starts (or joins) the next one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flights: dict[Hashable, tuple[float, Future[Any]]] = {}
+        self.shared = 0
+
+    def read(self, key: Hashable, arrived: float, fetch: Callable[[], Any]) -> Any:
+        """``fetch()``'s result, or that of a read of ``key`` sent after ``arrived``
+        (``time.monotonic()`` when the request came in)."""
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is not None and flight[0] >= arrived:
+                self.shared += 1
+                future = flight[1]
+                mine = False
+            else:
+                future = Future()
+                self._flights[key] = (time.monotonic(), future)
+                mine = True
+        if mine:
+            try:
+                future.set_result(fetch())
+            except BaseException as exc:
+                future.set_exception(exc)
+            finally:
+                with self._lock:
+                    if self._flights.get(key, (0.0, None))[1] is future:
+                        del self._flights[key]
+        return future.result()

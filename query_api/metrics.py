@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from query_api.cache import SettledCache
+from query_api.cache import SettledCache, SharedReads
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -18,8 +18,9 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 class CacheCollector(Collector):
     """Hits, misses and size of the settled-aggregate cache, read when scraped."""
 
-    def __init__(self, cache: SettledCache) -> None:
+    def __init__(self, cache: SettledCache, shared: SharedReads | None = None) -> None:
         self.cache = cache
+        self.shared = shared
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         lookups = CounterMetricFamily(
@@ -33,15 +34,23 @@ class CacheCollector(Collector):
         yield GaugeMetricFamily(
             "llm_usage_api_cache_rows", "rows the cache holds", value=self.cache.rows
         )
+        if self.shared is not None:
+            yield CounterMetricFamily(
+                "llm_usage_api_version_reads_shared",
+                "requests answered by a version read another request sent",
+                value=self.shared.shared,
+            )
 
 
 class ApiMetrics:
     """Request counts and latencies per route template, ClickHouse outages, the cache."""
 
-    def __init__(self, cache: SettledCache | None = None) -> None:
+    def __init__(
+        self, cache: SettledCache | None = None, shared: SharedReads | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         if cache is not None:
-            self.registry.register(CacheCollector(cache))
+            self.registry.register(CacheCollector(cache, shared))
         self.requests = Counter(
             "llm_usage_api_requests",
             "HTTP requests by method, route template and status",

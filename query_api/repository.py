@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from query_api.cache import SettledCache, Version
+from query_api.cache import SettledCache, SharedReads, Version
 from query_api.db import ClickHouse
 from query_api.window import (
     DAY,
@@ -125,6 +125,8 @@ class Filters:
     search: str | None = None
     matches: tuple[tuple[str, str], ...] | None = None
     source_id: str | None = None  # one conversation or agent (budgets of one entity)
+    # when the request came in (time.monotonic()): a read sent later may answer it
+    asked_at: float = field(default_factory=time.monotonic, compare=False)
 
     @property
     def per_entity(self) -> bool:
@@ -454,6 +456,7 @@ class UsageRepository:
     ) -> None:
         self._db = db
         self._cache = cache or SettledCache(0)
+        self.shared_reads = SharedReads()
         self._settle_s = settle_s
         self._clock = clock
         # Independent single queries of one request run side by side here. A task in this
@@ -501,7 +504,7 @@ class UsageRepository:
         settled, recent = self._split(window, filters, ranges)
         if not settled:
             return list(self._query(ranges, filters, keys, tiers, metrics, raw_grain))
-        version = self._pool.submit(self.version, filters.tenant, settled)
+        version = self._pool.submit(self._shared_version, filters, settled)
         live = self._live(recent, filters, keys, tiers, metrics, raw_grain)
         key = ("grouped", *_shape(filters, keys, tiers, metrics), tuple(settled))
         cached = self._cache.get(key, version.result())
@@ -565,6 +568,15 @@ class UsageRepository:
         group = f" GROUP BY {', '.join(name for _, name in outer)}" if keys else ""
         sql = f"SELECT {', '.join([*columns, _outer_metrics(metrics)])} FROM ({inner}){group}{tail}"
         return self._db.rows(sql, params.values)
+
+    def _shared_version(self, filters: Filters, ranges: Sequence[Range]) -> Version:
+        """:meth:`version`, shared with the requests that came in together."""
+        lo, hi = min(a for a, _ in ranges) // HOUR * HOUR, max(b for _, b in ranges)
+        return self.shared_reads.read(
+            (filters.tenant, lo, hi),
+            filters.asked_at,
+            lambda: self.version(filters.tenant, [(lo, hi)]),
+        )
 
     def version(self, tenant: str, ranges: Sequence[Range]) -> Version:
         """The ingest version of the hours ``ranges`` touch, in one small query.
@@ -685,7 +697,7 @@ class UsageRepository:
         span = [(window.start_ms, window.end_ms)]
         settled, recent = self._split(window, filters, span)
         if settled:
-            version = self._pool.submit(self.version, filters.tenant, settled)
+            version = self._pool.submit(self._shared_version, filters, settled)
             live = self._live(recent, filters, keys, DETAILED, METRICS, QUARTER)
             key = ("top", by, *_shape(filters, keys, DETAILED, METRICS), tuple(settled))
             ranking: Ranking | None = self._cache.get(key, version.result())

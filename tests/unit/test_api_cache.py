@@ -3,13 +3,16 @@ and recent parts, the LRU with versions, and the top list merged from a cached r
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from query_api.cache import SettledCache, Version
+from query_api.cache import SettledCache, SharedReads, Version
 from query_api.repository import SOURCES, Ranking, _merge
 from query_api.window import HOUR, QUARTER, split_settled
 
@@ -111,3 +114,26 @@ def test_ranking_top_equals_sorting_everything(
     want = sorted(everything, key=lambda r: (-r[metric], rank[r[0]], r[1]))[:limit]
     got = Ranking.of(cold_rows, by).top(live_rows, limit)  # type: ignore[arg-type]
     assert [tuple(r) for r in got] == [tuple(r) for r in want]
+
+
+def test_a_read_is_shared_only_with_requests_that_arrived_before_it_was_sent() -> None:
+    reads = SharedReads()
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def slow() -> str:
+        calls.append("read")
+        started.set()
+        release.wait(5)
+        return f"version {len(calls)}"
+
+    early = time.monotonic()  # this request came in before the first read was sent
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(reads.read, "k", time.monotonic(), slow)
+        started.wait(5)
+        joined = pool.submit(reads.read, "k", early, slow)
+        time.sleep(0.05)
+        release.set()
+        assert first.result() == joined.result() == "version 1"
+    late = reads.read("k", time.monotonic(), slow)  # came in after: a read of its own
+    assert late == "version 2" and calls == ["read", "read"] and reads.shared == 1
