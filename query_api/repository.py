@@ -536,10 +536,15 @@ class UsageRepository:
         metrics: Sequence[str],
         raw_grain: int,
     ) -> Future[Sequence[Sequence[Any]]] | None:
-        """The recent part's rows, queried beside the version check (None if no part)."""
+        """The recent part's rows, queried beside the version check (None if no part).
+
+        The recent part spans little more than an hour, so only the finest grain reads it:
+        one rollup with small granules and the raw table, fewer tables touched per request.
+        """
         if not ranges:
             return None
-        return self._pool.submit(self._query, ranges, filters, keys, tiers, metrics, raw_grain)
+        finest = {min(tiers): tiers[min(tiers)]}
+        return self._pool.submit(self._query, ranges, filters, keys, finest, metrics, raw_grain)
 
     def _query(
         self,

@@ -4,7 +4,8 @@
 -- request, since the query API caches only settled whole hours. With these, the raw table
 -- is read for less than a minute at each edge (compact questions) or less than 15 minutes
 -- (per conversation or agent: the top list and name searches).
--- Both live as long as the raw rows (raw_retention_days); read them with plain sum().
+-- Both live as long as the raw rows (raw_retention_days); read them with plain sum(). They
+-- are read a few minutes at a time, so their granules are small (1,024 rows, not 8,192).
 CREATE TABLE IF NOT EXISTS ${database}.usage_api_models_1m${local} ${on_cluster}
 (
     tenant_id LowCardinality(String) COMMENT 'Tenant',
@@ -26,7 +27,8 @@ ENGINE = ${replicated}AggregatingMergeTree
 PARTITION BY toYYYYMM(minute)
 ORDER BY (tenant_id, minute, source, model, price_tier)
 TTL minute + INTERVAL ${raw_retention_days} DAY
-SETTINGS non_replicated_deduplication_window = ${dedup_window},
+SETTINGS index_granularity = 1024,
+    non_replicated_deduplication_window = ${dedup_window},
     replicated_deduplication_window = ${dedup_window}
 COMMENT 'Query API rollup: UTC minutes per tenant, source, model and price tier (window edges)';
 
@@ -78,7 +80,8 @@ ENGINE = ${replicated}AggregatingMergeTree
 PARTITION BY toYYYYMM(slot)
 ORDER BY (tenant_id, slot, source, source_id, model, price_tier)
 TTL slot + INTERVAL ${raw_retention_days} DAY
-SETTINGS non_replicated_deduplication_window = ${dedup_window},
+SETTINGS index_granularity = 1024,
+    non_replicated_deduplication_window = ${dedup_window},
     replicated_deduplication_window = ${dedup_window}
 COMMENT 'Query API rollup: 15-minute UTC slots per conversation or agent, model and price tier';
 
