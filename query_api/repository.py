@@ -398,37 +398,38 @@ def _merge(parts: Sequence[Sequence[Sequence[Any]]], width: int) -> list[Sequenc
 class Ranking:
     """Every entity of a settled part, best first, as ``top`` orders them in SQL.
 
-    Rows are (source, source_id, *METRICS).
+    Rows are (source, source_id, *METRICS), in ClickHouse's order (see :func:`_order_by`).
     """
 
     by: TopBy
-    order: list[tuple[str, str]]
-    rows: dict[tuple[str, str], Sequence[Any]]
+    rows: Sequence[Sequence[Any]]
+    by_key: dict[tuple[str, str], Sequence[Any]]
 
     @classmethod
-    def of(cls, rows: Sequence[Sequence[Any]], by: TopBy) -> Ranking:
-        ordered = sorted(rows, key=lambda row: _rank_key(row, by))
-        return cls(
-            by,
-            [(str(r[0]), str(r[1])) for r in ordered],
-            {(str(r[0]), str(r[1])): r for r in ordered},
-        )
+    def of(cls, ordered: Sequence[Sequence[Any]], by: TopBy) -> Ranking:
+        return cls(by, ordered, {(str(r[0]), str(r[1])): r for r in ordered})
 
     def top(self, live: Sequence[Sequence[Any]], limit: int) -> list[Sequence[Any]]:
         """The best ``limit`` once ``live`` rows are added: an entity without live rows
         keeps its settled total, so only the best ``limit`` of those can make the list."""
         recent = {(str(r[0]), str(r[1])): r for r in live}
         candidates: list[Sequence[Any]] = []
-        for key in self.order:
+        for row in self.rows:
             if len(candidates) == limit:
                 break
-            if key not in recent:
-                candidates.append(self.rows[key])
+            if (str(row[0]), str(row[1])) not in recent:
+                candidates.append(row)
         for key, row in recent.items():
-            known = self.rows.get(key)
+            known = self.by_key.get(key)
             candidates.append(_merge([[known], [row]], 2)[0] if known else row)
         candidates.sort(key=lambda row: _rank_key(row, self.by))
         return candidates[:limit]
+
+
+def _order_by(by: TopBy) -> str:
+    """The top list's order: most cost (or tokens) first, then source and id."""
+    metric = "cost_usd" if by == "cost" else " + ".join(TOKENS)
+    return f" ORDER BY {metric} DESC, source, source_id"
 
 
 _METRIC_AT = {name: 2 + i for i, name in enumerate(METRICS)}
@@ -707,16 +708,14 @@ class UsageRepository:
             key = ("top", by, *_shape(filters, keys, DETAILED, METRICS), tuple(settled))
             ranking: Ranking | None = self._cache.get(key, version.result())
             if ranking is None:
-                rows = self._query(settled, filters, keys, DETAILED, METRICS, QUARTER)
+                tail = _order_by(by)
+                rows = self._query(settled, filters, keys, DETAILED, METRICS, QUARTER, tail)
                 ranking = Ranking.of(rows, by)
                 self._cache.put(key, version.result(), ranking, len(rows))
             rows = ranking.top(live.result() if live else [], limit)
         else:
             params = _Params()
-            metric = "cost_usd" if by == "cost" else " + ".join(TOKENS)
-            tail = (
-                f" ORDER BY {metric} DESC, source, source_id LIMIT {params.bind(limit, 'UInt32')}"
-            )
+            tail = f"{_order_by(by)} LIMIT {params.bind(limit, 'UInt32')}"
             span = [(window.start_ms, window.end_ms)]
             rows = self._query(span, filters, keys, DETAILED, METRICS, QUARTER, tail, params)
         names = self.latest_names(filters.tenant, [(str(r[0]), str(r[1])) for r in rows])

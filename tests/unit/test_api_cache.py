@@ -111,8 +111,13 @@ def test_ranking_top_equals_sorting_everything(
     everything = _merge([cold_rows, live_rows], 2)
     rank = {source: n for n, source in enumerate(SOURCES)}
     metric = 8 if by == "cost" else 4
-    want = sorted(everything, key=lambda r: (-r[metric], rank[r[0]], r[1]))[:limit]
-    got = Ranking.of(cold_rows, by).top(live_rows, limit)  # type: ignore[arg-type]
+
+    def clickhouse_order(row: Any) -> tuple[Any, ...]:
+        return (-row[metric], rank[row[0]], row[1])
+
+    want = sorted(everything, key=clickhouse_order)[:limit]
+    ranking = Ranking.of(sorted(cold_rows, key=clickhouse_order), by)  # type: ignore[arg-type]
+    got = ranking.top(live_rows, limit)
     assert [tuple(r) for r in got] == [tuple(r) for r in want]
 
 
