@@ -185,18 +185,42 @@ def _segments(start: int, end: int, clock: _LocalClock) -> list[tuple[int, int]]
 
 
 def local_buckets(window: Window, tz: ZoneInfo, granularity: Granularity) -> list[Bucket]:
-    """The viewer's local hours or days that meet ``window``, in order, without gaps."""
+    """The viewer's local hours or days that meet ``window``, in order, without gaps.
+
+    Computed for the window widened to whole 15-minute slots (kept for reuse: a rolling
+    window's widened form stays the same for up to 15 minutes), then cut to the window.
+    """
+    lo = window.start_ms // QUARTER * QUARTER
+    hi = -(-window.end_ms // QUARTER) * QUARTER
+    buckets = []
+    for bucket in _slot_buckets(lo, hi, tz.key, granularity):
+        ranges = tuple(
+            (max(a, window.start_ms), min(b, window.end_ms))
+            for a, b in bucket.ranges
+            if max(a, window.start_ms) < min(b, window.end_ms)
+        )
+        if ranges:
+            buckets.append(Bucket(bucket.start, ranges))
+    return buckets
+
+
+@lru_cache(maxsize=256)
+def _slot_buckets(
+    start_ms: int, end_ms: int, zone: str, granularity: Granularity
+) -> tuple[Bucket, ...]:
+    """:func:`local_buckets` of ``[start_ms, end_ms)`` (whole 15-minute slots)."""
+    tz = ZoneInfo(zone)
     clock = _LocalClock(tz, granularity)
     lookback = 2 * DAY if granularity == "day" else 2 * HOUR  # to find the first one's start
-    scan_from = (window.start_ms - lookback) // QUARTER * QUARTER
+    scan_from = (start_ms - lookback) // QUARTER * QUARTER
     buckets: dict[Hashable, tuple[int, list[Range]]] = {}
-    for a, b in _segments(scan_from, window.end_ms, clock):
-        lo, hi = max(a, window.start_ms), min(b, window.end_ms)
+    for a, b in _segments(scan_from, end_ms, clock):
+        lo, hi = max(a, start_ms), min(b, end_ms)
         if lo >= hi:
             continue
         ranges = buckets.setdefault(clock.key(a), (a, []))[1]
         ranges.append((lo, hi))
-    return [Bucket(from_ms(first, tz), tuple(ranges)) for first, ranges in buckets.values()]
+    return tuple(Bucket(from_ms(first, tz), tuple(ranges)) for first, ranges in buckets.values())
 
 
 @dataclass(frozen=True)
