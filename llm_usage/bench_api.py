@@ -179,11 +179,15 @@ def insert_calls(
     client.command(
         LOAD_SQL,
         parameters={
-            "start_ms": start_ms, "slice_ms": slice_ms, "first": first, "count": count,
-            "conversation_ms": conversation_ms, "open": open_conversations,
+            "start_ms": start_ms,
+            "slice_ms": slice_ms,
+            "first": first,
+            "count": count,
+            "conversation_ms": conversation_ms,
+            "open": open_conversations,
         },
         settings={"max_insert_threads": 1},
-    )  # fmt: skip
+    )
 
 
 def start_api(

@@ -22,10 +22,19 @@ log = logging.getLogger(__name__)
 
 # What the API reads (migrations 0001-0015); readiness fails until every one exists.
 API_TABLES = (
-    "usage_events", "usage_api_15m", "usage_api_daily", "usage_api_models_15m",
-    "usage_api_models_daily", "usage_api_models_1m", "usage_hourly", "usage_daily",
-    "usage_entities_15m", "source_names", "ingest_activity", "reprice_runs",
-)  # fmt: skip
+    "usage_events",
+    "usage_api_15m",
+    "usage_api_daily",
+    "usage_api_models_15m",
+    "usage_api_models_daily",
+    "usage_api_models_1m",
+    "usage_hourly",
+    "usage_daily",
+    "usage_entities_15m",
+    "source_names",
+    "ingest_activity",
+    "reprice_runs",
+)
 
 
 class Unavailable(RuntimeError):

@@ -507,12 +507,22 @@ class UsageRepository:
             return list(self._query(ranges, filters, keys, tiers, metrics, raw_grain))
         version = self._pool.submit(self._shared_version, filters, settled)
         live = self._live(recent, filters, keys, tiers, metrics, raw_grain)
+
+        def read_settled() -> tuple[list[Sequence[Any]], int]:
+            rows = list(self._query(settled, filters, keys, tiers, metrics, raw_grain))
+            return rows, len(rows)
+
         key = ("grouped", *_shape(filters, keys, tiers, metrics), tuple(settled))
-        cached = self._cache.get(key, version.result())
-        if cached is None:
-            cached = list(self._query(settled, filters, keys, tiers, metrics, raw_grain))
-            self._cache.put(key, version.result(), cached, len(cached))
+        cached: list[Sequence[Any]] = self._cached(key, version.result(), read_settled)
         return _merge([cached, live.result() if live else []], len(keys))
+
+    def _cached(self, key: Hashable, version: Version, read: Callable[[], tuple[Any, int]]) -> Any:
+        """The cache's value of ``key`` at ``version``; else ``read()``'s (value, rows), kept."""
+        value = self._cache.get(key, version)
+        if value is None:
+            value, rows = read()
+            self._cache.put(key, version, value, rows)
+        return value
 
     def _split(
         self, window: Window, filters: Filters, ranges: Sequence[Range]
@@ -581,11 +591,12 @@ class UsageRepository:
         return self.shared_reads.read(
             (filters.tenant, lo, hi),
             filters.asked_at,
-            lambda: self.version(filters.tenant, [(lo, hi)]),
+            lambda: self.version(filters.tenant, lo, hi),
         )
 
-    def version(self, tenant: str, ranges: Sequence[Range]) -> Version:
-        """The ingest version of the hours ``ranges`` touch, in one small query.
+    def version(self, tenant: str, start_ms: int, end_ms: int) -> Version:
+        """The ingest version of the hours that start in ``[start_ms, end_ms)``, in one
+        small query.
 
         ``ingest_activity`` holds the last write per tenant and event-time hour: a
         materialized view on every insert into ``usage_events`` writes it, and a reprice
@@ -593,8 +604,8 @@ class UsageRepository:
         """
         params = _Params()
         t = params.bind(tenant, "String")
-        lo = params.bind(min(a for a, _ in ranges) // HOUR * HOUR // 1000, "Int64")
-        hi = params.bind(max(b for _, b in ranges) // 1000, "Int64")
+        lo = params.bind(start_ms // 1000, "Int64")
+        hi = params.bind(end_ms // 1000, "Int64")
         rows = self._db.rows(
             "SELECT sum(cityHash64(hour, last)), count(), toUnixTimestamp64Milli(max(last)),"
             " toUnixTimestamp64Milli(now64(3))"
@@ -702,21 +713,22 @@ class UsageRepository:
         keys = ["source", "source_id"]
         span = [(window.start_ms, window.end_ms)]
         settled, recent = self._split(window, filters, span)
+        rows: Sequence[Sequence[Any]]
         if settled:
             version = self._pool.submit(self._shared_version, filters, settled)
             live = self._live(recent, filters, keys, DETAILED, METRICS, QUARTER)
-            key = ("top", by, *_shape(filters, keys, DETAILED, METRICS), tuple(settled))
-            ranking: Ranking | None = self._cache.get(key, version.result())
-            if ranking is None:
+
+            def rank_settled() -> tuple[Ranking, int]:
                 tail = _order_by(by)
-                rows = self._query(settled, filters, keys, DETAILED, METRICS, QUARTER, tail)
-                ranking = Ranking.of(rows, by)
-                self._cache.put(key, version.result(), ranking, len(rows))
+                ordered = self._query(settled, filters, keys, DETAILED, METRICS, QUARTER, tail)
+                return Ranking.of(ordered, by), len(ordered)
+
+            key = ("top", by, *_shape(filters, keys, DETAILED, METRICS), tuple(settled))
+            ranking: Ranking = self._cached(key, version.result(), rank_settled)
             rows = ranking.top(live.result() if live else [], limit)
         else:
             params = _Params()
             tail = f"{_order_by(by)} LIMIT {params.bind(limit, 'UInt32')}"
-            span = [(window.start_ms, window.end_ms)]
             rows = self._query(span, filters, keys, DETAILED, METRICS, QUARTER, tail, params)
         names = self.latest_names(filters.tenant, [(str(r[0]), str(r[1])) for r in rows])
         return [

@@ -156,9 +156,8 @@ def measure(base_url: str, runs: int, key: str) -> None:
         finally:
             browser.close()
     print(f"\nUsage page load in Chromium, {runs} cold-profile loads per period")
-    header = ("period", "calls in window", "median ms", "p99 ms", "max ms", "API max")
-    print(f"{header[0]:>6} {header[1]:>16} {header[2]:>10} {header[3]:>8} {header[4]:>8} "
-          f"{header[5]:>8}")  # fmt: skip
+    widths = {"period": 6, "calls in window": 16, "median ms": 10, "p99 ms": 8, "max ms": 8}
+    print(" ".join(f"{name:>{width}}" for name, width in {**widths, "API max": 8}.items()))
     for period, calls, page_ms, api_ms in rows:
         print(
             f"{period:>6} {calls:>16,} {statistics.median(page_ms):>10.0f} "
