@@ -50,8 +50,9 @@ DAY_MS = 86_400_000
 SPAN_DAYS = 35
 HOUR_MS = 3_600_000
 # Conversation shapes: (how long one lives, how many are open at once). "hourly" is the
-# worst case for the top list (100 new conversations an hour, 84,000 in 35 days); in
-# "daily" 1,000 conversations live 3 days each, as long chats and agents do.
+# worst case for the top list (100 new conversations an hour: with the memory calls on
+# them, 144,000 entities in a 30-day window); in "daily" 1,000 conversations live 3 days
+# each, as long chats and agents do.
 SHAPES = {"hourly": (HOUR_MS, 100), "daily": (3 * DAY_MS, 1000)}
 # The data runs this far past the load, so that runs in the next hours see a busy current
 # hour, as a live system does.
@@ -463,7 +464,7 @@ def run_bench(
 
     With ``data`` the ClickHouse folder lives there and outlives the run: a later run with
     the same ``data``, ``events`` and ``shape`` skips the load (100 million events take
-    ~12 minutes), so two versions of the API can be measured on the same data, side by side.
+    ~4 minutes), so two versions of the API can be measured on the same data, side by side.
     """
     if shape not in SHAPES:
         raise SystemExit(f"unknown --shape {shape!r}; use one of {', '.join(SHAPES)}")
