@@ -3,7 +3,7 @@
 Not a test (pytest does not collect it): a script for the closing note of the page's issue.
 
     .venv/bin/python -m tests.browser.measure_page_load --events 10000000 --runs 7
-    .venv/bin/python -m tests.browser.measure_page_load --bench-data /work/bench/100m \
+    .venv/bin/python -m tests.browser.measure_page_load --bench-data DIR \
         --events 100000000 --runs 50 --load-clients 16
 
 It starts its own ClickHouse server (chdb-core, as ``llm-usage stack up`` does) in
