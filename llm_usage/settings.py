@@ -140,7 +140,8 @@ class Settings(BaseSettings):
     # --- Stream processor (stream_processor/) -------------------------------------------
     processor_group: str = Field(
         "llm-usage-processor",
-        description="Faust app id = consumer group; also prefixes its changelog topics",
+        description="consumer group of the calls topic; the Faust app (entities agent) "
+        "uses this name with '-app' appended",
     )
     processor_batch_max_events: int = Field(
         5000, ge=1, description="a ClickHouse insert holds at most this many rows per partition"
@@ -163,6 +164,12 @@ class Settings(BaseSettings):
     )
     processor_rebalance_timeout_s: float = Field(
         30.0, gt=0, description="Kafka rebalance timeout (first join waits about this long)"
+    )
+    processor_fetch_max_wait_ms: int = Field(
+        500, ge=0, description="longest a fetch of the calls topic waits for new records"
+    )
+    processor_max_poll_interval_s: float = Field(
+        300.0, gt=0, description="a worker stuck this long in one round leaves the group"
     )
     processor_retry_max_s: float = Field(
         30.0, gt=0, description="cap of the backoff between ClickHouse insert retries"

@@ -1,7 +1,7 @@
 """Turn accepted events into ``usage_events`` rows: model name, price, source name.
 
-``source_name`` comes from the event, else from the latest rename seen on the entities topic
-(a Faust table); model names are normalised through the price book's aliases so that
+``source_name`` comes from the event, else from the latest name the worker knows
+(``names.Names``); model names are normalised through the price book's aliases so that
 "claude-sonnet-4-5-20250929" and "us.anthropic.claude-sonnet-4-5-20250929-v1:0" roll up as
 one model.
 """
@@ -9,10 +9,10 @@ one model.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from producers.contract import UsageEvent
+from stream_processor.names import Names
 from stream_processor.pricing import PriceBook
 
 COLUMNS = (
@@ -29,30 +29,13 @@ COLUMNS = (
 Row = tuple[Any, ...]
 
 
-def name_key(tenant_id: str, source: str, source_id: str) -> bytes:
-    """Key of the names table: one conversation or agent of one tenant."""
-    return f"{tenant_id}\x1f{source}\x1f{source_id}".encode()
-
-
-def encode_name(name: str, renamed_ms: int) -> bytes:
-    """Value of the names table: the latest name and when it was given (ms)."""
-    return json.dumps([name, renamed_ms], ensure_ascii=False).encode()
-
-
-def decode_name(value: bytes | None) -> tuple[str, int] | None:
-    if not value:
-        return None
-    name, renamed_ms = json.loads(value)
-    return str(name), int(renamed_ms)
-
-
 class Enricher:
     """Prices events and fills names; counts calls of unknown models, and batch or fast
     calls of models without such prices (billed at standard prices)."""
 
-    def __init__(self, book: PriceBook, names: Mapping[bytes, Any]) -> None:
+    def __init__(self, book: PriceBook, names: Names | None = None) -> None:
         self.book = book
-        self.names = names
+        self.names = names if names is not None else Names(lookback_s=0)
         self.unpriced = 0
         self.tier_unavailable = 0
 
@@ -70,8 +53,7 @@ class Enricher:
             source = e.source.value
             name = e.source_name
             if not name:
-                known = decode_name(names.get(name_key(e.tenant_id, source, e.source_id)))
-                name = known[0] if known else ""
+                name = names.get((e.tenant_id, source, e.source_id))
             append((
                 e.event_id, e.tenant_id, e.occurred_at, source, e.source_id, name, model,
                 e.input_tokens, e.output_tokens, e.cache_creation_input_tokens,

@@ -42,14 +42,9 @@ class Metrics:
         self.renames = counter("renames", "Rename events applied to the names table")
         self.batches = counter("batches", "Batches inserted into ClickHouse")
         self.insert_failures = counter("insert_failures", "Failed ClickHouse calls (retried)")
-        self.stall_seeks = counter(
-            "stall_seeks", "Seeks of a partition that delivered nothing while messages waited"
-        )
-        self.hole_seeks = counter(
-            "hole_seeks", "Re-fetches of a partition whose messages arrived with a hole in them"
-        )
-        self.gaps_accepted = counter(
-            "gaps_accepted", "Offsets missing from the log itself, still missing after re-fetches"
+        self.out_of_order_fetches = counter(
+            "out_of_order_fetches",
+            "Fetches that returned a later offset first (re-read from the expected one)",
         )
         self.insert_seconds = Histogram(
             _P + "insert_seconds",
@@ -63,9 +58,19 @@ class Metrics:
             ["partition"],
             registry=r,
         )
+        self.offset_gaps = gauge(
+            "offset_gaps", "Partitions whose next offset has been missing too long (/health red)"
+        )
+        self.stalled_partitions = gauge(
+            "stalled_partitions", "Partitions with lag that delivered nothing for too long"
+        )
         self.buffered_events = gauge("buffered_events", "Rows waiting for their batch insert")
         self.dedupe_ids = gauge("dedupe_ids", "event_ids remembered for deduplication")
         self.clickhouse_up = gauge("clickhouse_up", "1 if the last ClickHouse call succeeded")
+
+    def total(self, name: str) -> float:
+        """Current value of one counter, e.g. ``total("messages_in")``."""
+        return self.registry.get_sample_value(f"{_P}{name}_total") or 0.0
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

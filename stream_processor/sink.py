@@ -7,9 +7,9 @@ function of (cluster id, topic, partition, first, last offset); with
 ``usage_events`` and in every rollup. To make the ranges reproducible, each range is
 recorded in ``processor_batches`` *before* its insert; after a crash or a rebalance the
 partition's new owner reads the recorded ranges past its start offset and re-forms exactly
-those batches. Messages are acked (so Faust may commit their offsets) only after
-ClickHouse acknowledged the insert. While ClickHouse is down the insert is retried with
-backoff and the agent waits, so Faust's buffers fill and consumption pauses.
+those batches. A batch's offsets are handed to ``on_written`` (which commits them) only
+after ClickHouse acknowledged the insert, and in offset order per partition. While
+ClickHouse is down the insert is retried with backoff and the consumer waits.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from clickhouse_connect.driver.client import Client
 
@@ -45,10 +45,6 @@ INSERT_SETTINGS = {
 }
 SLOW_INSERT_S = 5.0  # an insert slower than this is logged (a shard or disk in trouble)
 NAME_COLUMNS = ("tenant_id", "source", "source_id", "source_name", "named_at")
-
-
-class Ackable(Protocol):
-    def ack(self) -> bool: ...
 
 
 class Aborted(Exception):
@@ -122,11 +118,29 @@ class ClickHouseWriter:
         rows = self._reset_on_error(lambda: self.client.query(sql, parameters=params).result_rows)
         return [(int(first), int(last)) for first, last in rows]
 
-    def record(self, cluster_id: str, topic: str, partition: int, first: int, last: int,
-               messages: int, rows: int, token: str) -> None:  # fmt: skip
+    def record(
+        self,
+        cluster_id: str,
+        topic: str,
+        partition: int,
+        first: int,
+        last: int,
+        messages: int,
+        rows: int,
+        token: str,
+    ) -> None:
         data = [[cluster_id, topic, partition, first, last, messages, rows, token, self.worker]]
-        names = ["cluster_id", "topic", "partition", "first_offset", "last_offset", "messages",
-                 "rows", "dedup_token", "worker"]  # fmt: skip
+        names = [
+            "cluster_id",
+            "topic",
+            "partition",
+            "first_offset",
+            "last_offset",
+            "messages",
+            "rows",
+            "dedup_token",
+            "worker",
+        ]
         settings = {"distributed_foreground_insert": 1}
         self._reset_on_error(
             lambda: self.client.insert(
@@ -145,6 +159,28 @@ class ClickHouseWriter:
         )
         return time.perf_counter() - started
 
+    def written_ids(self, topic: str, partition: int, window_s: int) -> list[tuple[int, float]]:
+        """Event ids (as ints) a partition wrote within the window, with when (epoch s)."""
+        sql = (
+            "SELECT event_id, toUnixTimestamp64Milli(ingested_at) FROM processor_seen_ids"
+            " WHERE kafka_topic = {t:String} AND kafka_partition = {p:UInt32}"
+            " AND ingested_at >= now64(3) - toIntervalSecond({w:UInt32})"
+        )
+        params = {"t": topic, "p": partition, "w": window_s}
+        result = self._reset_on_error(lambda: self.client.query(sql, parameters=params))
+        return [(event_id.int, written_ms / 1000) for event_id, written_ms in result.result_rows]
+
+    def latest_names(self, since_ms: int) -> list[tuple[str, str, str, str, int]]:
+        """Latest name of each entity named at or after ``since_ms`` (source_names)."""
+        sql = (
+            "SELECT tenant_id, toString(source), source_id, argMax(source_name, named_at),"
+            " toUnixTimestamp64Milli(max(named_at)) FROM source_names"
+            " WHERE named_at >= fromUnixTimestamp64Milli({s:Int64}, 'UTC')"
+            " GROUP BY tenant_id, source, source_id"
+        )
+        result = self._reset_on_error(lambda: self.client.query(sql, parameters={"s": since_ms}))
+        return [(str(t), str(s), str(i), str(n), int(ms)) for t, s, i, n, ms in result.result_rows]
+
     def insert_names(self, rows: Sequence[Sequence[Any]]) -> None:
         self._reset_on_error(
             lambda: self.client.insert("source_names", rows, column_names=list(NAME_COLUMNS))
@@ -159,7 +195,6 @@ class _Buffer:
     plan: deque[tuple[int, int]]
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     offsets: list[int] = field(default_factory=list)
-    acks: list[Ackable] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     started: float = 0.0
     inflight: asyncio.Task[None] | None = None  # the partition's batch being written
@@ -169,7 +204,7 @@ class _Buffer:
 
 
 class Sink:
-    """Per-partition batches, recorded then inserted, then acked."""
+    """Per-partition batches, recorded then inserted, then reported to ``on_written``."""
 
     def __init__(
         self,
@@ -181,6 +216,8 @@ class Sink:
         max_events: int,
         max_seconds: float,
         retry_max_s: float,
+        on_written: Callable[[int, int], None] = lambda partition, next_offset: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.writer = writer
         self.metrics = metrics
@@ -189,9 +226,10 @@ class Sink:
         self.max_events = max_events
         self.max_seconds = max_seconds
         self.retry_max_s = retry_max_s
+        self.on_written = on_written  # (partition, offset after the batch) once stored
+        self.clock = clock  # of the batches' age bound
         self.generation = 0
         self.buffers: dict[int, _Buffer] = {}
-        self.next_offsets: dict[int, int] = {}
         self.last_error: str = ""
         self.last_success = time.monotonic()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
@@ -237,34 +275,45 @@ class Sink:
         """Start a partition at ``first_offset``: load the ranges to re-form from there."""
         generation = self.generation
         plan = await self.call(
-            self.writer.planned, self.cluster_id, self.topic, partition, first_offset,
+            self.writer.planned,
+            self.cluster_id,
+            self.topic,
+            partition,
+            first_offset,
             generation=generation,
-        )  # fmt: skip
+        )
         if plan and plan[0][0] < first_offset:
             log.warning(
                 "partition %d restarts at %d inside recorded batch %s: its rest is re-formed "
-                "under the recorded token", partition, first_offset, plan[0],
-            )  # fmt: skip
+                "under the recorded token",
+                partition,
+                first_offset,
+                plan[0],
+            )
         log.info("partition %d: reading from offset %d", partition, first_offset)
         if plan:
-            log.info("partition %d: re-forming %d recorded batch(es) %s..%s",
-                     partition, len(plan), plan[0], plan[-1])  # fmt: skip
+            log.info(
+                "partition %d: re-forming %d recorded batch(es) %s..%s",
+                partition,
+                len(plan),
+                plan[0],
+                plan[-1],
+            )
         self.buffers[partition] = _Buffer(generation, deque(plan))
 
     async def reset(self) -> None:
-        """Forget every open batch (partitions revoked); unacked messages are replayed."""
+        """Forget every open batch (partitions revoked); unstored messages are read again."""
         self.generation += 1
         tasks = [b.inflight for b in self.buffers.values() if b.inflight is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.buffers.clear()
-        self.next_offsets.clear()
         self.metrics.buffered_events.set(0)
         await self.idle()
 
     # --- batching --------------------------------------------------------------------------
-    async def add(self, partition: int, offset: int, ack: Ackable, rows: list[Row]) -> None:
+    async def add(self, partition: int, offset: int, rows: list[Row]) -> None:
         """Buffer one message's rows; flush when a batch is complete."""
         buf = self.buffers.get(partition)
         if buf is None:  # revoked while the message was being prepared
@@ -280,29 +329,25 @@ class Sink:
             if plan and offset >= plan[0][0]:
                 if buf.offsets and buf.offsets[0] < plan[0][0]:
                     await self._flush(partition, buf)
-                self._append(partition, buf, offset, ack, rows)
+                self._append(buf, offset, rows)
                 if offset == plan[0][1]:
                     await self._flush(partition, buf, planned=plan.popleft())
                 return
-            self._append(partition, buf, offset, ack, rows)
+            self._append(buf, offset, rows)
             if len(buf.rows) >= self.max_events:
                 await self._flush(partition, buf)
 
-    def _append(
-        self, partition: int, buf: _Buffer, offset: int, ack: Ackable, rows: list[Row]
-    ) -> None:
+    def _append(self, buf: _Buffer, offset: int, rows: list[Row]) -> None:
         if not buf.offsets:
-            buf.started = time.monotonic()
+            buf.started = self.clock()
         buf.offsets.append(offset)
-        buf.acks.append(ack)
         if rows:
             buf.rows.extend(rows)
             self.metrics.buffered_events.inc(len(rows))
-        self.next_offsets[partition] = offset + 1
 
     async def flush_due(self, force: bool = False) -> None:
         """Flush batches older than ``max_seconds`` (all of them with ``force``)."""
-        now = time.monotonic()
+        now = self.clock()
         for partition, buf in list(self.buffers.items()):
             if not buf.offsets or buf.filling_plan():
                 continue
@@ -318,7 +363,7 @@ class Sink:
             await self.drain()
 
     async def drain(self) -> None:
-        """Wait until every batch handed to ClickHouse is written and acked."""
+        """Wait until every batch handed to ClickHouse is written and reported."""
         for buf in list(self.buffers.values()):
             if buf.inflight is not None:
                 await _wait(buf.inflight)
@@ -328,14 +373,14 @@ class Sink:
     ) -> None:
         """Hand the open batch to a background write once the partition's previous batch
         is written: the agent keeps reading while ClickHouse inserts, batches of one
-        partition are still recorded, inserted and acked in offset order."""
+        partition are still recorded, inserted and reported in offset order."""
         if buf.inflight is not None:
             previous, buf.inflight = buf.inflight, None
             await _wait(previous)
-        offsets, acks, rows = buf.offsets, buf.acks, buf.rows
-        buf.offsets, buf.acks, buf.rows = [], [], []
+        offsets, rows = buf.offsets, buf.rows
+        buf.offsets, buf.rows = [], []
         buf.inflight = asyncio.create_task(
-            self._write(partition, buf.generation, offsets, acks, rows, planned)
+            self._write(partition, buf.generation, offsets, rows, planned)
         )
 
     async def _write(
@@ -343,35 +388,47 @@ class Sink:
         partition: int,
         generation: int,
         offsets: list[int],
-        acks: list[Ackable],
         rows: list[Row],
         planned: tuple[int, int] | None,
     ) -> None:
-        """Record (unless re-forming a recorded range), insert, then ack one batch."""
+        """Record (unless re-forming a recorded range), insert, then report one batch."""
         first, last = planned or (offsets[0], offsets[-1])
         if rows:
             token = dedup_token(self.cluster_id, self.topic, partition, first, last)
             if planned is None:
                 await self.call(
-                    self.writer.record, self.cluster_id, self.topic, partition, first, last,
-                    len(offsets), len(rows), token, generation=generation,
-                )  # fmt: skip
+                    self.writer.record,
+                    self.cluster_id,
+                    self.topic,
+                    partition,
+                    first,
+                    last,
+                    len(offsets),
+                    len(rows),
+                    token,
+                    generation=generation,
+                )
             took = 0.0
             for month_token, month_rows in by_month(rows, token):
                 took += await self.call(
                     self.writer.insert, month_rows, month_token, generation=generation
                 )
             if took > SLOW_INSERT_S:
-                log.warning("partition %d: inserting batch %d-%d (%d rows) took %.1fs",
-                            partition, first, last, len(rows), took)  # fmt: skip
+                log.warning(
+                    "partition %d: inserting batch %d-%d (%d rows) took %.1fs",
+                    partition,
+                    first,
+                    last,
+                    len(rows),
+                    took,
+                )
             self.metrics.insert_seconds.observe(took)
             self.metrics.events_written.inc(len(rows))
             self.metrics.batches.inc()
             self.metrics.buffered_events.dec(len(rows))
         if generation != self.generation:
             raise Aborted()
-        for ack in acks:
-            ack.ack()
+        self.on_written(partition, offsets[-1] + 1)
 
 
 async def _wait(task: asyncio.Task[None]) -> None:

@@ -23,14 +23,7 @@ async def _prepare(settings: Settings) -> str:
     from producers.topics import ensure_topics
 
     await ensure_topics(settings)
-    cluster_id, partitions = await fetch_metadata(settings)
-    found = partitions.get(settings.topic_calls)
-    if found is not None and found != settings.topic_partitions:
-        raise SystemExit(
-            f"topic {settings.topic_calls} has {found} partitions but "
-            f"LLM_USAGE_TOPIC_PARTITIONS is {settings.topic_partitions}: the dedupe table is "
-            "partitioned like the calls topic, so they must agree"
-        )
+    cluster_id, _ = await fetch_metadata(settings)
     return cluster_id
 
 

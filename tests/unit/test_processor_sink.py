@@ -1,9 +1,10 @@
-"""Batch boundaries, recording before inserting, acks after, retries and re-forming."""
+"""Batch boundaries, recording before inserting, offsets reported after, retries, re-forming."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,45 +50,36 @@ class FakeWriter:
         return 0.001
 
 
-class Message:
-    def __init__(self, log: list[tuple[Any, ...]], offset: int) -> None:
-        self.log, self.offset, self.acked = log, offset, False
-
-    def ack(self) -> bool:
-        self.acked = True
-        self.log.append(("ack", self.offset))
-        return True
-
-
-def make_sink(writer: FakeWriter, max_events: int = 4, max_seconds: float = 60) -> Sink:
+def make_sink(writer: FakeWriter, max_events: int = 4, max_seconds: float = 60,
+              clock: Callable[[], float] = time.monotonic) -> Sink:  # fmt: skip
+    """A sink whose stored offsets land in ``writer.calls`` as ``("written", next offset)``."""
     return Sink(writer, Metrics(), cluster_id="cid", topic="calls",  # type: ignore[arg-type]
-                max_events=max_events, max_seconds=max_seconds, retry_max_s=0.01)  # fmt: skip
+                max_events=max_events, max_seconds=max_seconds, retry_max_s=0.01,
+                on_written=lambda partition, offset: writer.calls.append(("written", offset)),
+                clock=clock)  # fmt: skip
 
 
-async def feed(sink: Sink, writer: FakeWriter, offsets: list[int], rows_each: int = 2,
-               partition: int = 0) -> list[Message]:  # fmt: skip
-    messages = []
+async def feed(sink: Sink, offsets: list[int], rows_each: int = 2, partition: int = 0) -> None:
     for offset in offsets:
-        message = Message(writer.calls, offset)
-        messages.append(message)
-        await sink.add(partition, offset, message, [row()] * rows_each)
-    return messages
+        await sink.add(partition, offset, [row()] * rows_each)
 
 
-def test_size_bound_records_before_insert_and_acks_after() -> None:
+def written(writer: FakeWriter) -> list[int]:
+    return [c[1] for c in writer.calls if c[0] == "written"]
+
+
+def test_size_bound_records_before_insert_and_reports_after() -> None:
     async def run() -> None:
         writer = FakeWriter()
         sink = make_sink(writer, max_events=4)
         await sink.open_partition(0, 0)
-        messages = await feed(sink, writer, [0, 1, 2])
+        await feed(sink, [0, 1, 2])
         await sink.drain()
         assert writer.calls == [
             ("record", 0, 1, 4, "cid:calls:0:0-1"),
             ("insert", 4, "cid:calls:0:0-1"),
-            ("ack", 0),
-            ("ack", 1),
-        ]
-        assert not messages[2].acked, "an open batch is not acked"
+            ("written", 2),
+        ], "offset 2 is in the open batch: not reported"
 
     asyncio.run(run())
 
@@ -95,15 +87,17 @@ def test_size_bound_records_before_insert_and_acks_after() -> None:
 def test_time_bound_flushes_old_batches_only() -> None:
     async def run() -> None:
         writer = FakeWriter()
-        sink = make_sink(writer, max_events=100, max_seconds=0.05)
+        now = [100.0]
+        sink = make_sink(writer, max_events=100, max_seconds=0.05, clock=lambda: now[0])
         await sink.open_partition(0, 0)
-        await feed(sink, writer, [0])
+        await feed(sink, [0])
+        now[0] += 0.049
         await sink.flush_due()
         assert writer.calls == []
-        await asyncio.sleep(0.06)
+        now[0] += 0.001
         await sink.flush_due()
         await sink.drain()
-        assert [c[0] for c in writer.calls] == ["record", "insert", "ack"]
+        assert [c[0] for c in writer.calls] == ["record", "insert", "written"]
 
     asyncio.run(run())
 
@@ -114,16 +108,16 @@ def test_recorded_ranges_are_re_formed_exactly_without_recording_again() -> None
         writer = FakeWriter(plan=[(3, 9), (10, 12), (13, 13)])
         sink = make_sink(writer, max_events=2, max_seconds=0.0)
         await sink.open_partition(0, 10)
-        await feed(sink, writer, [10, 11])
+        await feed(sink, [10, 11])
         await sink.flush_due()  # a planned batch ignores size and time bounds
         assert writer.calls == []
-        await feed(sink, writer, [12, 13, 14])
+        await feed(sink, [12, 13, 14])
         await sink.flush_due(force=True)
         assert writer.calls[:5] == [
-            ("insert", 6, "cid:calls:0:10-12"), ("ack", 10), ("ack", 11), ("ack", 12),
-            ("insert", 2, "cid:calls:0:13-13"),
-        ]  # fmt: skip
-        assert writer.calls[6][:2] == ("record", 14), "after the plan, batches are recorded"
+            ("insert", 6, "cid:calls:0:10-12"), ("written", 13),
+            ("insert", 2, "cid:calls:0:13-13"), ("written", 14),
+            ("record", 14, 14, 2, "cid:calls:0:14-14"),
+        ], "after the plan, batches are recorded again"
 
     asyncio.run(run())
 
@@ -133,7 +127,7 @@ def test_unrecorded_messages_before_a_recorded_range_form_their_own_batch() -> N
         writer = FakeWriter(plan=[(12, 13)])
         sink = make_sink(writer, max_events=100)
         await sink.open_partition(0, 10)
-        await feed(sink, writer, [10, 11, 12, 13])
+        await feed(sink, [10, 11, 12, 13])
         await sink.drain()
         inserts = [c for c in writer.calls if c[0] == "insert"]
         assert inserts == [("insert", 4, "cid:calls:0:10-11"), ("insert", 4, "cid:calls:0:12-13")]
@@ -146,42 +140,42 @@ def test_a_gap_at_the_end_of_a_recorded_range_keeps_its_token() -> None:
         writer = FakeWriter(plan=[(10, 12)])
         sink = make_sink(writer, max_events=100)
         await sink.open_partition(0, 10)
-        await feed(sink, writer, [10, 11, 14])  # offset 12 no longer exists
+        await feed(sink, [10, 11, 14])  # offset 12 no longer exists
         await sink.drain()
         assert ("insert", 4, "cid:calls:0:10-12") in writer.calls
+        assert written(writer) == [12], "stored up to the last offset read"
 
     asyncio.run(run())
 
 
-def test_clickhouse_outage_is_retried_and_nothing_is_acked_before_success() -> None:
+def test_clickhouse_outage_is_retried_and_nothing_is_reported_before_success() -> None:
     async def run() -> None:
         writer = FakeWriter(failures=3)
         sink = make_sink(writer, max_events=2)
         await sink.open_partition(0, 0)  # fails 3 times, then succeeds
         writer.failures = 4
-        messages = await feed(sink, writer, [0])
+        await feed(sink, [0])
         await sink.drain()
-        assert messages[0].acked
         assert writer.calls == [("record", 0, 0, 2, "cid:calls:0:0-0"),
-                                ("insert", 2, "cid:calls:0:0-0"), ("ack", 0)]  # fmt: skip
-        assert sink.metrics.insert_failures._value.get() == 7
+                                ("insert", 2, "cid:calls:0:0-0"), ("written", 1)]  # fmt: skip
+        assert sink.metrics.total("insert_failures") == 7
 
     asyncio.run(run())
 
 
-def test_revoke_during_retries_aborts_without_acking() -> None:
+def test_revoke_during_retries_aborts_without_reporting() -> None:
     async def run() -> None:
         writer = FakeWriter()
         sink = make_sink(writer, max_events=2)
         await sink.open_partition(0, 0)
         writer.failures = 10**9
-        message = Message(writer.calls, 0)
-        await sink.add(0, 0, message, [row(), row()])  # the write retries in the background
-        await asyncio.sleep(0.05)
+        await sink.add(0, 0, [row(), row()])  # the write retries in the background
+        while sink.metrics.total("insert_failures") < 2:  # it is retrying
+            await asyncio.sleep(0.001)
         await sink.reset()
-        assert not message.acked and not sink.buffers
+        assert written(writer) == [] and not sink.buffers
         with pytest.raises(Aborted):  # the partition must be re-opened (re-planned) first
-            await sink.add(0, 1, Message(writer.calls, 1), [])
+            await sink.add(0, 1, [])
 
     asyncio.run(run())
 
@@ -192,27 +186,25 @@ def test_the_next_batch_is_read_while_the_previous_one_is_written() -> None:
         sink = make_sink(writer, max_events=2)
         await sink.open_partition(0, 0)
         writer.failures = 50  # the first batch's record call keeps failing for a while
-        first = await feed(sink, writer, [0])  # full: handed to a background write
-        second = await feed(sink, writer, [1], rows_each=1)  # buffered meanwhile
-        assert not first[0].acked and not second[0].acked
+        await feed(sink, [0])  # full: handed to a background write
+        await feed(sink, [1], rows_each=1)  # buffered meanwhile
+        assert written(writer) == []
         await sink.drain()
-        assert first[0].acked and not second[0].acked
+        assert written(writer) == [1], "the first batch only"
         await sink.flush_due(force=True)
-        assert second[0].acked
-        acks = [c for c in writer.calls if c[0] == "ack"]
-        assert acks == [("ack", 0), ("ack", 1)], "acked in offset order"
+        assert written(writer) == [1, 2], "reported in offset order"
 
     asyncio.run(run())
 
 
-def test_messages_without_rows_are_acked_without_an_insert() -> None:
+def test_messages_without_rows_are_reported_without_an_insert() -> None:
     async def run() -> None:
         writer = FakeWriter()
         sink = make_sink(writer, max_events=1)
         await sink.open_partition(0, 0)
-        await feed(sink, writer, [0, 1], rows_each=0)
+        await feed(sink, [0, 1], rows_each=0)
         await sink.flush_due(force=True)
-        assert writer.calls == [("ack", 0), ("ack", 1)]
+        assert writer.calls == [("written", 2)], "one batch of both, no insert"
 
     asyncio.run(run())
 
@@ -236,7 +228,7 @@ def test_a_batch_is_inserted_once_per_utc_month_each_under_its_own_token() -> No
         sink = make_sink(writer, max_events=3)
         await sink.open_partition(0, 0)
         for offset, at in enumerate([nov, dec, dec]):
-            await sink.add(0, offset, Message(writer.calls, offset), [row(at)])
+            await sink.add(0, offset, [row(at)])
         await sink.drain()
         assert writer.calls[:3] == [
             ("record", 0, 2, 3, "cid:calls:0:0-2"),
