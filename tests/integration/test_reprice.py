@@ -102,7 +102,7 @@ def write_overrides(path: Path) -> PriceBook:
 
 def store_directly(settings: Settings, events: list[UsageEvent], book: PriceBook) -> None:
     """The worker's own enrich -> insert path, without a worker (fast fixtures)."""
-    rows = Enricher(book, {}).rows(events, "calls", 0, 0)
+    rows = Enricher(book).rows(events, "calls", 0, 0)
     ClickHouseWriter(settings).insert(rows, dedup_token("reprice-test", "calls", 0, 0, 0))
 
 

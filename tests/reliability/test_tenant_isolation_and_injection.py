@@ -112,7 +112,7 @@ def env(base_settings: Settings) -> Iterator[Env]:
     message = json.dumps(_hostile_events()).encode()
     events, rejected = validate_message(message)
     assert not rejected, rejected
-    rows = Enricher(PriceBook.load(), {}).rows(events, "calls", 0, 0)
+    rows = Enricher(PriceBook.load()).rows(events, "calls", 0, 0)
     writer = ClickHouseWriter(settings)
     writer.insert(rows, dedup_token("iso", "calls", 0, 0, 0))
     hostile = {e.source_name or "": (str(e.event_id), e.source_id) for e in events}

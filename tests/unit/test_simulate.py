@@ -151,7 +151,7 @@ def test_book_pricer_is_the_workers_pricing() -> None:
     """The manifest's price of every call is the cost the worker's enricher writes."""
     book = PriceBook.load()
     price = book_pricer(book)
-    rows = Enricher(book, {}).rows(_week(), "calls", 0, 0)
+    rows = Enricher(book).rows(_week(), "calls", 0, 0)
     cost, priced = COLUMNS.index("cost_usd"), COLUMNS.index("priced")
     for event, row in zip(_week(), rows, strict=True):
         assert price(event) == (row[cost] if row[priced] else None), event
