@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test lint fmt stack-up stack-down clean browser-deps vendor
+.PHONY: install run test soak lint fmt stack-up stack-down clean browser-deps vendor
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ TEST_PROCS ?= 2
 test: install lint browser-deps
 	$(BIN)/pytest -n $(TEST_PROCS) --dist loadfile
 	LLM_USAGE_TEST_SHARDS=2 $(BIN)/pytest -n $(TEST_PROCS) --dist loadfile -m sharded
+
+# The worker crash, outage, two-worker and live-alert tests N times each, then a table of
+# runs and failures per test (tests/soak.py): `make soak`, `make soak N=3`; other tests with
+# SOAK_TESTS="tests/x.py tests/y.py::test_z". A test that fails one run in ten fails CI too.
+N ?= 10
+soak: install
+	$(BIN)/python -m tests.soak --count $(N) --procs $(TEST_PROCS)
 
 # The browser tests drive Debian's Chromium (no browser download: `playwright install` is not used).
 browser-deps:

@@ -6,6 +6,8 @@ Without ``--bootstrap`` it starts its own Tansu broker on a free port (in a temp
 LLM_USAGE_HOME) and stops it by PID at the end. Every figure is events per second from
 one publisher in one process; events are built before the clock starts, so the figures
 are the publisher's cost (serialise, buffer, batch, compress, send, ack), not pydantic's.
+Last, on a broker of its own (whatever ``--bootstrap`` says) frozen with SIGSTOP (sends hang
+instead of failing), it times each publish(): the publisher must not wait for a hung broker.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import statistics
 import tempfile
 import time
@@ -111,6 +115,56 @@ async def spool_then_replay(
     return spool_rate, replay_rate, spool_bytes
 
 
+def publish_while_hung(events: list[UsageEvent], home: Path) -> dict[str, float]:
+    """Time each publish() while a broker of its own is frozen (the settings of
+    tests/integration/test_producers_outage.py); then wait until the spool is replayed."""
+    settings = Settings(
+        home=home,
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        clickhouse_url=f"http://127.0.0.1:{free_port()}",
+        topic_partitions=2,
+        producer_batch_events=20,
+        producer_buffer_events=200,
+        producer_request_timeout_ms=1000,
+        producer_retry_backoff_ms=100,
+    )  # type: ignore[call-arg]
+    local = LocalStack(settings)
+    local.start_service(BROKER)
+    try:
+        (pid,) = [s.pid for s in local.status() if s.pid]
+        return asyncio.run(_publish_while_hung(settings, events, pid))
+    finally:
+        local.stop_service(BROKER)
+
+
+async def _publish_while_hung(
+    settings: Settings, events: list[UsageEvent], pid: int
+) -> dict[str, float]:
+    warmup, during = events[:50], events[50:]
+    latencies: list[float] = []
+    async with UsagePublisher(settings) as pub:
+        for event in warmup:
+            await pub.publish(event)
+        await pub.flush()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for event in during:
+                t = time.perf_counter()
+                await pub.publish(event)
+                latencies.append(time.perf_counter() - t)
+                await asyncio.sleep(0)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await pub.flush()
+        assert await pub.wait_replayed(60), pub.stats
+        stats = pub.snapshot()
+    return {
+        "max_ms": max(latencies) * 1e3,
+        "p99_us": statistics.quantiles(latencies, n=100)[98] * 1e6,
+        "spooled": float(stats["spooled"]),
+    }
+
+
 @contextmanager
 def broker(bootstrap: str | None, home: Path) -> Iterator[str]:
     if bootstrap:
@@ -185,6 +239,11 @@ def main() -> None:
                 f"to disk, {nbytes / count:.0f} bytes/event; replay {replay:>9,.0f} events/s "
                 f"({count} events)"
             )
+        r = publish_while_hung(events[: min(n, 3050)], Path(tmp) / "hung")
+        print(
+            f"broker frozen (SIGSTOP), buffer 200:   publish() max {r['max_ms']:.1f} ms, "
+            f"p99 {r['p99_us']:.0f} us; {r['spooled']:.0f} events spooled, all replayed"
+        )
 
 
 if __name__ == "__main__":

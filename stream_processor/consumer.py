@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import ConsumerStoppedError, KafkaError
 from mode import Service
 
 from llm_usage.kafka import kafka_client_options
@@ -121,6 +121,7 @@ class CallsConsumer(Service):
         self._progress: dict[int, Progress] = {}
         self._handling = asyncio.Lock()  # one getmany's records, or a rebalance
         self._commit_lock = asyncio.Lock()
+        self._failed: Exception | None = None  # an error the consumer cannot handle
 
     # --- lifecycle -------------------------------------------------------------------------
     async def on_start(self) -> None:
@@ -170,7 +171,14 @@ class CallsConsumer(Service):
             consumer = self.consumer
             if consumer is None:
                 return
-            batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=MAX_RECORDS)
+            if self._failed is not None:
+                raise self._failed  # the service crashes and the worker ends: not a stall
+            try:
+                batches = await consumer.getmany(
+                    timeout_ms=POLL_TIMEOUT_MS, max_records=MAX_RECORDS
+                )
+            except ConsumerStoppedError:
+                return
             async with self._handling:
                 for tp, records in batches.items():
                     await self._take(consumer, tp, records)
@@ -292,17 +300,24 @@ class CallsConsumer(Service):
         mine = sorted(
             (tp for tp in assigned if tp.topic == self.topic), key=lambda tp: tp.partition
         )
-        fresh = []
-        for tp in mine:
-            committed = await consumer.committed(tp)
-            if committed is None:
-                fresh.append(tp)
-            else:
-                self._start(consumer, tp, committed, committed)
-        if fresh:
-            earliest = await consumer.beginning_offsets(fresh)
-            for tp in fresh:
-                self._start(consumer, tp, earliest[tp], None)
+        try:
+            fresh = []
+            for tp in mine:
+                committed = await consumer.committed(tp)
+                if committed is None:
+                    fresh.append(tp)
+                else:
+                    self._start(consumer, tp, committed, committed)
+            if fresh:
+                earliest = await consumer.beginning_offsets(fresh)
+                for tp in fresh:
+                    self._start(consumer, tp, earliest[tp], None)
+        except Exception as exc:
+            # aiokafka logs a listener's exception and carries on, which would leave these
+            # partitions assigned and never read: end the worker instead (a new one retries)
+            log.critical("cannot tell where partitions %s start: %r", mine, exc)
+            self._failed = exc
+            return
         log.info(
             "assigned calls partitions %s, reading from %s",
             [tp.partition for tp in mine],

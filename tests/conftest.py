@@ -7,6 +7,7 @@ writes gets its own database (and its own topics), so tests never see each other
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -14,8 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from llm_usage.clickhouse import drop_database, migrate
+from llm_usage.kafka import kafka_client_options
 from llm_usage.localstack import LocalStack, stack_settings
 from llm_usage.localstack.processes import free_port, free_ports
 from llm_usage.settings import Settings
@@ -73,10 +76,12 @@ def unique(prefix: str) -> str:
 
 @pytest.fixture
 def settings(base_settings: Settings, tmp_path: Path) -> Settings:
-    """Settings for one test: its own database, topics and local state folder."""
+    """Settings for one test: its own database, topics, worker consumer group and local state
+    folder (a group shared between tests makes their workers join, and wait on, each other)."""
     return base_settings.model_copy(
         update={
             "clickhouse_database": unique("test"),
+            "processor_group": unique("proc"),
             "topic_calls": unique("calls"),
             "topic_entities": unique("entities"),
             "topic_dead_letter": unique("dlq"),
@@ -118,6 +123,32 @@ def wait_for(
         time.sleep(0.2)
     message = f"timed out after {timeout:.0f}s waiting for {what}"
     raise AssertionError(f"{message}\n{detail()}" if detail else message)
+
+
+def committed_everything(settings: Settings) -> bool:
+    """The worker's group committed every message of the calls topic: each one is handled
+    (stored, or dropped as a duplicate or a dead letter), so no write is still to come."""
+
+    async def check() -> bool:
+        consumer = AIOKafkaConsumer(
+            **kafka_client_options(settings),
+            group_id=settings.processor_group,  # never joins: it only fetches the offsets
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            await consumer.topics()  # refreshes the metadata
+            partitions = consumer.partitions_for_topic(settings.topic_calls) or set()
+            ends = await consumer.end_offsets(
+                [TopicPartition(settings.topic_calls, p) for p in sorted(partitions)]
+            )
+            # a partition the group never committed is committed at 0
+            done = [((await consumer.committed(tp)) or 0) >= end for tp, end in ends.items()]
+            return bool(done) and all(done)
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(check())
 
 
 @pytest.fixture

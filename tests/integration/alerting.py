@@ -13,7 +13,8 @@ from tests.conftest import unique
 
 def fast_settings(settings: Settings, **overrides: object) -> Settings:
     """A test's settings with its own alert topics, a worker that joins fast, and an
-    alerter that looks every second."""
+    alerter that looks every second (``settings`` gives the test its own calls topics and
+    worker consumer group: tests/conftest.py)."""
     values: dict[str, object] = {
         "processor_web_port": free_port(),
         "processor_rebalance_timeout_s": 3.0,

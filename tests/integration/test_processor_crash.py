@@ -79,6 +79,8 @@ def test_sigkill_mid_stream_then_restart_is_exact(
     finally:
         killed.set()
         publishing.join(120)
+    # The republish below publishes from the same spool: the stream's publisher must be gone.
+    assert not publishing.is_alive(), "the stream's publisher did not finish"
     killed_at = totals(settings)["raw"][0]
     assert killed_at < len(events)
 

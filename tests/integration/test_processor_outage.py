@@ -8,7 +8,6 @@ both rollups equal what was published.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +17,7 @@ from llm_usage.localstack import LocalStack
 from llm_usage.localstack.processes import free_port
 from llm_usage.settings import Settings
 from stream_processor.harness import WorkerProcess
-from tests.conftest import wait_for
+from tests.conftest import committed_everything, wait_for
 from tests.integration.test_processor_e2e import (
     cost_of,
     counted,
@@ -56,15 +55,24 @@ def test_two_workers_split_partitions_and_survive_a_clickhouse_outage(
     try:
         asyncio.run(publish(settings, events[2000:]))
         asyncio.run(publish(settings, events[1500:2500]))  # duplicates across the outage
-        time.sleep(3)
-        states = [w.health() for w in (one, two)]
-        assert all(s and s["clickhouse_error"] for s in states), states
+
+        def both_report_it() -> bool:  # each owns partitions the new events went to
+            return all((w.health() or {}).get("clickhouse_error") for w in (one, two))
+
+        wait_for(
+            both_report_it,
+            30,
+            "both workers to report ClickHouse on /health",
+            detail=lambda: str([w.health() for w in (one, two)]),
+        )
     finally:
         stack.start_service("clickhouse")
 
     expected = expected_totals(events, [cost_of(e) for e in events])
     wait_for(lambda: counted(settings, len(events)), 90, "catching up, rollups included")
-    time.sleep(1.0)
+    # Every row can be in before the workers got to the duplicates (published last): once
+    # every message is committed, each one is handled and the dedupe count is final.
+    wait_for(lambda: committed_everything(settings), 60, "the workers to commit every message")
     got = totals(settings)
     assert got["raw"] == expected
     assert got["hourly"] == expected

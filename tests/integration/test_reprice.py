@@ -4,7 +4,7 @@ Calls of a model the book does not know are stored unpriced; the model (and a di
 a known one) is then added through the overrides file, and the reprice must make the raw
 rows, both rollups, the API's compact rollups, the summary and the cost-by-model breakdown
 equal to the same calls priced with the new book from the start. Also after a SIGKILL in
-the middle of a run (at each step, and at a random moment) and while a worker keeps
+the middle of a run (at each step, and inside a statement) and while a worker keeps
 ingesting calls of that model.
 """
 
@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -240,8 +239,10 @@ def test_a_newly_priced_model_and_a_discount_reprice_history_exactly(
     assert_exact(settings, expected(events, book))
 
 
-def _kill_at(settings: Settings, overrides: Path, step: str | None, delay: float) -> int:
-    """Run a reprice in a child process and SIGKILL it at ``step`` (or after ``delay``)."""
+def _kill_at(settings: Settings, overrides: Path, step: str | None) -> int:
+    """Run a reprice in a child process and SIGKILL it at ``step``; with ``None``, in the
+    middle of a statement: as soon as the run is in the ledger (it then stages, or already
+    writes rollup deltas; the whole run takes 10 s or more, catching up included)."""
     script = (
         "import os, signal, sys\n"
         "from llm_usage.clickhouse import connect\n"
@@ -259,7 +260,16 @@ def _kill_at(settings: Settings, overrides: Path, step: str | None, delay: float
     env = {**os.environ, **settings_env(settings.model_copy(update={"price_overrides": overrides}))}
     child = subprocess.Popen([sys.executable, "-c", script, step or "-"], env=env)
     if step is None:
-        time.sleep(delay)
+        client = connect(settings)
+        planned = "SELECT count() FROM reprice_runs WHERE step = 'planned'"
+        try:
+            wait_for(
+                lambda: child.poll() is not None or int(client.command(planned)) > 0,
+                60,
+                "the reprice run to start",
+            )
+        finally:
+            client.close()
         child.send_signal(signal.SIGKILL)
     return child.wait(60)
 
@@ -274,9 +284,8 @@ def test_a_reprice_killed_at_any_step_and_run_again_ends_exact(
     store_directly(migrated, events, PriceBook.load())
     overrides = tmp_path / "overrides.json"
     book = write_overrides(overrides)
-    code = _kill_at(migrated, overrides, step, delay=random.uniform(0.3, 2.5))
-    if step is not None:
-        assert code == -signal.SIGKILL, "the run was killed at its step"
+    code = _kill_at(migrated, overrides, step)
+    assert code == -signal.SIGKILL, "the run was killed in the middle"
     client = connect(migrated)
     try:
         result = Repricer(client, migrated.clickhouse_database, book).run(Selection())

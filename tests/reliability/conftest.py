@@ -29,7 +29,7 @@ from producers.contract import UsageEvent
 from producers.publisher import UsagePublisher
 from stream_processor.harness import WorkerProcess
 from stream_processor.pricing import PriceBook
-from tests.conftest import wait_for
+from tests.conftest import committed_everything, wait_for
 from tests.integration.test_processor_crash import missing_report
 
 # (calls, input, output, cache writes 5m + 1h, cache reads, cost, unpriced calls)
@@ -110,7 +110,8 @@ def assert_exact(
     worker: WorkerProcess | None = None,
     events: list[UsageEvent] | None = None,
 ) -> Totals:
-    """Wait for every row, give late duplicates a chance, then compare all three tables.
+    """Wait for every row and for the worker to have handled every message, then compare
+    all three tables: a duplicate or a double-counted replay would be in them by then.
 
     On a timeout the failure shows ``worker``'s log tail (why it stopped writing) and, given
     the published ``events``, where each missing one sits in the topic (or that it is not
@@ -126,7 +127,12 @@ def assert_exact(
             else lambda: f"{missing_report(settings, events, worker)}\n{tail()}"
         )
     wait_for(lambda: raw_count(settings) >= want[0], timeout, f"{want[0]} rows", detail=detail)
-    time.sleep(1.5)  # a duplicate or a double-counted replay would land now
+    wait_for(
+        lambda: committed_everything(settings),
+        60,
+        "the worker to commit every message of the calls topic",
+        detail=detail,
+    )
     got = totals(settings)
     for table, values in got.items():
         assert values == want, f"{table}: {values} != manifest {want}"
@@ -180,11 +186,12 @@ class Stream:
     cfg: SimulationConfig
     rate: float
     publishers: int = 1  # several "services", each with its own publisher and spool
-    # Pause after each of these many unique calls until ``resume`` is set (each set releases
-    # one hold): a fault injected meanwhile lands while the stream flows, however slowly a
-    # busy machine consumes it.
+    # Pause after each of these many unique calls until ``resume`` is released: a fault
+    # injected meanwhile lands while the stream flows, however slowly a busy machine consumes
+    # it. Each release lets exactly one hold pass, also one released before the stream got
+    # there (an Event would merge two early releases into one and leave a later hold waiting).
     hold_at: tuple[int, ...] = ()
-    resume: threading.Event = field(default_factory=threading.Event)
+    resume: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     published: int = 0
     events: list[UsageEvent] = field(default_factory=list)  # each unique call, once
     # the longest single publish() call since the test last reset it: a publisher that waits
@@ -205,7 +212,8 @@ class Stream:
 
     def join(self, timeout: float = 180.0) -> Manifest:
         assert self._thread is not None
-        self.resume.set()
+        if self.hold_at:
+            self.resume.release(len(self.hold_at))  # no hold left waits
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the publishing thread did not finish"
         if self.error is not None:
@@ -243,8 +251,7 @@ class Stream:
                     self.events.append(item.call)
                     if self.published in self.hold_at:
                         held = time.monotonic()
-                        await asyncio.to_thread(self.resume.wait, 300)
-                        self.resume.clear()
+                        await asyncio.to_thread(self.resume.acquire, True, 300)
                         started += time.monotonic() - held
                     ahead = self.published / self.rate - (time.monotonic() - started)
                     if ahead > 0:

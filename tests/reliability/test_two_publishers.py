@@ -11,7 +11,6 @@ once both workers have committed everything they read. On 2 shards too (``sharde
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -37,9 +36,15 @@ CALLS = 24_000
 KILLS = 3
 # Every table that sums calls and cost (rollups fed by materialized views on usage_events).
 ROLLUPS = (
-    "usage_hourly", "usage_daily", "usage_api_15m", "usage_api_daily", "usage_api_models_15m",
-    "usage_api_models_1m", "usage_api_models_daily", "usage_entities_15m",
-)  # fmt: skip
+    "usage_hourly",
+    "usage_daily",
+    "usage_api_15m",
+    "usage_api_daily",
+    "usage_api_models_15m",
+    "usage_api_models_1m",
+    "usage_api_models_daily",
+    "usage_entities_15m",
+)
 
 
 def calls_and_cost(settings: Settings) -> dict[str, tuple[int, Decimal]]:
@@ -71,9 +76,21 @@ def settled(workers: list[WorkerProcess]) -> bool:
     return sorted(owned) == list(range(workers[0].settings.topic_partitions))
 
 
-def wait_for_more_rows(settings: Settings, timeout: float) -> None:
-    before = raw_count(settings)
-    wait_for(lambda: raw_count(settings) > before, timeout, "rows from the running workers")
+def written(worker: WorkerProcess) -> float:
+    """Rows in ClickHouse-acknowledged inserts of this worker process (0 until it answers)."""
+    try:
+        return worker.metrics().get("llm_usage_processor_events_written_total", 0.0)
+    except OSError:
+        return 0.0
+
+
+def wait_written(worker: WorkerProcess, rows: int, timeout: float) -> None:
+    wait_for(
+        lambda: written(worker) >= rows,
+        timeout,
+        f"{rows} rows stored by the worker",
+        detail=worker.tail,
+    )
 
 
 @pytest.mark.sharded
@@ -97,23 +114,29 @@ def test_two_publishers_two_workers_one_killed_repeatedly_every_table_exact(
     holds = tuple(CALLS * (k + 1) // (KILLS + 1) for k in range(KILLS))
     stream = Stream(settings, cfg, rate=1500, publishers=2, hold_at=holds).start()
     kills: list[tuple[int, int, object]] = []
-    for _ in range(KILLS):
+    for k in range(KILLS):
         flaky.wait_assigned(timeout=90)
-        wait_for_more_rows(settings, 90)
-        time.sleep(rng.uniform(0.2, 2.5))  # a random moment of the record/insert/commit cycle
-        rows = raw_count(settings)
+        if k:
+            # the restarted worker owns partitions again: let the stream pass its next hold
+            stream.resume.release()
+        # a random moment of the record/insert/commit cycle: once the flaky worker stored a
+        # random number of rows of its own (about 3,000 of its calls come before each hold)
+        wait_written(flaky, rng.randint(1, 1_500), 90)
         taken = (flaky.health() or {}).get("assigned")
         flaky.kill()
-        kills.append((stream.published, rows, taken))
-        stream.resume.release()  # lets one hold pass
+        kills.append((stream.published, raw_count(settings), taken))
         flaky = worker_factory(flaky_settings)
     manifest = stream.join()
     print(f"kills at (calls published, rows written, partitions of the killed worker): {kills}")
     assert manifest.total.calls == CALLS and manifest.duplicates_published > 0
     assert all(published < CALLS for published, _, _ in kills), kills
     want = assert_exact(settings, manifest, timeout=180, worker=flaky)
-    wait_for(lambda: settled([steady, flaky]), 120, "both workers to commit what they read",
-             detail=lambda: f"{steady.health()}\n{flaky.health()}")  # fmt: skip
+    wait_for(
+        lambda: settled([steady, flaky]),
+        120,
+        "both workers to commit what they read",
+        detail=lambda: f"{steady.health()}\n{flaky.health()}",
+    )
     # nothing keeps arriving: every table still equals the manifest once all is committed
     expected = (manifest.total.calls, manifest.total.cost_usd)
     for table, found in calls_and_cost(settings).items():

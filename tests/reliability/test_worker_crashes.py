@@ -10,7 +10,6 @@ raw table and both rollups must still equal the manifest exactly: every unique c
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 
 import pytest
@@ -33,11 +32,28 @@ pytestmark = pytest.mark.integration
 CALLS = 30_000
 
 
-def _busy(settings: Settings, worker: WorkerProcess, rows_before: int, timeout: float) -> int:
-    """Wait until ``worker`` owns partitions and has written rows; returns the row count."""
+def _written(worker: WorkerProcess) -> float:
+    """Rows in ClickHouse-acknowledged inserts of this worker process (0 until it answers)."""
+    try:
+        return worker.metrics().get("llm_usage_processor_events_written_total", 0.0)
+    except OSError:
+        return 0.0
+
+
+def _busy(worker: WorkerProcess, rows: int, timeout: float) -> None:
+    """Wait until ``worker`` owns partitions and ClickHouse acknowledged ``rows`` rows of its
+    own inserts: never kill a worker that is still starting.
+
+    Its own counter, not the table's row count: an insert of the worker killed before it can
+    still land after that kill, and would pass for the new worker's first write.
+    """
     worker.wait_assigned(timeout=timeout)
-    wait_for(lambda: raw_count(settings) > rows_before, timeout, "the worker to write rows")
-    return raw_count(settings)
+    wait_for(
+        lambda: _written(worker) >= rows,
+        timeout,
+        f"the worker to write {rows} rows",
+        detail=worker.tail,
+    )
 
 
 @pytest.mark.timeout(300)
@@ -46,7 +62,8 @@ def test_worker_sigkilled_three_times_mid_stream_totals_exact(
     worker_factory: Callable[[Settings], WorkerProcess],
     rng: random.Random,
 ) -> None:
-    """Three SIGKILLs at random moments of a 30,000-call stream, each followed by a restart.
+    """Three SIGKILLs at random moments of a 30,000-call stream, each followed by a restart:
+    each once the worker had a random number of rows stored (the seed is printed).
 
     A restarted worker joins the group only once the killed member's session (6 s) has
     expired, about 10 s after the kill; the stream is paced (~33 s) so that the kills land
@@ -60,17 +77,16 @@ def test_worker_sigkilled_three_times_mid_stream_totals_exact(
     worker.wait_assigned(timeout=90)
     paced = settings.model_copy(update={"producer_linger_ms": 100})
     stream = Stream(paced, cfg, rate=900, hold_at=(10_000, 20_000, 27_000)).start()
-    # Kill k happens once the restarted worker is busy again, after a random extra delay.
     kills = []
-    rows = 0
     for _ in range(3):
-        rows = _busy(settings, worker, rows, 90)  # never kill a worker that is still starting
-        time.sleep(rng.uniform(0.3, 4.0))
-        rows = raw_count(settings)
+        # Up to 2,000 rows are always there for each worker: the first has 10,000 calls before
+        # the stream's first hold, and each kill lets the stream on to its next hold.
+        _busy(worker, rng.randint(1, 2_000), 90)
         worker.kill()
+        rows = raw_count(settings)  # what the killed worker got stored (no other one runs)
         kills.append((stream.published, rows))
         assert rows < CALLS, "the kill must land before every call is written"
-        stream.resume.set()  # releases one hold, if the stream waits at one
+        stream.resume.release()  # lets the stream pass one hold, now or when it gets there
         worker = worker_factory(settings)
     manifest = stream.join()
     print(f"kills at (calls published, rows written): {kills}")
@@ -101,8 +117,12 @@ def test_two_workers_one_sigkilled_survivor_takes_over_totals_exact(
     wait_for(split, 90, "both workers to own partitions")
     cfg = SimulationConfig(calls=20_000, days=2, seed=rng.randrange(1 << 30), tenants=3)
     stream = Stream(settings, cfg, rate=2500, hold_at=(12_000,)).start()
-    wait_for(lambda: raw_count(settings) > 1000, 60, "both workers to write")
-    time.sleep(rng.uniform(0.5, 3.0))
+    rows = rng.randint(1_000, 8_000)  # the random moment of the kill (the stream holds at 12,000)
+    wait_for(
+        lambda: _written(one) > 0 and _written(two) > 0 and raw_count(settings) >= rows,
+        60,
+        f"both workers to write, {rows} rows in all",
+    )
     victim, survivor = (one, two) if rng.random() < 0.5 else (two, one)
     health = victim.health() or {}
     taken = health.get("assigned") or []
@@ -110,7 +130,7 @@ def test_two_workers_one_sigkilled_survivor_takes_over_totals_exact(
     killed_at = (stream.published, raw_count(settings))
     print(f"killed the owner of partitions {taken} at (published, rows) {killed_at}")
     assert stream.running(), "the kill must land while the stream flows"
-    stream.resume.set()
+    stream.resume.release()
     everything = list(range(settings.topic_partitions))
     wait_for(
         lambda: (survivor.health() or {}).get("assigned") == everything,

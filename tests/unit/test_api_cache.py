@@ -135,9 +135,14 @@ def test_a_read_is_shared_only_with_requests_that_arrived_before_it_was_sent() -
     early = time.monotonic()  # this request came in before the first read was sent
     with ThreadPoolExecutor(max_workers=2) as pool:
         first = pool.submit(reads.read, "k", time.monotonic(), slow)
-        started.wait(5)
+        assert started.wait(5)
         joined = pool.submit(reads.read, "k", early, slow)
-        time.sleep(0.05)
+        # Release the first read only once the second request has chosen: joined it (shared)
+        # or sent a read of its own (a second call). Released earlier, the first read could
+        # end before the second request arrives, which then rightly reads again.
+        deadline = time.monotonic() + 5
+        while reads.shared == 0 and len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
         release.set()
         assert first.result() == joined.result() == "version 1"
     late = reads.read("k", time.monotonic(), slow)  # came in after: a read of its own

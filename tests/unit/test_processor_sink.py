@@ -114,8 +114,10 @@ def test_recorded_ranges_are_re_formed_exactly_without_recording_again() -> None
         await feed(sink, [12, 13, 14])
         await sink.flush_due(force=True)
         assert writer.calls[:5] == [
-            ("insert", 6, "cid:calls:0:10-12"), ("written", 13),
-            ("insert", 2, "cid:calls:0:13-13"), ("written", 14),
+            ("insert", 6, "cid:calls:0:10-12"),
+            ("written", 13),
+            ("insert", 2, "cid:calls:0:13-13"),
+            ("written", 14),
             ("record", 14, 14, 2, "cid:calls:0:14-14"),
         ], "after the plan, batches are recorded again"
 
