@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from llm_usage.kafka import faust_broker_options
 from llm_usage.settings import Settings
 from producers.contract import EntityRenamed, describe_validation_error
+from stream_processor.cluster import fetch_metadata
 from stream_processor.consumer import CallsConsumer
 from stream_processor.dedupe import Deduper
 from stream_processor.enrich import Enricher
@@ -150,9 +151,9 @@ class Processor:
     # --- the calls path (driven by CallsConsumer) ----------------------------------------
     async def open_partition(self, partition: int, offset: int) -> None:
         """Before a partition's first record: its dedupe window and recorded batches."""
-        if self.sink.is_open(partition):
-            return
         sink = self.sink
+        if sink.is_open(partition) and self.deduper.is_loaded(partition):
+            return
         generation = sink.generation
         written = await sink.call(
             sink.writer.written_ids,
@@ -161,11 +162,22 @@ class Processor:
             self.settings.processor_dedupe_window_seconds,
             generation=generation,
         )
-        await sink.open_partition(partition, offset)
-        if generation != sink.generation:
-            raise Aborted()
-        loaded = self.deduper.load(partition, written)
+        await sink.open_partition(partition, offset, generation)
+        loaded = self.deduper.load(partition, written)  # no await since the generation check
         log.info("partition %d: dedupe window starts with %d event ids", partition, loaded)
+
+    async def on_assignment(self) -> None:
+        """Partitions are being assigned: the broker may be a new one (a restarted memory-only
+        broker, a recreated cluster) whose offsets start again at 0; batches of its topic
+        must get tokens of their own, or ClickHouse would drop them as old ones."""
+        cluster_id, _ = await fetch_metadata(self.settings)
+        if cluster_id != self.cluster_id:
+            log.warning(
+                "the Kafka cluster id changed from %s to %s: new insert tokens",
+                self.cluster_id,
+                cluster_id,
+            )
+            self.cluster_id = self.sink.cluster_id = cluster_id
 
     async def handle(
         self, partition: int, offset: int, key: bytes | None, value: bytes | None
@@ -217,7 +229,8 @@ class Processor:
             payload = payload[:DEAD_LETTER_MAX_BYTES]
         if key is not None and len(key) > 1024:
             key = key[:1024]
-        await self.dead_letter_topic.send(key=key, value=payload, headers=headers)
+        sent = await self.dead_letter_topic.send(key=key, value=payload, headers=headers)
+        await sent  # delivered before the offset that carried it can be committed
         self.metrics.events_dead_lettered.inc()
         index = f" #{item.index}" if item.index is not None else ""
         log.info(

@@ -45,6 +45,7 @@ MAX_PARTITION_FETCH_BYTES = 4 * 1024 * 1024
 MAX_RECORDS = 2000  # per getmany: one round of handling between two commits
 POLL_TIMEOUT_MS = 200
 END_OFFSETS_TIMEOUT_S = 2.0
+REREAD_BACKOFF_S = 0.05  # between two re-reads of offsets that are still missing
 
 
 class CallHandler(Protocol):
@@ -59,6 +60,8 @@ class CallHandler(Protocol):
     async def flush(self) -> None: ...
 
     async def forget(self) -> None: ...
+
+    async def on_assignment(self) -> None: ...
 
 
 @dataclass
@@ -121,7 +124,8 @@ class CallsConsumer(Service):
         self._progress: dict[int, Progress] = {}
         self._handling = asyncio.Lock()  # one getmany's records, or a rebalance
         self._commit_lock = asyncio.Lock()
-        self._failed: Exception | None = None  # an error the consumer cannot handle
+        self._failed: BaseException | None = None  # an error the consumer cannot handle
+        self._assignment = 0  # bumped on every revoke and assignment
 
     # --- lifecycle -------------------------------------------------------------------------
     async def on_start(self) -> None:
@@ -156,10 +160,32 @@ class CallsConsumer(Service):
                     await self._commit(consumer)
         except (TimeoutError, Aborted):
             log.warning("stop: could not store every buffered batch; they will be replayed")
-        except KafkaError as exc:
-            log.warning("stop: commit failed (%s); stored batches will be replayed", exc)
+        await self._release_all()
         await consumer.stop()
+
+    async def _release_all(self) -> None:
+        """Forget every partition: first fence (whatever still waits on ClickHouse aborts),
+        then wait for the round in hand to end, so nothing of it is reported or committed."""
+        self._assignment += 1
+        self.next_offsets.clear()
         await self.handler.forget()
+        try:
+            async with asyncio.timeout(self.settings.processor_rebalance_timeout_s):
+                async with self._handling:
+                    await self.handler.forget()
+        except TimeoutError as exc:
+            log.critical(
+                "the calls consumer did not leave its round within %.0fs",
+                self.settings.processor_rebalance_timeout_s,
+            )
+            self._failed = exc
+        self.written.clear()
+        self.committed.clear()
+        self.gaps.clear()
+        self.stalls.clear()
+        self._progress.clear()
+        self.metrics.offset_gaps.set(0)
+        self.metrics.stalled_partitions.set(0)
 
     def _flush_deadline(self) -> float:
         return max(1.0, self.settings.processor_rebalance_timeout_s / 3)
@@ -180,6 +206,8 @@ class CallsConsumer(Service):
             except ConsumerStoppedError:
                 return
             async with self._handling:
+                if self.consumer is not consumer:
+                    return  # stopping: what is in hand is read again by the next owner
                 for tp, records in batches.items():
                     await self._take(consumer, tp, records)
                 await self._commit(consumer)
@@ -192,6 +220,7 @@ class CallsConsumer(Service):
         expected = self.next_offsets.get(partition)
         if expected is None:
             return  # revoked since the fetch
+        assignment = self._assignment
         try:
             await self.handler.open_partition(partition, expected)
             for record in records:
@@ -201,13 +230,16 @@ class CallsConsumer(Service):
                     self._out_of_order(consumer, tp, expected, record.offset)
                     return
                 await self.handler.handle(partition, record.offset, record.key, record.value)
-                if self.next_offsets.get(partition) != expected:
+                if self._assignment != assignment:
                     return  # revoked while this record was handled
                 expected = self.next_offsets[partition] = record.offset + 1
         except Aborted:
             return  # revoked while waiting on ClickHouse; the next owner replays
-        gap = self.gaps.pop(partition, None)
-        if gap is not None and gap.reported:
+        gap = self.gaps.get(partition)
+        if gap is None or expected <= gap.expected:
+            return
+        del self.gaps[partition]
+        if gap.reported:
             log.warning(
                 "partition %d: offsets from %d arrived after all (%.1fs late)",
                 partition,
@@ -232,7 +264,16 @@ class CallsConsumer(Service):
                 expected,
                 expected,
             )
+        else:  # still missing: give the broker a moment before reading them again
+            consumer.pause(tp)
+            loop = asyncio.get_running_loop()
+            loop.call_later(REREAD_BACKOFF_S, self._resume, consumer, tp, self._assignment)
         consumer.seek(tp, expected)
+
+    def _resume(self, consumer: AIOKafkaConsumer, tp: TopicPartition, assignment: int) -> None:
+        current = self.consumer
+        if current is not None and current is consumer and self._assignment == assignment:
+            current.resume(tp)  # a new assignment starts unpaused: nothing to undo then
 
     # --- offsets -------------------------------------------------------------------------------
     def mark_written(self, partition: int, next_offset: int) -> None:
@@ -282,15 +323,7 @@ class CallsConsumer(Service):
             sorted(tp.partition for tp in revoked),
             dict(sorted(self.committed.items())),
         )
-        self.next_offsets.clear()
-        self.written.clear()
-        self.committed.clear()
-        self.gaps.clear()
-        self.stalls.clear()
-        self._progress.clear()
-        self.metrics.offset_gaps.set(0)
-        self.metrics.stalled_partitions.set(0)
-        await self.handler.forget()
+        await self._release_all()
 
     async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         """Read each partition from its committed offset (the earliest where there is none)."""
@@ -300,18 +333,21 @@ class CallsConsumer(Service):
         mine = sorted(
             (tp for tp in assigned if tp.topic == self.topic), key=lambda tp: tp.partition
         )
+        self._assignment += 1
         try:
-            fresh = []
-            for tp in mine:
-                committed = await consumer.committed(tp)
-                if committed is None:
-                    fresh.append(tp)
-                else:
-                    self._start(consumer, tp, committed, committed)
-            if fresh:
-                earliest = await consumer.beginning_offsets(fresh)
-                for tp in fresh:
-                    self._start(consumer, tp, earliest[tp], None)
+            async with asyncio.timeout(self.settings.processor_rebalance_timeout_s):
+                await self.handler.on_assignment()
+                fresh = []
+                for tp in mine:
+                    committed = await consumer.committed(tp)
+                    if committed is None:
+                        fresh.append(tp)
+                    else:
+                        self._start(consumer, tp, committed, committed)
+                if fresh:
+                    earliest = await consumer.beginning_offsets(fresh)
+                    for tp in fresh:
+                        self._start(consumer, tp, earliest[tp], None)
         except Exception as exc:
             # aiokafka logs a listener's exception and carries on, which would leave these
             # partitions assigned and never read: end the worker instead (a new one retries)

@@ -269,11 +269,19 @@ class Sink:
 
     # --- partitions ------------------------------------------------------------------------
     def is_open(self, partition: int) -> bool:
-        return partition in self.buffers
+        buf = self.buffers.get(partition)
+        return buf is not None and buf.generation == self.generation
 
-    async def open_partition(self, partition: int, first_offset: int) -> None:
-        """Start a partition at ``first_offset``: load the ranges to re-form from there."""
-        generation = self.generation
+    async def open_partition(
+        self, partition: int, first_offset: int, generation: int | None = None
+    ) -> None:
+        """Start a partition at ``first_offset``: load the ranges to re-form from there.
+
+        ``generation`` is the one the caller started in: if the partitions moved since (a
+        revoke that did not wait for this call), nothing is opened (:class:`Aborted`).
+        """
+        if generation is None:
+            generation = self.generation
         plan = await self.call(
             self.writer.planned,
             self.cluster_id,
@@ -291,6 +299,8 @@ class Sink:
                 plan[0],
             )
         log.info("partition %d: reading from offset %d", partition, first_offset)
+        if generation != self.generation:
+            raise Aborted()
         if plan:
             log.info(
                 "partition %d: re-forming %d recorded batch(es) %s..%s",
@@ -375,8 +385,9 @@ class Sink:
         is written: the agent keeps reading while ClickHouse inserts, batches of one
         partition are still recorded, inserted and reported in offset order."""
         if buf.inflight is not None:
-            previous, buf.inflight = buf.inflight, None
-            await _wait(previous)
+            # stays the partition's write until it is done: a flush cancelled while waiting
+            # here must not let the next batch be written (and reported) before this one
+            await _wait(buf.inflight)
         offsets, rows = buf.offsets, buf.rows
         buf.offsets, buf.rows = [], []
         buf.inflight = asyncio.create_task(
@@ -432,9 +443,12 @@ class Sink:
 
 
 async def _wait(task: asyncio.Task[None]) -> None:
-    """Await a batch write; its cancellation (by ``reset``) surfaces as :class:`Aborted`."""
+    """Await a batch write; its cancellation (by ``reset``) surfaces as :class:`Aborted`.
+
+    Shielded: cancelling the waiter does not cancel the write.
+    """
     try:
-        await task
+        await asyncio.shield(task)
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if current is not None and current.cancelling():

@@ -59,13 +59,20 @@ class Handler:
 
 
 class Seeks:
-    """The one consumer method ``_take`` calls: seek."""
+    """The consumer methods ``_take`` calls: seek, and pause before a repeated re-read."""
 
     def __init__(self) -> None:
         self.seeks: list[tuple[int, int]] = []
+        self.paused: list[int] = []
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks.append((tp.partition, offset))
+
+    def pause(self, tp: TopicPartition) -> None:
+        self.paused.append(tp.partition)
+
+    def resume(self, tp: TopicPartition) -> None:
+        self.paused.remove(tp.partition)
 
 
 def _consumer(tmp_path: Path) -> tuple[CallsConsumer, Handler]:
@@ -116,6 +123,7 @@ def test_an_offset_missing_too_long_turns_health_red_and_is_never_skipped(
 
     asyncio.run(run())
     assert handler.taken == [] and kafka.seeks == [(0, 5)] * 3
+    assert kafka.paused == [0, 0], "the second and third re-reads wait a moment first"
     assert calls.problems() == ["partition 0: offsets from 5 missing (broker returned 7)"]
     assert calls.lag == {0: 4}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -237,5 +238,50 @@ def test_a_batch_is_inserted_once_per_utc_month_each_under_its_own_token() -> No
             ("insert", 1, "cid:calls:0:0-2:202611"),
             ("insert", 2, "cid:calls:0:0-2:202612"),
         ]
+
+    asyncio.run(run())
+
+
+def test_a_flush_cancelled_while_the_previous_batch_retries_never_reports_past_it() -> None:
+    """A stop whose deadline expires while batch 0-1 is still retrying: the next batch is
+    written only after it, so the offset after 2-3 is never reported before 0-1 is stored."""
+
+    async def run() -> None:
+        writer = FakeWriter()
+        sink = make_sink(writer, max_events=2)
+        await sink.open_partition(0, 0)
+        writer.failures = 5  # batch 0-1: its record call fails five times, then succeeds
+        await feed(sink, [0], rows_each=2)  # full: written in the background, retrying
+        await feed(sink, [2], rows_each=1)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.001):  # the stop's deadline, while 0-1 retries
+                await sink.flush_due(force=True)
+        await feed(sink, [3], rows_each=1)  # the batch 2-3 is complete: flushed now
+        await sink.drain()
+        await sink.flush_due(force=True)
+        assert written(writer) == [1, 4], "0-1 first, then 2-3"
+
+    asyncio.run(run())
+
+
+def test_a_partition_whose_opening_outlived_a_revoke_is_not_opened() -> None:
+    """The revoke did not wait for ``planned`` (ClickHouse slow): when it returns, the
+    partition belongs to an old assignment and must not be open with that plan."""
+    released = threading.Event()
+
+    class SlowWriter(FakeWriter):
+        def planned(self, cluster: str, topic: str, partition: int, start: int) -> list[Any]:
+            released.wait(5)
+            return []
+
+    async def run() -> None:
+        sink = make_sink(SlowWriter())
+        opening = asyncio.create_task(sink.open_partition(0, 0))
+        await asyncio.sleep(0)  # the planned call is on the ClickHouse thread now
+        asyncio.get_running_loop().call_later(0.05, released.set)
+        await sink.reset()  # the revoke: returns once the ClickHouse thread is idle
+        with pytest.raises(Aborted):
+            await opening
+        assert not sink.is_open(0)
 
     asyncio.run(run())
