@@ -125,11 +125,10 @@ def wait_for(
     raise AssertionError(f"{message}\n{detail()}" if detail else message)
 
 
-def committed_everything(settings: Settings) -> bool:
-    """The worker's group committed every message of the calls topic: each one is handled
-    (stored, or dropped as a duplicate or a dead letter), so no write is still to come."""
+def calls_offsets(settings: Settings) -> dict[int, tuple[int, int]]:
+    """Per calls partition: (offset the worker's group committed, 0 if none; end offset)."""
 
-    async def check() -> bool:
+    async def read() -> dict[int, tuple[int, int]]:
         consumer = AIOKafkaConsumer(
             **kafka_client_options(settings),
             group_id=settings.processor_group,  # never joins: it only fetches the offsets
@@ -142,13 +141,20 @@ def committed_everything(settings: Settings) -> bool:
             ends = await consumer.end_offsets(
                 [TopicPartition(settings.topic_calls, p) for p in sorted(partitions)]
             )
-            # a partition the group never committed is committed at 0
-            done = [((await consumer.committed(tp)) or 0) >= end for tp, end in ends.items()]
-            return bool(done) and all(done)
+            return {
+                tp.partition: ((await consumer.committed(tp)) or 0, end) for tp, end in ends.items()
+            }
         finally:
             await consumer.stop()
 
-    return asyncio.run(check())
+    return asyncio.run(read())
+
+
+def committed_everything(settings: Settings) -> bool:
+    """The worker's group committed every message of the calls topic: each one is handled
+    (stored, or dropped as a duplicate or a dead letter), so no write is still to come."""
+    offsets = calls_offsets(settings)
+    return bool(offsets) and all(done >= end for done, end in offsets.values())
 
 
 @pytest.fixture
