@@ -83,6 +83,14 @@ def totals(settings: Settings) -> dict[str, Totals]:
         client.close()
 
 
+def written(worker: WorkerProcess) -> float:
+    """Rows in ClickHouse-acknowledged inserts of this worker process (0 until it answers)."""
+    try:
+        return worker.metrics().get("llm_usage_processor_events_written_total", 0.0)
+    except OSError:
+        return 0.0
+
+
 def raw_count(settings: Settings) -> int:
     try:
         client = connect(settings)

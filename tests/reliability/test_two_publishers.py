@@ -28,6 +28,7 @@ from tests.reliability.conftest import (
     fast_worker,
     raw_count,
     wait_for,
+    written,
 )
 
 pytestmark = pytest.mark.integration
@@ -74,14 +75,6 @@ def settled(workers: list[WorkerProcess]) -> bool:
             return False
         owned += body["assigned"]
     return sorted(owned) == list(range(workers[0].settings.topic_partitions))
-
-
-def written(worker: WorkerProcess) -> float:
-    """Rows in ClickHouse-acknowledged inserts of this worker process (0 until it answers)."""
-    try:
-        return worker.metrics().get("llm_usage_processor_events_written_total", 0.0)
-    except OSError:
-        return 0.0
 
 
 def wait_written(worker: WorkerProcess, rows: int, timeout: float) -> None:

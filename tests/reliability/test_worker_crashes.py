@@ -25,19 +25,12 @@ from tests.reliability.conftest import (
     fast_worker,
     raw_count,
     wait_for,
+    written,
 )
 
 pytestmark = pytest.mark.integration
 
 CALLS = 30_000
-
-
-def _written(worker: WorkerProcess) -> float:
-    """Rows in ClickHouse-acknowledged inserts of this worker process (0 until it answers)."""
-    try:
-        return worker.metrics().get("llm_usage_processor_events_written_total", 0.0)
-    except OSError:
-        return 0.0
 
 
 def _busy(worker: WorkerProcess, rows: int, timeout: float) -> None:
@@ -49,7 +42,7 @@ def _busy(worker: WorkerProcess, rows: int, timeout: float) -> None:
     """
     worker.wait_assigned(timeout=timeout)
     wait_for(
-        lambda: _written(worker) >= rows,
+        lambda: written(worker) >= rows,
         timeout,
         f"the worker to write {rows} rows",
         detail=worker.tail,
@@ -119,7 +112,7 @@ def test_two_workers_one_sigkilled_survivor_takes_over_totals_exact(
     stream = Stream(settings, cfg, rate=2500, hold_at=(12_000,)).start()
     rows = rng.randint(1_000, 8_000)  # the random moment of the kill (the stream holds at 12,000)
     wait_for(
-        lambda: _written(one) > 0 and _written(two) > 0 and raw_count(settings) >= rows,
+        lambda: written(one) > 0 and written(two) > 0 and raw_count(settings) >= rows,
         60,
         f"both workers to write, {rows} rows in all",
     )
