@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 _random = random.SystemRandom()  # not the seeded global: tests seed that one
 
@@ -97,7 +100,7 @@ def _ephemeral_low() -> int:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A currently free TCP port on ``host`` (for tests and ad-hoc stacks)."""
+    """A free TCP port on ``host``, reserved for this process (for tests and ad-hoc stacks)."""
     return free_ports(1, host)
 
 
@@ -107,16 +110,62 @@ def free_ports(count: int, host: str = "127.0.0.1") -> int:
     Taken at random below the kernel's ephemeral range: a port the kernel handed out for
     ``bind(0)`` is also the kind it hands to outgoing connections, and one did take a
     ClickHouse shard's port between this check and the server's start (seen in a test run).
-    Ask once for all the ports a stack needs: two separate calls can overlap.
+
+    A port is free only until its server binds it, so each one handed out is also reserved
+    (see ``_reserve``) while this process runs: no later call, here or in another process
+    asking the same way (the other pytest-xdist workers), hands it out again before that
+    server is up. Unreserved, a CI run gave the broker a sharded stack's native port.
     """
     low, high = 10_000, _ephemeral_low() - count
     if high - low < 1_000:  # an unusual ephemeral range: anywhere above the system ports
         low, high = 1_024, 65_535 - count
     for _ in range(500):
         first = _random.randint(low, high)
-        if all(_bindable(host, first + i) for i in range(count)):
+        ports = range(first, first + count)
+        if all(_bindable(host, port) for port in ports) and _reserve(ports):
             return first
     raise RuntimeError(f"no {count} consecutive free ports on {host}")
+
+
+_RESERVED_DIR = Path(tempfile.gettempdir()) / f"llm-usage-ports-{os.getuid()}"
+_reservations: dict[int, IO[bytes]] = {}  # port -> its locked file, oldest first
+_HELD = 256  # reservations kept open; the oldest goes (its server bound it long ago)
+
+
+def _reserve(ports: range) -> bool:
+    """Lock one file per port (all or none); False if another caller holds any of them.
+
+    ``flock`` locks belong to the open file, so they exclude this process's own later
+    calls as well as other processes, and the kernel drops them when the process ends:
+    no stale reservation survives a crash.
+    """
+    _RESERVED_DIR.mkdir(exist_ok=True)
+    taken: list[int] = []
+    for port in ports:
+        handle = _locked(_RESERVED_DIR / str(port))
+        if handle is None:
+            for own in taken:
+                _reservations.pop(own).close()
+            return False
+        _reservations[port] = handle
+        taken.append(port)
+    while len(_reservations) > _HELD:
+        _reservations.pop(next(iter(_reservations))).close()
+    return True
+
+
+def _locked(path: Path) -> IO[bytes] | None:
+    """``path`` opened and exclusively locked, or None while someone else holds it."""
+    try:
+        handle = path.open("ab")
+    except OSError:  # another user's file, say: not ours to reserve
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
 
 
 def _bindable(host: str, port: int) -> bool:
