@@ -12,7 +12,11 @@ the partition is re-read from the expected offset with ``seek``, which aiokafka 
 the next fetch and which makes it discard records fetched before it, and the later record
 is never taken first. An offset still missing after ``hole_report_s`` is reported (log with
 the range, metric, ``/health``), never skipped. A partition with lag that delivers nothing
-for ``stall_report_s`` is reported the same way; nothing seeks it.
+for ``stall_report_s`` is reported the same way (nothing seeks it) when the broker keeps
+answering its fetches, or when the whole consumer took nothing for that long. While the
+consumer works through other partitions' fetched records, a partition whose own are
+buffered is waiting its turn, not stalled: aiokafka neither fetches it again nor hands it
+out until those earlier fetches are drained, which under a backlog can take longer.
 
 On a rebalance the listener flushes what is buffered, commits what is written, and forgets
 every partition; on assignment each partition is read from its committed offset.
@@ -122,6 +126,7 @@ class CallsConsumer(Service):
         self.stalls: dict[int, int] = {}  # partition -> lag, while reported stalled
         self.lag: dict[int, int] = {}
         self._progress: dict[int, Progress] = {}
+        self._took_at = time.monotonic()  # when any partition last handed out a record
         self._handling = asyncio.Lock()  # one getmany's records, or a rebalance
         self._commit_lock = asyncio.Lock()
         self._failed: BaseException | None = None  # an error the consumer cannot handle
@@ -233,6 +238,7 @@ class CallsConsumer(Service):
                 if self._assignment != assignment:
                     return  # revoked while this record was handled
                 expected = self.next_offsets[partition] = record.offset + 1
+                self._took_at = time.monotonic()
         except Aborted:
             return  # revoked while waiting on ClickHouse; the next owner replays
         gap = self.gaps.get(partition)
@@ -390,7 +396,10 @@ class CallsConsumer(Service):
                 continue
             lag[tp.partition] = max(0, end - expected)
             self.metrics.consumer_lag.labels(str(tp.partition)).set(lag[tp.partition])
-            self._watch_progress(tp.partition, expected, lag[tp.partition], now, clickhouse_failing)
+            unanswered_s = now - self._answered_at(consumer, tp)
+            self._watch_progress(
+                tp.partition, expected, lag[tp.partition], now, unanswered_s, clickhouse_failing
+            )
         self.lag = lag
         for partition, gap in self.gaps.items():
             if not gap.reported and now - gap.since >= self.hole_report_s:
@@ -407,16 +416,39 @@ class CallsConsumer(Service):
                 )
         self.metrics.offset_gaps.set(sum(1 for g in self.gaps.values() if g.reported))
 
+    @staticmethod
+    def _answered_at(consumer: AIOKafkaConsumer, tp: TopicPartition) -> float:
+        """Monotonic time of the broker's last answer to a fetch of ``tp`` (-inf: none)."""
+        try:
+            polled_ms = consumer.last_poll_timestamp(tp)
+        except AssertionError:  # unassigned by a rebalance since
+            polled_ms = None
+        if polled_ms is None:
+            return -float("inf")
+        return time.monotonic() - max(0.0, time.time() - polled_ms / 1000)
+
     def _watch_progress(
-        self, partition: int, expected: int, lag: int, now: float, clickhouse_failing: bool
+        self,
+        partition: int,
+        expected: int,
+        lag: int,
+        now: float,
+        unanswered_s: float,
+        clickhouse_failing: bool,
     ) -> None:
+        """Report a partition that has lag and has not moved for ``stall_report_s``, when
+        the broker answered its fetches meanwhile (it returns nothing) or the consumer took
+        nothing from any partition; otherwise its fetched records are waiting their turn.
+        Nothing is a stall while ClickHouse fails: the sink holds the consumer back."""
         progress = self._progress.get(partition)
         if progress is None or progress.offset != expected or lag == 0 or clickhouse_failing:
             if progress is not None and progress.reported:
                 log.info("partition %d delivers again at offset %d", partition, expected)
             self._progress[partition] = Progress(expected, now)
             self.stalls.pop(partition, None)
-        elif now - progress.since >= self.stall_report_s:
+        elif now - progress.since >= self.stall_report_s and (
+            unanswered_s < self.stall_report_s / 2 or now - self._took_at >= self.stall_report_s
+        ):
             self.stalls[partition] = lag
             if not progress.reported:
                 progress.reported = True

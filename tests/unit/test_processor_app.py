@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from aiokafka import TopicPartition
 
 from llm_usage.settings import Settings
 from stream_processor.app import Processor
-from stream_processor.consumer import CallsConsumer
+from stream_processor.consumer import CallsConsumer, Progress
 from stream_processor.metrics import Metrics
 
 
@@ -75,6 +76,21 @@ class Seeks:
         self.paused.remove(tp.partition)
 
 
+class Broker(Seeks):
+    """End offsets, and when the broker last answered a fetch of each partition."""
+
+    def __init__(self, ends: dict[int, int], answered_s_ago: dict[int, float]) -> None:
+        super().__init__()
+        self.ends = ends
+        self.answered_s_ago = answered_s_ago
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.ends[tp.partition] for tp in tps}
+
+    def last_poll_timestamp(self, tp: TopicPartition) -> int:
+        return int(1000 * (time.time() - self.answered_s_ago[tp.partition]))
+
+
 def _consumer(tmp_path: Path) -> tuple[CallsConsumer, Handler]:
     handler = Handler()
     settings = Settings(home=tmp_path, processor_group="unit-proc")
@@ -111,14 +127,10 @@ def test_an_offset_missing_too_long_turns_health_red_and_is_never_skipped(
     kafka = Seeks()
     calls.next_offsets[0] = 5
 
-    class Ends(Seeks):
-        async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-            return {tp: 9 for tp in tps}
-
     async def run() -> None:
         for _ in range(3):
             await calls._take(kafka, tp, [Record(7), Record(8)])  # type: ignore[arg-type]
-        calls.consumer = Ends()  # type: ignore[assignment]
+        calls.consumer = Broker({0: 9}, {0: 0.1})  # type: ignore[assignment]
         await calls.check(clickhouse_failing=False)
 
     asyncio.run(run())
@@ -142,3 +154,42 @@ def test_only_stored_offsets_of_assigned_partitions_are_committed(tmp_path: Path
     asyncio.run(calls._commit(Commits()))  # type: ignore[arg-type]
     asyncio.run(calls._commit(Commits()))  # type: ignore[arg-type]
     assert committed == [{TopicPartition(calls.topic, 0): 30}], "once, and only what is stored"
+
+
+def _unmoved_for(calls: CallsConsumer, seconds: float, **next_offsets: int) -> None:
+    """Partitions (``p<N>=offset``) that have been at ``offset`` for ``seconds``."""
+    since = time.monotonic() - seconds
+    for name, offset in next_offsets.items():
+        calls.next_offsets[int(name[1:])] = offset
+        calls._progress[int(name[1:])] = Progress(offset, since)
+
+
+def test_a_partition_the_broker_answers_with_nothing_is_stalled_one_waiting_its_turn_is_not(
+    tmp_path: Path,
+) -> None:
+    calls, _ = _consumer(tmp_path)
+    _unmoved_for(calls, 40.0, p0=5, p1=7, p2=9)
+    calls._took_at = time.monotonic()  # the consumer works through other partitions
+    # p0's fetched records wait behind the others' (aiokafka fetches it again only after);
+    # the broker keeps answering p1's fetches without records; p2 has no lag
+    calls.consumer = Broker({0: 50, 1: 60, 2: 9}, {0: 39.0, 1: 0.4, 2: 0.4})  # type: ignore[assignment]
+    asyncio.run(calls.check(clickhouse_failing=False))
+    assert calls.problems() == ["partition 1: no progress with lag 53"]
+    assert calls.metrics.registry.get_sample_value("llm_usage_processor_stalled_partitions") == 1
+
+
+def test_every_lagging_partition_is_stalled_when_the_consumer_takes_nothing(
+    tmp_path: Path,
+) -> None:
+    calls, _ = _consumer(tmp_path)
+    _unmoved_for(calls, 40.0, p0=5, p1=7)
+    calls._took_at = time.monotonic() - 40.0
+    calls.consumer = Broker({0: 50, 1: 60}, {0: 39.0, 1: 39.0})  # type: ignore[assignment]
+    asyncio.run(calls.check(clickhouse_failing=True))
+    assert calls.problems() == [], "while ClickHouse fails the sink holds the consumer back"
+    _unmoved_for(calls, 40.0, p0=5, p1=7)
+    asyncio.run(calls.check(clickhouse_failing=False))
+    assert calls.problems() == [
+        "partition 0: no progress with lag 45",
+        "partition 1: no progress with lag 53",
+    ]
