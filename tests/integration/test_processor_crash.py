@@ -1,9 +1,10 @@
 """Crash safety: SIGKILL mid-stream, restart, and every total is still exact.
 
-Offsets committed late, batches inserted but not committed, dedupe state only in the
-changelog: after the restart the worker re-forms the recorded batches (same tokens, dropped
-by ClickHouse) and recovers the dedupe table, so raw rows and both rollups equal what was
-published, duplicates included.
+Offsets committed late, batches recorded (or inserted) but not committed, the dedupe index
+gone with the process: after the restart the worker re-forms the recorded batches under
+their recorded tokens (ClickHouse drops those it already has) and reloads the dedupe index
+from ClickHouse, so raw rows and both rollups equal what was published, duplicates
+included.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import re
 import threading
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from llm_usage.clickhouse import connect
+from llm_usage.clickhouse.migrations import Layout, admin_client
 from llm_usage.settings import Settings
 from producers.contract import UsageEvent, decode_calls, encode_calls
 from producers.publisher import UsagePublisher
@@ -37,6 +39,8 @@ from tests.integration.test_processor_e2e import (
 )
 
 pytestmark = pytest.mark.integration
+
+INSERT_FAILURES = "llm_usage_processor_insert_failures_total"
 
 
 @pytest.mark.sharded
@@ -71,15 +75,21 @@ def test_sigkill_mid_stream_then_restart_is_exact(
     publishing = threading.Thread(target=lambda: asyncio.run(publish_slowly()))
     publishing.start()
     try:
-        # the kill lands while a recorded batch is not yet committed: the restart must
-        # re-form it under its recorded token
         wait_for(
-            lambda: totals(settings)["raw"][0] >= 2500 and replay_pending(settings, first),
-            60,
-            "the first rows, and a recorded batch past the committed offsets",
-            detail=first.tail,
+            lambda: totals(settings)["raw"][0] >= 2500, 60, "the first rows", detail=first.tail
         )
-        first.kill()
+        # The kill lands while a recorded batch can never have been committed: its insert
+        # was refused. (Killed at a moment read from outside, the worker could commit the
+        # batch in between, and the restart would have nothing to re-form.)
+        refused = first.metrics()[INSERT_FAILURES]
+        with raw_inserts_refused(settings):
+            wait_for(
+                lambda: first.metrics()[INSERT_FAILURES] > refused,
+                60,
+                "the worker's next insert to be refused",
+                detail=first.tail,
+            )
+            first.kill()
         killed.set()
         assert publishing.is_alive(), "the stream must still be flowing at the kill"
     finally:
@@ -92,8 +102,8 @@ def test_sigkill_mid_stream_then_restart_is_exact(
 
     second = worker_factory(settings)
 
-    # Duplicates of events the killed worker already wrote: only the dedupe table's
-    # changelog remembers them now.
+    # Duplicates of events the killed worker already wrote: only ClickHouse remembers them
+    # now (the restarted worker's dedupe index is loaded from it).
     async def republish() -> None:
         async with UsagePublisher(settings) as publisher:
             for event in events[:300]:
@@ -231,16 +241,20 @@ def test_partitions_never_committed_are_read_from_their_start_after_a_restart(
     assert start[1] >= 10, starts
 
 
-def replay_pending(settings: Settings, worker: WorkerProcess) -> bool:
-    """Some batch ``worker`` recorded ends at or past its partition's committed offset."""
-    committed = (worker.health() or {}).get("committed") or {}
-    client = connect(settings)
+@contextlib.contextmanager
+def raw_inserts_refused(settings: Settings) -> Iterator[None]:
+    """ClickHouse refuses every insert into ``usage_events`` (a CHECK no row passes, on
+    every shard's storage table) while the block runs; the batch ledger still records."""
+    table = f"`{settings.clickhouse_database}`.{Layout.of(settings).local_name('usage_events')}"
+    client = admin_client(settings)
     try:
-        sql = "SELECT partition, max(last_offset) FROM processor_batches GROUP BY partition"
-        recorded = client.query(sql).result_rows
+        client.command(f"ALTER TABLE {table} ADD CONSTRAINT refuse_every_row CHECK 0")
+        try:
+            yield
+        finally:
+            client.command(f"ALTER TABLE {table} DROP CONSTRAINT refuse_every_row")
     finally:
         client.close()
-    return any(int(last) >= int(committed.get(str(p), 0)) for p, last in recorded)
 
 
 def committed_at(worker: WorkerProcess, partition: int) -> int:
