@@ -114,6 +114,26 @@ def _check_occurred_at(value: datetime) -> datetime:
     return value
 
 
+def json_length_bound(flat: dict[str, str | int | float | bool | None]) -> int:
+    """At least the length of ``json.dumps(flat, separators=(",", ":"))``, cheaply.
+
+    A character takes at most 12 in JSON (``\\uXXXX`` twice, for one outside the BMP); a
+    float at most 24 (``-1.7976931348623157e+308``); true, false and null at most 5.
+    """
+    length = 2
+    for key, item in flat.items():
+        length += 12 * len(key) + 4  # quotes, colon, comma
+        if isinstance(item, str):
+            length += 12 * len(item) + 2
+        elif isinstance(item, bool) or item is None:
+            length += 5
+        elif isinstance(item, int):
+            length += len(str(item))
+        else:
+            length += 24
+    return length
+
+
 class UsageEvent(BaseModel):
     """One Claude (or other LLM) API call, as published by a service."""
 
@@ -179,6 +199,8 @@ class UsageEvent(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if json_length_bound(value) <= MAX_METADATA_BYTES:
+            return value  # the common case: no need to encode it (runs once per event)
         if len(json.dumps(value, separators=(",", ":"))) > MAX_METADATA_BYTES:
             raise ValueError(f"is larger than {MAX_METADATA_BYTES} bytes as JSON")
         return value

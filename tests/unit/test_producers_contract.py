@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from producers.contract import (
@@ -20,6 +22,7 @@ from producers.contract import (
     decode_calls,
     describe_validation_error,
     encode_calls,
+    json_length_bound,
     parse_call,
     uuid7,
 )
@@ -242,3 +245,25 @@ def test_a_v1_event_built_with_the_contract_is_written_as_v1() -> None:
     wire = json.loads(v1.to_json())
     assert wire["schema_version"] == 1 and "service_tier" not in wire
     assert parse_call(wire) == v1
+
+
+flat_values = st.one_of(
+    st.text(), st.integers(), st.floats(), st.booleans(), st.none()
+)  # every kind a metadata value may be, non-BMP characters and NaN included
+
+
+@given(st.dictionaries(st.text(), flat_values, max_size=12))
+def test_the_cheap_metadata_size_bound_is_never_below_the_json_length(
+    flat: dict[str, str | int | float | bool | None],
+) -> None:
+    """The size rule skips encoding metadata the bound already shows small: only safe if
+    the bound holds for every value."""
+    assert json_length_bound(flat) >= len(json.dumps(flat, separators=(",", ":")))
+
+
+def test_metadata_just_over_the_limit_is_still_rejected_when_the_bound_is_not_met() -> None:
+    fits = {"k": "x" * (MAX_METADATA_BYTES - 8)}  # exactly the limit as JSON
+    assert len(json.dumps(fits, separators=(",", ":"))) == MAX_METADATA_BYTES
+    assert parse_call(raw(metadata=fits)).metadata == fits
+    with pytest.raises(ContractError, match=r"metadata: .*larger than"):
+        parse_call(raw(metadata={"k": "x" * (MAX_METADATA_BYTES - 7)}))
