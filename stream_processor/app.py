@@ -329,14 +329,13 @@ class Processor:
         if progress != self._progress:
             self._progress = progress
             buffers = self.sink.buffers.values()
-            writing = sum(1 for b in buffers if b.inflight is not None and not b.inflight.done())
             log.info(
                 "progress: %d messages read, %d rows written, %d duplicates, "
                 "%d dead letters, %d rows buffered, %d batches being written, "
                 "next offsets %s, committed %s",
                 *progress,
                 sum(len(b.rows) for b in buffers),
-                writing,
+                self.sink.writing(),
                 dict(sorted(self.calls.next_offsets.items())),
                 dict(sorted(self.calls.committed.items())),
             )

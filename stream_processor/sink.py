@@ -10,6 +10,10 @@ partition's new owner reads the recorded ranges past its start offset and re-for
 those batches. A batch's offsets are handed to ``on_written`` (which commits them) only
 after ClickHouse acknowledged the insert, and in offset order per partition. While
 ClickHouse is down the insert is retried with backoff and the consumer waits.
+
+A complete batch is written in the background while the consumer goes on reading: up to
+``MAX_PENDING`` batches of one partition wait for ClickHouse, each written after the one
+before it, so that the worker's own work overlaps ClickHouse's.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ INSERT_SETTINGS = {
     # cluster mode writes through Distributed tables: acknowledged must mean stored
     "distributed_foreground_insert": 1,
 }
+MAX_PENDING = 2  # batches of one partition handed to ClickHouse and not yet written
 SLOW_INSERT_S = 5.0  # an insert slower than this is logged (a shard or disk in trouble)
 NAME_COLUMNS = ("tenant_id", "source", "source_id", "source_name", "named_at")
 
@@ -197,7 +202,7 @@ class _Buffer:
     offsets: list[int] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     started: float = 0.0
-    inflight: asyncio.Task[None] | None = None  # the partition's batch being written
+    pending: deque[asyncio.Task[None]] = field(default_factory=deque)  # oldest first
 
     def filling_plan(self) -> bool:
         return bool(self.plan and self.offsets and self.offsets[0] >= self.plan[0][0])
@@ -314,7 +319,7 @@ class Sink:
     async def reset(self) -> None:
         """Forget every open batch (partitions revoked); unstored messages are read again."""
         self.generation += 1
-        tasks = [b.inflight for b in self.buffers.values() if b.inflight is not None]
+        tasks = [task for b in self.buffers.values() for task in b.pending]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -375,23 +380,34 @@ class Sink:
     async def drain(self) -> None:
         """Wait until every batch handed to ClickHouse is written and reported."""
         for buf in list(self.buffers.values()):
-            if buf.inflight is not None:
-                await _wait(buf.inflight)
+            for task in list(buf.pending):
+                await _wait(task)
+
+    def writing(self) -> int:
+        """Batches handed to ClickHouse and not written yet."""
+        return sum(not task.done() for b in self.buffers.values() for task in b.pending)
 
     async def _flush(
         self, partition: int, buf: _Buffer, *, planned: tuple[int, int] | None = None
     ) -> None:
-        """Hand the open batch to a background write once the partition's previous batch
-        is written: the agent keeps reading while ClickHouse inserts, batches of one
-        partition are still recorded, inserted and reported in offset order."""
-        if buf.inflight is not None:
-            # stays the partition's write until it is done: a flush cancelled while waiting
-            # here must not let the next batch be written (and reported) before this one
-            await _wait(buf.inflight)
+        """Hand the open batch to a background write, after the partition's pending ones:
+        batches of one partition are recorded, inserted and reported in offset order. Waits
+        (the consumer with it) only while ``MAX_PENDING`` batches are already pending."""
+        pending = buf.pending
+        while pending and pending[0].done():
+            await _wait(pending.popleft())  # written (or aborted: raised here)
+        if len(pending) >= MAX_PENDING:
+            # stays pending until it is done: a flush cancelled while waiting here must not
+            # let a later batch be written (and reported) before this one
+            await _wait(pending[0])
+            pending.popleft()
         offsets, rows = buf.offsets, buf.rows
         buf.offsets, buf.rows = [], []
-        buf.inflight = asyncio.create_task(
-            self._write(partition, buf.generation, offsets, rows, planned)
+        before = pending[-1] if pending else None
+        pending.append(
+            asyncio.create_task(
+                self._write(partition, buf.generation, offsets, rows, planned, after=before)
+            )
         )
 
     async def _write(
@@ -401,8 +417,12 @@ class Sink:
         offsets: list[int],
         rows: list[Row],
         planned: tuple[int, int] | None,
+        after: asyncio.Task[None] | None,
     ) -> None:
-        """Record (unless re-forming a recorded range), insert, then report one batch."""
+        """Record (unless re-forming a recorded range), insert, then report one batch, once
+        the partition's batch before it (``after``) is written."""
+        if after is not None:
+            await _wait(after)  # its failure (Aborted) ends this one too
         first, last = planned or (offsets[0], offsets[-1])
         if rows:
             token = dedup_token(self.cluster_id, self.topic, partition, first, last)

@@ -13,7 +13,7 @@ import pytest
 
 from stream_processor.enrich import COLUMNS, Row
 from stream_processor.metrics import Metrics
-from stream_processor.sink import OCCURRED_AT, Aborted, Sink, by_month
+from stream_processor.sink import MAX_PENDING, OCCURRED_AT, Aborted, Sink, by_month
 
 DEC_1 = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
 
@@ -243,8 +243,9 @@ def test_a_batch_is_inserted_once_per_utc_month_each_under_its_own_token() -> No
 
 
 def test_a_flush_cancelled_while_the_previous_batch_retries_never_reports_past_it() -> None:
-    """A stop whose deadline expires while batch 0-1 is still retrying: the next batch is
-    written only after it, so the offset after 2-3 is never reported before 0-1 is stored."""
+    """A stop whose deadline expires while batch 0-1 is still retrying and the next one
+    waits behind it: later batches are written only after both, so no offset past 0-1 is
+    reported before 0-1 is stored."""
 
     async def run() -> None:
         writer = FakeWriter()
@@ -252,14 +253,41 @@ def test_a_flush_cancelled_while_the_previous_batch_retries_never_reports_past_i
         await sink.open_partition(0, 0)
         writer.failures = 5  # batch 0-1: its record call fails five times, then succeeds
         await feed(sink, [0], rows_each=2)  # full: written in the background, retrying
-        await feed(sink, [2], rows_each=1)
+        await feed(sink, [2], rows_each=2)  # full: pending behind 0-1
+        await feed(sink, [4], rows_each=1)
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.001):  # the stop's deadline, while 0-1 retries
-                await sink.flush_due(force=True)
-        await feed(sink, [3], rows_each=1)  # the batch 2-3 is complete: flushed now
+                await sink.flush_due(force=True)  # waits: MAX_PENDING batches are pending
+        await feed(sink, [5], rows_each=1)  # the batch 4-5 is complete: flushed now
         await sink.drain()
         await sink.flush_due(force=True)
-        assert written(writer) == [1, 4], "0-1 first, then 2-3"
+        assert written(writer) == [1, 3, 6], "0-1 first, then 2-3, then 4-5"
+
+    asyncio.run(run())
+
+
+def test_complete_batches_are_written_in_the_background_in_offset_order() -> None:
+    """The consumer goes on while up to MAX_PENDING batches of a partition wait for
+    ClickHouse; each is recorded, inserted and reported after the one before it."""
+    gate = threading.Event()
+
+    class SlowWriter(FakeWriter):
+        def insert(self, rows: Sequence[Any], token: str) -> float:
+            gate.wait(5)
+            return super().insert(rows, token)
+
+    async def run() -> None:
+        writer = SlowWriter()
+        sink = make_sink(writer, max_events=2)
+        await sink.open_partition(0, 0)
+        async with asyncio.timeout(1):  # neither add waits for the held insert
+            await feed(sink, [0, 1], rows_each=1)
+            await feed(sink, [2, 3], rows_each=1)
+        assert sink.writing() == MAX_PENDING == 2 and written(writer) == []
+        gate.set()
+        await sink.drain()
+        assert written(writer) == [2, 4]
+        assert [c[0] for c in writer.calls] == ["record", "insert", "written"] * 2
 
     asyncio.run(run())
 
