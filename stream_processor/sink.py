@@ -11,9 +11,11 @@ those batches. A batch's offsets are handed to ``on_written`` (which commits the
 after ClickHouse acknowledged the insert, and in offset order per partition. While
 ClickHouse is down the insert is retried with backoff and the consumer waits.
 
-A complete batch is written in the background while the consumer goes on reading: up to
-``MAX_PENDING`` batches of one partition wait for ClickHouse, each written after the one
-before it, so that the worker's own work overlaps ClickHouse's.
+A complete batch is written in the background while the consumer goes on reading, so
+that the worker's own work overlaps ClickHouse's; each batch is written after the one
+before it of its partition. At most ``MAX_PENDING`` batches (of all partitions) wait for
+ClickHouse: beyond that the consumer waits, which bounds the worker's memory when
+ClickHouse is slow or away.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ INSERT_SETTINGS = {
     # cluster mode writes through Distributed tables: acknowledged must mean stored
     "distributed_foreground_insert": 1,
 }
-MAX_PENDING = 2  # batches of one partition handed to ClickHouse and not yet written
+MAX_PENDING = 2  # batches handed to ClickHouse and not yet written, all partitions
 SLOW_INSERT_S = 5.0  # an insert slower than this is logged (a shard or disk in trouble)
 NAME_COLUMNS = ("tenant_id", "source", "source_id", "source_name", "named_at")
 
@@ -202,7 +204,7 @@ class _Buffer:
     offsets: list[int] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     started: float = 0.0
-    pending: deque[asyncio.Task[None]] = field(default_factory=deque)  # oldest first
+    last: asyncio.Task[None] | None = None  # the partition's latest batch write
 
     def filling_plan(self) -> bool:
         return bool(self.plan and self.offsets and self.offsets[0] >= self.plan[0][0])
@@ -238,6 +240,7 @@ class Sink:
         self.last_error: str = ""
         self.last_success = time.monotonic()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self._writes: list[asyncio.Task[None]] = []  # batch writes not known done, oldest first
 
     # --- ClickHouse calls on the sink thread, with retries ------------------------------
     async def call(self, fn: Callable[..., T], *args: Any, generation: int | None = None) -> T:
@@ -319,7 +322,8 @@ class Sink:
     async def reset(self) -> None:
         """Forget every open batch (partitions revoked); unstored messages are read again."""
         self.generation += 1
-        tasks = [task for b in self.buffers.values() for task in b.pending]
+        tasks = [*self._writes, *(b.last for b in self.buffers.values() if b.last is not None)]
+        self._writes = []
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -380,35 +384,31 @@ class Sink:
     async def drain(self) -> None:
         """Wait until every batch handed to ClickHouse is written and reported."""
         for buf in list(self.buffers.values()):
-            for task in list(buf.pending):
-                await _wait(task)
+            if buf.last is not None:
+                await _wait(buf.last)  # written after every earlier batch of its partition
 
     def writing(self) -> int:
         """Batches handed to ClickHouse and not written yet."""
-        return sum(not task.done() for b in self.buffers.values() for task in b.pending)
+        self._writes = [task for task in self._writes if not task.done()]
+        return len(self._writes)
 
     async def _flush(
         self, partition: int, buf: _Buffer, *, planned: tuple[int, int] | None = None
     ) -> None:
-        """Hand the open batch to a background write, after the partition's pending ones:
-        batches of one partition are recorded, inserted and reported in offset order. Waits
-        (the consumer with it) only while ``MAX_PENDING`` batches are already pending."""
-        pending = buf.pending
-        while pending and pending[0].done():
-            await _wait(pending.popleft())  # written (or aborted: raised here)
-        if len(pending) >= MAX_PENDING:
-            # stays pending until it is done: a flush cancelled while waiting here must not
-            # let a later batch be written (and reported) before this one
-            await _wait(pending[0])
-            pending.popleft()
+        """Hand the open batch to a background write that starts once the partition's
+        previous batch is written: batches of one partition are recorded, inserted and
+        reported in offset order. Waits (the consumer with it) while ``MAX_PENDING``
+        batches are pending."""
+        while self.writing() >= MAX_PENDING:
+            await _wait(self._writes[0])  # an aborted write raises here: all were revoked
         offsets, rows = buf.offsets, buf.rows
         buf.offsets, buf.rows = [], []
-        before = pending[-1] if pending else None
-        pending.append(
-            asyncio.create_task(
-                self._write(partition, buf.generation, offsets, rows, planned, after=before)
-            )
+        task = asyncio.create_task(
+            self._write(partition, buf.generation, offsets, rows, planned, after=buf.last)
         )
+        task.add_done_callback(_retrieve)
+        buf.last = task
+        self._writes.append(task)
 
     async def _write(
         self,
@@ -460,6 +460,13 @@ class Sink:
         if generation != self.generation:
             raise Aborted()
         self.on_written(partition, offsets[-1] + 1)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a write's outcome seen: an aborted one is expected (its partition was revoked)
+    and is raised to whoever waits on it, not logged as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _wait(task: asyncio.Task[None]) -> None:

@@ -266,9 +266,10 @@ def test_a_flush_cancelled_while_the_previous_batch_retries_never_reports_past_i
     asyncio.run(run())
 
 
-def test_complete_batches_are_written_in_the_background_in_offset_order() -> None:
-    """The consumer goes on while up to MAX_PENDING batches of a partition wait for
-    ClickHouse; each is recorded, inserted and reported after the one before it."""
+def test_complete_batches_are_written_in_the_background_at_most_max_pending_at_once() -> None:
+    """The consumer goes on while MAX_PENDING batches (of any partitions) wait for
+    ClickHouse, then waits; each batch is written after the one before it of its
+    partition."""
     gate = threading.Event()
 
     class SlowWriter(FakeWriter):
@@ -279,15 +280,21 @@ def test_complete_batches_are_written_in_the_background_in_offset_order() -> Non
     async def run() -> None:
         writer = SlowWriter()
         sink = make_sink(writer, max_events=2)
-        await sink.open_partition(0, 0)
-        async with asyncio.timeout(1):  # neither add waits for the held insert
-            await feed(sink, [0, 1], rows_each=1)
-            await feed(sink, [2, 3], rows_each=1)
-        assert sink.writing() == MAX_PENDING == 2 and written(writer) == []
+        for partition in (0, 1):
+            await sink.open_partition(partition, 0)
+        async with asyncio.timeout(1):  # neither waits for the held insert
+            await feed(sink, [0, 1], rows_each=1, partition=0)
+            await feed(sink, [0, 1], rows_each=1, partition=1)
+        assert sink.writing() == MAX_PENDING == 2
+        third = asyncio.create_task(feed(sink, [2, 3], rows_each=1, partition=0))
+        await asyncio.sleep(0.05)
+        assert not third.done(), "a third batch waits until one of the two is written"
         gate.set()
+        await third
         await sink.drain()
-        assert written(writer) == [2, 4]
-        assert [c[0] for c in writer.calls] == ["record", "insert", "written"] * 2
+        assert written(writer) == [2, 2, 4]
+        tokens = [c[2] for c in writer.calls if c[0] == "insert"]
+        assert tokens == ["cid:calls:0:0-1", "cid:calls:1:0-1", "cid:calls:0:2-3"]
 
     asyncio.run(run())
 
