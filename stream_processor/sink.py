@@ -85,14 +85,21 @@ def by_month(rows: Sequence[Row], token: str) -> list[tuple[str, Sequence[Row]]]
     return [(f"{token}:{y:04d}{m:02d}", part) for (y, m), part in sorted(months.items())]
 
 
+def writer_client(settings: Settings) -> Client:
+    """The sink's ClickHouse client. Inserts are encoded by clickhouse-connect's compiled
+    Native codec (clickhouse-connect-core): the same bytes as its Python codec, for about
+    half the CPU per row, under the GIL the consumer needs."""
+    return connect(
+        settings, autogenerate_session_id=False, send_receive_timeout=30, native_codec="rust"
+    )
+
+
 class ClickHouseWriter:
     """The blocking ClickHouse calls of the sink; always run on the sink's one thread."""
 
     def __init__(self, settings: Settings, factory: Callable[[Settings], Client] | None = None):
         self.settings = settings
-        self._factory = factory or (
-            lambda s: connect(s, autogenerate_session_id=False, send_receive_timeout=30)
-        )
+        self._factory = factory or writer_client
         self._client: Client | None = None
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
