@@ -69,7 +69,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--per-message", type=int, default=200, help="producer_batch_events")
     parser.add_argument("--duplicates", type=int, default=0)
-    parser.add_argument("--batch-max-events", type=int, default=5000)
+    parser.add_argument(
+        "--batch-max-events", type=int, default=None, help="default: the worker's setting"
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="bench-worker-"))
@@ -82,7 +84,7 @@ def main() -> None:
         processor_web_port=free_port(),
         processor_session_timeout_s=6.0,
         processor_rebalance_timeout_s=3.0,
-        processor_batch_max_events=args.batch_max_events,
+        **({"processor_batch_max_events": args.batch_max_events} if args.batch_max_events else {}),
         processor_log_level="warning",
         producer_batch_events=args.per_message,
     )
@@ -118,7 +120,7 @@ def main() -> None:
             "events": args.events,
             "events_per_message": args.per_message,
             "duplicates_dropped": int(metrics["llm_usage_processor_events_deduped_total"]),
-            "batch_max_events": args.batch_max_events,
+            "batch_max_events": settings.processor_batch_max_events,
             "startup_to_first_row_s": round(first_row - started, 2),
             "first_to_last_row_s": round(done - first_row, 2),
             "events_per_s": round(args.events / (done - first_row)),
