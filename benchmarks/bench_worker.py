@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument(
         "--batch-max-events", type=int, default=None, help="default: the worker's setting"
     )
+    parser.add_argument(
+        "--stall-s", type=float, default=120.0, help="give up when no row arrives for this long"
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="bench-worker-"))
@@ -105,12 +108,20 @@ def main() -> None:
         worker.start()
         first_row = None
         count = 0
+        moved = started
         while count < args.events:
-            count = int(client.command("SELECT count() FROM usage_events"))
-            if count and first_row is None:
+            now_count = int(client.command("SELECT count() FROM usage_events"))
+            if now_count and first_row is None:
                 first_row = time.perf_counter()
+            if now_count != count:
+                count, moved = now_count, time.perf_counter()
             if not worker.running():
                 raise SystemExit(f"worker died:\n{worker.tail()}")
+            if time.perf_counter() - moved > args.stall_s:
+                raise SystemExit(
+                    f"no row for {args.stall_s:.0f}s at {count} of {args.events}; worker log "
+                    f"{worker.log_path}:\n{worker.tail()}"
+                )
             time.sleep(0.05)
         done = time.perf_counter()
         peak_kib = worker.peak_rss_kib()
