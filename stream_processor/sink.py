@@ -13,9 +13,9 @@ ClickHouse is down the insert is retried with backoff and the consumer waits.
 
 A complete batch is written in the background while the consumer goes on reading, so
 that the worker's own work overlaps ClickHouse's; each batch is written after the one
-before it of its partition. At most ``MAX_PENDING`` batches (of all partitions) wait for
-ClickHouse: beyond that the consumer waits, which bounds the worker's memory when
-ClickHouse is slow or away.
+before it of its partition. At most ``MAX_PENDING`` complete batches (of all partitions)
+wait for ClickHouse: beyond that the consumer waits, so that a slow or absent ClickHouse
+does not pile complete batches up in memory (open batches are bounded by rows and age).
 """
 
 from __future__ import annotations
@@ -248,6 +248,7 @@ class Sink:
         self.last_success = time.monotonic()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._writes: list[asyncio.Task[None]] = []  # batch writes not known done, oldest first
+        self.failure: BaseException | None = None  # a write that failed other than Aborted
 
     # --- ClickHouse calls on the sink thread, with retries ------------------------------
     async def call(self, fn: Callable[..., T], *args: Any, generation: int | None = None) -> T:
@@ -341,6 +342,8 @@ class Sink:
     # --- batching --------------------------------------------------------------------------
     async def add(self, partition: int, offset: int, rows: list[Row]) -> None:
         """Buffer one message's rows; flush when a batch is complete."""
+        if self.failure is not None:
+            raise self.failure
         buf = self.buffers.get(partition)
         if buf is None:  # revoked while the message was being prepared
             raise Aborted()
@@ -407,15 +410,31 @@ class Sink:
         reported in offset order. Waits (the consumer with it) while ``MAX_PENDING``
         batches are pending."""
         while self.writing() >= MAX_PENDING:
-            await _wait(self._writes[0])  # an aborted write raises here: all were revoked
+            # cancellation-safe: a flush cancelled here has taken nothing from the buffer
+            await asyncio.wait(self._writes, return_when=asyncio.FIRST_COMPLETED)
+        if self.failure is not None:
+            raise self.failure
+        if buf.generation != self.generation:
+            raise Aborted()  # revoked while waiting: the next owner replays these
         offsets, rows = buf.offsets, buf.rows
         buf.offsets, buf.rows = [], []
         task = asyncio.create_task(
             self._write(partition, buf.generation, offsets, rows, planned, after=buf.last)
         )
-        task.add_done_callback(_retrieve)
+        task.add_done_callback(self._settled)
         buf.last = task
         self._writes.append(task)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        """See a write's outcome as it ends. Aborted (its partition was revoked) is expected
+        and raised to whoever waits on it; anything else is a bug the sink cannot work
+        around: logged, and raised by the next ``add`` so that the worker ends."""
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None and not isinstance(error, Aborted) and self.failure is None:
+            log.critical("a batch write failed: %r", error, exc_info=error)
+            self.failure = error
 
     async def _write(
         self,
@@ -467,13 +486,6 @@ class Sink:
         if generation != self.generation:
             raise Aborted()
         self.on_written(partition, offsets[-1] + 1)
-
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    """Mark a write's outcome seen: an aborted one is expected (its partition was revoked)
-    and is raised to whoever waits on it, not logged as never retrieved."""
-    if not task.cancelled():
-        task.exception()
 
 
 async def _wait(task: asyncio.Task[None]) -> None:

@@ -1,5 +1,5 @@
-"""The worker inserts with clickhouse-connect's compiled (Rust) Native codec: it must store
-every column exactly as the default Python codec does."""
+"""The worker inserts and queries with clickhouse-connect's compiled (Rust) Native codec: it
+must store and read every column exactly as the default Python codec does."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def varied_events(count: int, seed: int) -> list[UsageEvent]:
     return events
 
 
-def test_the_rust_codec_stores_every_column_as_the_python_codec_does(
+def test_the_rust_codec_stores_and_reads_every_column_as_the_python_codec_does(
     migrated: Settings,
 ) -> None:
     rows = Enricher(PriceBook.load(), Names(lookback_s=0)).rows(
@@ -86,4 +86,9 @@ def test_the_rust_codec_stores_every_column_as_the_python_codec_does(
         return bytes(admin.raw_query(sql))
 
     assert stored(tables["rust"]) == stored(tables["python"])
+    # the worker's queries (batch ledger, stored ids, names) decode with it as well
+    query = f"SELECT * EXCEPT ingested_at FROM {tables['python']} ORDER BY event_id"
+    decoded = rust.client.query(query).result_rows
+    assert decoded == python.client.query(query).result_rows
+    assert sorted(row[0] for row in decoded) == sorted(row[0] for row in rows)
     assert admin.command(f"SELECT count() FROM {tables['rust']}") == len(rows)

@@ -320,3 +320,56 @@ def test_a_partition_whose_opening_outlived_a_revoke_is_not_opened() -> None:
         assert not sink.is_open(0)
 
     asyncio.run(run())
+
+
+def test_a_write_failing_other_than_aborted_ends_the_sink_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not a ClickHouse error (those are retried): a bug. The partition must not go on
+    reading with nothing reported; the next add raises it, so the worker ends."""
+
+    def broken(partition: int, next_offset: int) -> None:
+        raise RuntimeError("bug in on_written")
+
+    async def run() -> None:
+        writer = FakeWriter()
+        sink = make_sink(writer, max_events=2)
+        sink.on_written = broken
+        await sink.open_partition(0, 0)
+        await feed(sink, [0], rows_each=2)  # complete: written in the background
+        with pytest.raises(RuntimeError, match="bug in on_written"):
+            await sink.drain()
+        with pytest.raises(RuntimeError, match="bug in on_written"):
+            await feed(sink, [1], rows_each=1)
+
+    asyncio.run(run())
+    assert "a batch write failed" in caplog.text
+
+
+def test_a_flush_waiting_for_a_slot_across_a_revoke_hands_nothing_on() -> None:
+    """Revoked while MAX_PENDING writes were pending: the waiting batch belongs to the old
+    assignment; it is neither written nor reported (the next owner replays it)."""
+    gate = threading.Event()
+
+    class SlowWriter(FakeWriter):
+        def insert(self, rows: Sequence[Any], token: str) -> float:
+            gate.wait(5)
+            return super().insert(rows, token)
+
+    async def run() -> None:
+        writer = SlowWriter()
+        sink = make_sink(writer, max_events=1)
+        await sink.open_partition(0, 0)
+        await feed(sink, [0, 1], rows_each=1)  # two complete batches pending
+        waiting = asyncio.create_task(feed(sink, [2], rows_each=1))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        revoke = asyncio.create_task(sink.reset())
+        gate.set()
+        await revoke
+        with pytest.raises(Aborted):
+            await waiting
+        assert sink.writing() == 0
+        assert 3 not in written(writer), "the batch of offset 2 was never reported"
+
+    asyncio.run(run())
