@@ -51,6 +51,18 @@ class FakeWriter:
         return 0.001
 
 
+class HeldInserts(FakeWriter):
+    """A ClickHouse whose inserts wait until ``release`` is set (busy, or slow)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def insert(self, rows: Sequence[Any], token: str) -> float:
+        self.release.wait(5)
+        return super().insert(rows, token)
+
+
 def make_sink(writer: FakeWriter, max_events: int = 4, max_seconds: float = 60,
               clock: Callable[[], float] = time.monotonic) -> Sink:  # fmt: skip
     """A sink whose stored offsets land in ``writer.calls`` as ``("written", next offset)``."""
@@ -270,15 +282,9 @@ def test_complete_batches_are_written_in_the_background_at_most_max_pending_at_o
     """The consumer goes on while MAX_PENDING batches (of any partitions) wait for
     ClickHouse, then waits; each batch is written after the one before it of its
     partition."""
-    gate = threading.Event()
-
-    class SlowWriter(FakeWriter):
-        def insert(self, rows: Sequence[Any], token: str) -> float:
-            gate.wait(5)
-            return super().insert(rows, token)
 
     async def run() -> None:
-        writer = SlowWriter()
+        writer = HeldInserts()
         sink = make_sink(writer, max_events=2)
         for partition in (0, 1):
             await sink.open_partition(partition, 0)
@@ -289,7 +295,7 @@ def test_complete_batches_are_written_in_the_background_at_most_max_pending_at_o
         third = asyncio.create_task(feed(sink, [2, 3], rows_each=1, partition=0))
         await asyncio.sleep(0.05)
         assert not third.done(), "a third batch waits until one of the two is written"
-        gate.set()
+        writer.release.set()
         await third
         await sink.drain()
         assert written(writer) == [2, 2, 4]
@@ -349,15 +355,9 @@ def test_a_write_failing_other_than_aborted_ends_the_sink_loudly(
 def test_a_flush_waiting_for_a_slot_across_a_revoke_hands_nothing_on() -> None:
     """Revoked while MAX_PENDING writes were pending: the waiting batch belongs to the old
     assignment; it is neither written nor reported (the next owner replays it)."""
-    gate = threading.Event()
-
-    class SlowWriter(FakeWriter):
-        def insert(self, rows: Sequence[Any], token: str) -> float:
-            gate.wait(5)
-            return super().insert(rows, token)
 
     async def run() -> None:
-        writer = SlowWriter()
+        writer = HeldInserts()
         sink = make_sink(writer, max_events=1)
         await sink.open_partition(0, 0)
         await feed(sink, [0, 1], rows_each=1)  # two complete batches pending
@@ -365,7 +365,7 @@ def test_a_flush_waiting_for_a_slot_across_a_revoke_hands_nothing_on() -> None:
         await asyncio.sleep(0.05)
         assert not waiting.done()
         revoke = asyncio.create_task(sink.reset())
-        gate.set()
+        writer.release.set()
         await revoke
         with pytest.raises(Aborted):
             await waiting
