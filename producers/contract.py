@@ -18,7 +18,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
     AwareDatetime,
@@ -105,11 +105,16 @@ ToolRequests = Annotated[StrictInt, Field(ge=0, le=MAX_TOOL_REQUESTS)]
 ShortText = Annotated[str, Field(min_length=1, max_length=256)]
 
 
+def latest_occurred_at() -> datetime:
+    """The latest call time accepted now: a producer's clock may run ahead by the skew."""
+    return datetime.now(UTC) + MAX_CLOCK_SKEW
+
+
 def _check_occurred_at(value: datetime) -> datetime:
     value = value.astimezone(UTC)
     if value < EARLIEST_OCCURRED_AT:
         raise ValueError(f"is before {EARLIEST_OCCURRED_AT.date()}: not a real call time")
-    if value > datetime.now(UTC) + MAX_CLOCK_SKEW:
+    if value > latest_occurred_at():
         raise ValueError("is more than 1 hour in the future")
     return value
 
@@ -132,6 +137,30 @@ def json_length_bound(flat: dict[str, str | int | float | bool | None]) -> int:
         else:
             length += 24
     return length
+
+
+def check_thinking(thinking: int, output: int) -> None:
+    """Thinking tokens are part of the output tokens, never more."""
+    if thinking > output:
+        raise ValueError("thinking_tokens must not exceed output_tokens (part of it)")
+
+
+def cache_writes(total: int | None, five: int | None, hour: int | None) -> tuple[int, int, int]:
+    """The cache-write total and its 5-minute / 1-hour split, filled in; None means absent.
+
+    The API reports a total and, for newer models, a split. A total without a split is
+    priced as 5-minute writes (the API's default TTL); a split without a total fills it.
+    """
+    if five is None and hour is None:
+        return (total or 0, total or 0, 0)
+    if total is None:
+        return ((five or 0) + (hour or 0), five or 0, hour or 0)
+    if total != (five or 0) + (hour or 0):
+        raise ValueError(
+            "cache_creation_input_tokens must equal cache_creation_5m_input_tokens "
+            "+ cache_creation_1h_input_tokens"
+        )
+    return (total, five or 0, hour or 0)
 
 
 class UsageEvent(BaseModel):
@@ -178,6 +207,14 @@ class UsageEvent(BaseModel):
     request_id: Annotated[str, Field(max_length=256)] | None = None
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
 
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _integer_version(cls, value: Any) -> Any:
+        """2.0 or "2" is no version, in an array as alone (``parse_call`` says so first)."""
+        if type(value) is not int:
+            raise ValueError(f"unsupported version {value!r}")
+        return value
+
     @field_validator("occurred_at")
     @classmethod
     def _sane_time(cls, value: datetime) -> datetime:
@@ -208,11 +245,8 @@ class UsageEvent(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _consistent_counts(cls, data: Any) -> Any:
-        """Version-1 events carry no v2 fields; thinking is part of output; cache writes add up.
-
-        The API reports a cache-write total and, for newer models, a split. A total without
-        a split is priced as 5-minute writes (the API's default TTL); a split without a total
-        fills it. Runs once per event: kept to plain lookups (no copies unless it fills in).
+        """Version-1 events carry no v2 fields; thinking is part of output; cache writes add
+        up (``cache_writes``). Runs once per event: plain lookups, no copy unless it fills in.
         """
         if not isinstance(data, dict):
             return data
@@ -226,26 +260,25 @@ class UsageEvent(BaseModel):
         thinking = get("thinking_tokens")
         if type(thinking) is int:
             output = get("output_tokens", 0)
-            if type(output) is int and thinking > output:
-                raise ValueError("thinking_tokens must not exceed output_tokens (part of it)")
+            if type(output) is int:
+                check_thinking(thinking, output)
         total = get("cache_creation_input_tokens")
         five = get("cache_creation_5m_input_tokens")
         hour = get("cache_creation_1h_input_tokens")
         for value in (total, five, hour):
             if value is not None and (type(value) is not int or value < 0):
                 return data  # let field validation name the offending field (and only that one)
-        if five is None and hour is None:
-            if not total:
-                return data  # the defaults (0, 0) already hold
-            return {**data, "cache_creation_5m_input_tokens": total,
-                    "cache_creation_1h_input_tokens": 0}  # fmt: skip
-        if total is None:
-            return {**data, "cache_creation_input_tokens": (five or 0) + (hour or 0)}
-        if total != (five or 0) + (hour or 0):
-            raise ValueError(
-                "cache_creation_input_tokens must equal cache_creation_5m_input_tokens "
-                "+ cache_creation_1h_input_tokens"
-            )
+        if five is None and hour is None and not total:
+            return data  # the defaults (0, 0, 0) already hold
+        filled = cache_writes(total, five, hour)
+        if filled == (total, five, hour):
+            return data
+        return {
+            **data,
+            "cache_creation_input_tokens": filled[0],
+            "cache_creation_5m_input_tokens": filled[1],
+            "cache_creation_1h_input_tokens": filled[2],
+        }
         return data
 
     @property
@@ -257,6 +290,37 @@ class UsageEvent(BaseModel):
         """Wire JSON without the optional fields that are not set (smaller, and a v1 event
         stays a v1 event)."""
         return self.model_dump_json(exclude_none=True).encode()
+
+
+class CallEvent(Protocol):
+    """What a valid call event offers its readers: a :class:`UsageEvent`, or the worker's
+    faster decoding of the same JSON (``stream_processor/validate.py``), equal field by field.
+    """
+
+    schema_version: Literal[1, 2]
+    event_id: uuid.UUID
+    tenant_id: str
+    occurred_at: datetime
+    source: Source
+    source_id: str
+    source_name: str | None
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_creation_5m_input_tokens: int
+    cache_creation_1h_input_tokens: int
+    cache_read_input_tokens: int
+    service_tier: ServiceTier | None
+    speed: Speed | None
+    inference_geo: str | None
+    web_search_requests: int | None
+    web_fetch_requests: int | None
+    thinking_tokens: int | None
+    duration_ms: int
+    status: Status
+    request_id: str | None
+    metadata: dict[str, str | int | float | bool | None]
 
 
 class EntityRenamed(BaseModel):

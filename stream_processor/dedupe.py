@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from producers.contract import UsageEvent
+from producers.contract import CallEvent
 
 WRITTEN = -1  # first offset of an id ClickHouse held when the partition was taken
 
@@ -67,11 +67,11 @@ class Deduper:
         self._expiry.clear()
 
     def admit(
-        self, partition: int, offset: int, events: list[UsageEvent]
-    ) -> tuple[list[UsageEvent], int]:
+        self, partition: int, offset: int, events: list[CallEvent]
+    ) -> tuple[list[CallEvent], int]:
         """Events of message ``offset`` to keep, and how many were duplicates."""
         index = self._index[partition]
-        kept: list[UsageEvent] = []
+        kept: list[CallEvent] = []
         new: list[int] = []
         duplicates = 0
         seen: set[int] | None = set() if len(events) > 1 else None

@@ -9,9 +9,10 @@ one model.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from producers.contract import UsageEvent
+from producers.contract import CallEvent
 from stream_processor.names import Names
 from stream_processor.pricing import PriceBook
 
@@ -39,7 +40,9 @@ class Enricher:
         self.unpriced = 0
         self.tier_unavailable = 0
 
-    def rows(self, events: list[UsageEvent], topic: str, partition: int, offset: int) -> list[Row]:
+    def rows(
+        self, events: Sequence[CallEvent], topic: str, partition: int, offset: int
+    ) -> list[Row]:
         book, names = self.book, self.names
         rows: list[Row] = []
         append = rows.append

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from producers.contract import UsageEvent
+    from producers.contract import CallEvent
 
 DEFAULT_BOOK = Path(__file__).with_name("prices.json")
 PRICE_FIELDS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
@@ -399,7 +399,7 @@ class PriceBook:
             token_cost, tool_cost, long_context, unavailable,
         )  # fmt: skip
 
-    def quote_event(self, model: str, event: UsageEvent) -> Quote:
+    def quote_event(self, model: str, event: CallEvent) -> Quote:
         """:meth:`quote` of a contract event, whose model resolved to ``model``."""
         return self.quote(
             model, event.occurred_at, event.input_tokens, event.output_tokens,
