@@ -8,7 +8,7 @@ Runs on its own throw-away local stack (free ports, temporary folder), in one pr
    them straight into ClickHouse (no Faust, no validation, no dedupe, no pricing).
 
 Each side is measured twice: *saturated* (N events published as fast as possible; throughput
-is N over first publish → last row queryable) and *steady* (a quarter of the saturated rate
+is N over first publish → last row queryable) and *steady* (half the saturated rate
 for a few seconds; the delay publish → queryable per event is ``ingested_at - occurred_at``,
 as every event is stamped when it is published).
 """
@@ -40,6 +40,7 @@ from producers.topics import ensure_topics
 
 console = Console()
 STEADY_SECONDS = 8.0
+STEADY_FRACTION = 0.5  # the steady phase publishes at this share of the saturated rate
 
 
 @dataclass
@@ -226,7 +227,7 @@ def run_bench(*, calls: int, workers: int, partitions: int, shards: int = 1) -> 
                 time.sleep(4 if workers > 1 else 0)  # let the group settle after joins
                 console.print(f"pipeline: {workers} worker(s), saturated …")
                 p_sat = asyncio.run(_run_phase(pipeline, events, None))
-                steady_rate = max(500.0, p_sat.events_per_s / 4)
+                steady_rate = max(500.0, p_sat.events_per_s * STEADY_FRACTION)
                 steady_n = int(steady_rate * STEADY_SECONDS)
                 console.print(f"pipeline: steady at {steady_rate:,.0f} events/s …")
                 p_std = asyncio.run(_run_phase(pipeline, _events(steady_n, 2), steady_rate))
@@ -239,7 +240,7 @@ def run_bench(*, calls: int, workers: int, partitions: int, shards: int = 1) -> 
             b_sat = asyncio.run(
                 _with_baseline(baseline, lambda: _run_phase(baseline, events, None))
             )
-            b_rate = max(500.0, b_sat.events_per_s / 4)
+            b_rate = max(500.0, b_sat.events_per_s * STEADY_FRACTION)
             b_events = _events(int(b_rate * STEADY_SECONDS), 3)
             console.print(f"baseline: steady at {b_rate:,.0f} events/s …")
             b_std = asyncio.run(
