@@ -497,7 +497,7 @@ def keys_revoke(key_id: str = typer.Argument(..., help="the key id from `keys li
     console.print(f"revoked {key.key_id} (tenant {key.tenant_id})")
 
 
-# --- demo, run and benchmark commands (issue 7) --------------------------------------------
+# --- demo, run and benchmark commands --------------------------------------------------------
 
 
 @app.command()
@@ -550,64 +550,25 @@ def run(
     )  # fmt: skip
 
 
-bench_app = typer.Typer(help="Benchmarks that print figures (not tests).", no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
+def _bench_app() -> typer.Typer:
+    """The benchmarks' commands; they come with a checkout, not with the image."""
+    try:
+        from benchmarks.cli import bench_app
+    except ModuleNotFoundError as exc:
+        if exc.name != "benchmarks":
+            raise
+        missing = typer.Typer(help="Benchmarks (in a source checkout only).")
+
+        @missing.callback(invoke_without_command=True)
+        def unavailable() -> None:
+            console.print(
+                "[red]the benchmarks are not installed here: they live in the source "
+                "checkout (benchmarks/); run `pip install -e .` in a clone[/red]"
+            )
+            raise typer.Exit(2)
+
+        return missing
+    return bench_app
 
 
-@bench_app.command("ingest")
-def bench_ingest(
-    calls: int = typer.Option(100_000, "--calls", min=1000, help="events to push through"),
-    workers: int = typer.Option(1, "--workers", min=1, help="stream-processor workers"),
-    partitions: int = typer.Option(6, "--partitions", min=1, help="partitions of the calls topic"),
-    shards: int = typer.Option(1, "--shards", min=1, max=8, help="ClickHouse shards"),
-) -> None:
-    """End-to-end ingest throughput and publish→queryable latency, vs a plain baseline."""
-    from llm_usage.bench_ingest import run_bench
-
-    run_bench(calls=calls, workers=workers, partitions=partitions, shards=shards)
-
-
-@bench_app.command("api")
-def bench_api(
-    events: int = typer.Option(10_000_000, "--events", min=1000, help="events to generate"),
-    clients: int = typer.Option(16, "--clients", min=1, max=256, help="concurrent HTTP clients"),
-    requests: int = typer.Option(20_000, "--requests", min=1, help="stop after this many"),
-    seconds: float = typer.Option(60.0, "--seconds", min=1, max=3600, help="or after this long"),
-    chunk: int = typer.Option(1_000_000, "--chunk", min=1000, help="events per INSERT"),
-    api_workers: int = typer.Option(1, "--api-workers", min=1, max=16, help="uvicorn workers"),
-    keep: bool = typer.Option(False, "--keep", help="keep the temporary folder"),
-    shards: int = typer.Option(1, "--shards", min=1, max=8, help="ClickHouse shards"),
-    data: Path | None = typer.Option(
-        None, "--data", help="keep the ClickHouse data here and reuse it on the next run"
-    ),
-    shape: str = typer.Option(
-        "hourly", "--shape", help="conversations: hourly (100 new an hour) or daily (3 days)"
-    ),
-) -> None:
-    """Load the query API with concurrent clients (own ClickHouse, loopback): p50/p99."""
-    from llm_usage.bench_api import run_bench
-
-    run_bench(
-        events=events,
-        clients=clients,
-        requests=requests,
-        seconds=seconds,
-        chunk=chunk,
-        api_workers=api_workers,
-        keep=keep,
-        shards=shards,
-        data=data,
-        shape=shape,
-    )
-
-
-@bench_app.command("http-ingest")
-def bench_http_ingest(
-    events: int = typer.Option(100_000, "--events", min=1000, help="events per mode"),
-    clients: int = typer.Option(8, "--clients", min=1, max=256, help="concurrent HTTP clients"),
-    ingest_workers: int = typer.Option(1, "--ingest-workers", min=1, max=16, help="uvicorn"),
-) -> None:
-    """POST /v1/events with 1, 100 and 1,000 events per request vs the Python publisher."""
-    from benchmarks.bench_http_ingest import run_bench
-
-    run_bench(events=events, clients=clients, ingest_workers=ingest_workers)
+app.add_typer(_bench_app(), name="bench")

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from llm_usage import bench_api
+from benchmarks import api as bench_api
 from llm_usage.clickhouse import apply_migrations, connect
 from llm_usage.clickhouse.migrations import MigrationError
 from llm_usage.localstack import LocalStack

@@ -58,7 +58,7 @@ def demo_end() -> datetime:
     17:54 puts the injected spike at 13:30, in working hours, half of it in each clock
     hour, each half a spike of its own, and gives the same data every day. At night the
     spike is a few dollars, and at some minutes it stays under the $2 floor (a CI run
-    ending at 02:40 missed it; bench_alerts.py measures how often).
+    ending at 02:40 missed it; `llm-usage bench alerts` measures how often).
     """
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     end = now.replace(hour=17, minute=54)

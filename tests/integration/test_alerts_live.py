@@ -109,7 +109,7 @@ def _evaluations(alerter: AlerterProcess) -> int:
 
 def _quiet_agent(settings: Settings) -> str:
     """An agent with a normal week behind it and no alert in it (the detector's false
-    alerts on normal weeks are measured elsewhere: benchmarks/bench_alerts.py)."""
+    alerts on normal weeks are measured elsewhere: `llm-usage bench alerts`)."""
     client = connect(settings)
     try:
         rows = client.query(

@@ -99,7 +99,7 @@ def test_a_hung_broker_spools_the_overflow_and_loses_nothing(tmp_path: Path) -> 
     """SIGSTOP the broker: sends hang instead of failing; publish() keeps taking events, the
     overflow goes to the spool, and everything reaches Kafka once the broker resumes.
 
-    How long a publish() takes meanwhile is a figure of benchmarks/bench_publish.py, not an
+    How long a publish() takes meanwhile is a figure of `llm-usage bench publish`, not an
     assertion here: a wall-clock bound fails on a loaded machine, not on a slow publisher.
     """
     settings = Settings(

@@ -164,7 +164,7 @@ def test_events_spooled_while_kafka_is_down_are_replayed_by_the_next_process(
     published = make_events(500)
 
     async def offline_run() -> dict[str, object]:
-        # (how fast events go to the spool with Kafka down: benchmarks/bench_publish.py)
+        # (how fast events go to the spool with Kafka down: `llm-usage bench publish`)
         async with UsagePublisher(down) as pub:
             for event in published:
                 await pub.publish(event)

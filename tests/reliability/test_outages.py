@@ -203,7 +203,7 @@ def test_broker_unreachable_10s_services_spool_and_replay_totals_exact(
         # The services kept publishing. How many calls that makes depends on the machine's
         # speed (10,000 on a quiet one, 2,705 in one CI run), so the count only has to be
         # non-zero; how long one publish() takes with a hung broker is a figure (printed above,
-        # and measured by benchmarks/bench_publish.py), not a wall-clock bound that a loaded
+        # and measured by `llm-usage bench publish`), not a wall-clock bound that a loaded
         # machine breaks.
         assert during > 0, "the services stopped publishing while the broker was out of reach"
 

@@ -1,6 +1,6 @@
 """Publish throughput and what the spool costs, against a real local broker.
 
-    .venv/bin/python benchmarks/bench_publish.py [--events 200000] [--bootstrap HOST:PORT]
+    llm-usage bench publish [--events 200000] [--bootstrap HOST:PORT]
 
 Without ``--bootstrap`` it starts its own Tansu broker on a free port (in a temporary
 LLM_USAGE_HOME) and stops it by PID at the end. Every figure is events per second from
@@ -12,7 +12,6 @@ instead of failing), it times each publish(): the publisher must not wait for a 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -183,18 +182,15 @@ def broker(bootstrap: str | None, home: Path) -> Iterator[str]:
         local.stop_service(BROKER)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--bootstrap", help="use this broker instead of starting one")
-    args = parser.parse_args()
+def run(*, events: int = 200_000, bootstrap: str | None = None) -> None:
+    """Every publishing mode in turn on one broker (``bootstrap``, else a local one)."""
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # connection-refused noise
-    n = args.events
-    events = make_events(n)
-    size = sum(len(e.to_json()) for e in events[:1000]) / 1000
+    n = events
+    made = make_events(n)
+    size = sum(len(e.to_json()) for e in made[:1000]) / 1000
     print(f"{n} events, {size:.0f} bytes of JSON each")
-    with tempfile.TemporaryDirectory() as tmp, broker(args.bootstrap, Path(tmp) / "stack") as bs:
+    with tempfile.TemporaryDirectory() as tmp, broker(bootstrap, Path(tmp) / "stack") as bs:
         run = 0
 
         def settings(**kw: object) -> Settings:
@@ -208,14 +204,14 @@ def main() -> None:
                 **kw,  # type: ignore[arg-type]
             )
 
-        r = asyncio.run(publish_all(settings(), events))
+        r = asyncio.run(publish_all(settings(), made))
         print(
             f"async publisher, zstd, batches of <=200:     {r['events_per_s']:>9,.0f} events/s "
             f"acked ({r['messages']:.0f} Kafka messages, {n / max(r['messages'], 1):.0f} "
             f"events each); publish() alone {r['publish_calls_per_s']:,.0f}/s, "
             f"p50 {r['p50_us']:.1f} us, p99 {r['p99_us']:.1f} us; spooled {r['spooled']:.0f}"
         )
-        small = events[: min(n, 20_000)]
+        small = made[: min(n, 20_000)]
         r = asyncio.run(publish_all(settings(producer_batch_events=1), small))
         print(
             f"async publisher, one event per message:       {r['events_per_s']:>9,.0f} events/s "
@@ -227,24 +223,18 @@ def main() -> None:
                 f"async publisher, compression={codec:<5}:        {r['events_per_s']:>9,.0f} "
                 f"events/s acked ({len(small)} events; default zstd above)"
             )
-        rate = publish_sync(settings(), events)
+        rate = publish_sync(settings(), made)
         print(f"sync facade (thread), default batching:      {rate:>9,.0f} events/s acked")
         for fsync in (False, True):
             count = n if not fsync else min(n, 50_000)
-            spool, replay, nbytes = asyncio.run(
-                spool_then_replay(settings(), events[:count], fsync)
-            )
+            spool, replay, nbytes = asyncio.run(spool_then_replay(settings(), made[:count], fsync))
             print(
                 f"spool (Kafka down, fsync={'on ' if fsync else 'off'}):  {spool:>9,.0f} events/s "
                 f"to disk, {nbytes / count:.0f} bytes/event; replay {replay:>9,.0f} events/s "
                 f"({count} events)"
             )
-        r = publish_while_hung(events[: min(n, 3050)], Path(tmp) / "hung")
+        r = publish_while_hung(made[: min(n, 3050)], Path(tmp) / "hung")
         print(
             f"broker frozen (SIGSTOP), buffer 200:   publish() max {r['max_ms']:.1f} ms, "
             f"p99 {r['p99_us']:.0f} us; {r['spooled']:.0f} events spooled, all replayed"
         )
-
-
-if __name__ == "__main__":
-    main()

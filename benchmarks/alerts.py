@@ -6,12 +6,11 @@ book; the rollups fill as in production), runs one evaluation of the alerter ove
 week (what a backfill gets), and prints per run: the injected spike found or missed, the
 false spike alerts (no injected spike explains them), and how long the evaluation took.
 
-    .venv/bin/python benchmarks/bench_alerts.py --seeds 42 1 2 3 4 5 --calls 10000 30000
+    llm-usage bench alerts --seeds 42,1,2,3,4,5 --calls 10000,30000
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import shutil
 import tempfile
@@ -47,18 +46,8 @@ def load_week(settings: Settings, cfg: SimulationConfig) -> list[dict[str, Any]]
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4, 5])
-    parser.add_argument("--calls", type=int, nargs="+", default=[10_000, 30_000])
-    parser.add_argument(
-        "--ends-hours-ago",
-        type=int,
-        nargs="+",
-        default=[0],
-        help="weeks ending this many hours before now (the week depends on its end, to the second)",
-    )
-    args = parser.parse_args()
+def run(*, seeds: list[int], calls: list[int], ends_hours_ago: list[int]) -> None:
+    """One alerter evaluation per (size, seed, end) week; prints found, missed and false."""
     home = Path(tempfile.mkdtemp(prefix="bench-alerts-"))
     base = Settings(
         home=home,
@@ -73,12 +62,12 @@ def main() -> None:
     )
     totals = {"found": 0, "missed": 0, "false": 0, "runs": 0}
     try:
-        for calls, seed, ago in itertools.product(args.calls, args.seeds, args.ends_hours_ago):
+        for size, seed, ago in itertools.product(calls, seeds, ends_hours_ago):
             end = now - timedelta(hours=ago)
-            database = f"alerts_{seed}_{calls}_{ago}"
+            database = f"alerts_{seed}_{size}_{ago}"
             settings = base.model_copy(update={"clickhouse_database": database})
             apply_migrations(connect(settings, database=""), settings)
-            truth = load_week(settings, SimulationConfig(calls=calls, days=7, seed=seed, end=end))
+            truth = load_week(settings, SimulationConfig(calls=size, days=7, seed=seed, end=end))
             evaluator = Evaluator(settings, ClickHouse(settings))
             began = time.monotonic()
             raised = evaluator.tick()
@@ -86,7 +75,7 @@ def main() -> None:
             evaluator.close()
             started = [a for a in raised if a.kind == "spike_started"]
 
-            def explains(alert, spike) -> bool:  # type: ignore[no-untyped-def]
+            def explains(alert: Any, spike: dict[str, Any]) -> bool:
                 hour = spike["start"].replace(minute=0, second=0, microsecond=0)
                 return (
                     alert.tenant_id == spike["tenant"]
@@ -98,8 +87,7 @@ def main() -> None:
             false = [a for a in started if not any(explains(a, s) for s in truth)]
             label = f"{'found' if found else 'MISSED'} ({truth[0]['source_id']})"
             print(
-                f"{seed:>5} {calls:>7,} {end:%m-%d %H:%M}  {label:<28}"
-                f" {len(false):>5}  {took:>6.2f}"
+                f"{seed:>5} {size:>7,} {end:%m-%d %H:%M}  {label:<28} {len(false):>5}  {took:>6.2f}"
             )
             for alert in false:
                 print(f"{'':>15}false: {alert.message}")
@@ -113,7 +101,3 @@ def main() -> None:
         f"\n{totals['runs']} weeks: injected spike found {totals['found']}, missed"
         f" {totals['missed']}; false spike alerts {totals['false']} in all"
     )
-
-
-if __name__ == "__main__":
-    main()

@@ -171,7 +171,7 @@ async def _with_baseline(settings: Settings, body: Callable[[], Awaitable[Any]])
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_USAGE_")}
     env.update(settings_env(settings))
-    code = "from llm_usage.bench_ingest import baseline_main; baseline_main()"
+    code = "from benchmarks.ingest import baseline_main; baseline_main()"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
     try:
         await asyncio.sleep(5)  # process start + first group join (rebalance timeout 3 s)
@@ -186,7 +186,7 @@ async def _with_baseline(settings: Settings, body: Callable[[], Awaitable[Any]])
 
 
 # --- the benchmark --------------------------------------------------------------------------
-def run_bench(*, calls: int, workers: int, partitions: int, shards: int = 1) -> dict[str, Any]:
+def run(*, calls: int, workers: int, partitions: int, shards: int = 1) -> dict[str, Any]:
     from stream_processor.harness import WorkerProcess
 
     ports = free_ports(2 * shards + 1)  # the shards' HTTP ports, their native ports, Kafka

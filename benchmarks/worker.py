@@ -1,6 +1,6 @@
 """Stream-processor throughput and memory: one worker, the local stack, real ClickHouse.
 
-    .venv/bin/python benchmarks/bench_worker.py [--events 200000] [--per-message 200]
+    llm-usage bench worker [--events 200000] [--per-message 200]
 
 It starts its own Tansu broker and ClickHouse server on free ports (temporary
 LLM_USAGE_HOME), migrates a fresh database, and publishes ``--events`` call events
@@ -16,7 +16,6 @@ PID at the end.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import tempfile
@@ -64,19 +63,15 @@ async def publish(settings: Settings, events: list[UsageEvent], duplicates: int)
         await publisher.flush()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--per-message", type=int, default=200, help="producer_batch_events")
-    parser.add_argument("--duplicates", type=int, default=0)
-    parser.add_argument(
-        "--batch-max-events", type=int, default=None, help="default: the worker's setting"
-    )
-    parser.add_argument(
-        "--stall-s", type=float, default=120.0, help="give up when no row arrives for this long"
-    )
-    args = parser.parse_args()
-
+def run(
+    *,
+    events: int = 200_000,
+    per_message: int = 200,
+    duplicates: int = 0,
+    batch_max_events: int | None = None,
+    stall_s: float = 120.0,
+) -> dict[str, object]:
+    """Publish, then time one worker catching up; prints and returns the figures as JSON."""
     home = Path(tempfile.mkdtemp(prefix="bench-worker-"))
     settings = Settings(
         home=home,
@@ -87,10 +82,11 @@ def main() -> None:
         processor_web_port=free_port(),
         processor_session_timeout_s=6.0,
         processor_rebalance_timeout_s=3.0,
-        **({"processor_batch_max_events": args.batch_max_events} if args.batch_max_events else {}),
         processor_log_level="warning",
-        producer_batch_events=args.per_message,
-    )
+        producer_batch_events=per_message,
+    )  # type: ignore[call-arg]
+    if batch_max_events:
+        settings = settings.model_copy(update={"processor_batch_max_events": batch_max_events})
     stack = LocalStack(settings)
     stack.up()
     worker = WorkerProcess(settings, home / "worker.log")
@@ -98,9 +94,9 @@ def main() -> None:
         client = connect(settings, database="")
         apply_migrations(client, settings)
         built = time.perf_counter()
-        asyncio.run(publish(settings, build_events(args.events), args.duplicates))
+        asyncio.run(publish(settings, build_events(events), duplicates))
         print(
-            f"published {args.events} events (+{args.duplicates} duplicates) through "
+            f"published {events} events (+{duplicates} duplicates) through "
             f"producers/ in {time.perf_counter() - built:.1f}s"
         )
         client = connect(settings)
@@ -109,17 +105,17 @@ def main() -> None:
         first_row = None
         count = 0
         moved = started
-        while count < args.events:
-            now_count = int(client.command("SELECT count() FROM usage_events"))
+        while count < events:
+            now_count = int(str(client.command("SELECT count() FROM usage_events")))
             if now_count and first_row is None:
                 first_row = time.perf_counter()
             if now_count != count:
                 count, moved = now_count, time.perf_counter()
             if not worker.running():
                 raise SystemExit(f"worker died:\n{worker.tail()}")
-            if time.perf_counter() - moved > args.stall_s:
+            if time.perf_counter() - moved > stall_s:
                 raise SystemExit(
-                    f"no row for {args.stall_s:.0f}s at {count} of {args.events}; worker log "
+                    f"no row for {stall_s:.0f}s at {count} of {events}; worker log "
                     f"{worker.log_path}:\n{worker.tail()}"
                 )
             time.sleep(0.05)
@@ -127,15 +123,15 @@ def main() -> None:
         peak_kib = worker.peak_rss_kib()
         metrics = worker.metrics()
         assert first_row is not None
-        result = {
-            "events": args.events,
-            "events_per_message": args.per_message,
+        result: dict[str, object] = {
+            "events": events,
+            "events_per_message": per_message,
             "duplicates_dropped": int(metrics["llm_usage_processor_events_deduped_total"]),
             "batch_max_events": settings.processor_batch_max_events,
             "startup_to_first_row_s": round(first_row - started, 2),
             "first_to_last_row_s": round(done - first_row, 2),
-            "events_per_s": round(args.events / (done - first_row)),
-            "events_per_s_including_startup": round(args.events / (done - started)),
+            "events_per_s": round(events / (done - first_row)),
+            "events_per_s_including_startup": round(events / (done - started)),
             "worker_peak_rss_mib": round(peak_kib / 1024, 1),
             "inserts": int(metrics["llm_usage_processor_insert_seconds_count"]),
             "insert_seconds_total": round(metrics["llm_usage_processor_insert_seconds_sum"], 2),
@@ -144,7 +140,4 @@ def main() -> None:
     finally:
         worker.stop()
         stack.down()
-
-
-if __name__ == "__main__":
-    main()
+    return result

@@ -447,7 +447,7 @@ def report(cells: dict[tuple[str, str], Cell], wall: float, events: int, clients
     }  # fmt: skip
 
 
-def run_bench(
+def run(
     *,
     events: int = 10_000_000,
     clients: int = 16,

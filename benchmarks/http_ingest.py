@@ -2,7 +2,6 @@
 next to the Python publisher, against one real local broker in the same run.
 
     llm-usage bench http-ingest [--events 100000] [--clients 8]
-    .venv/bin/python benchmarks/bench_http_ingest.py [same options]
 
 It starts its own Tansu broker and one ``llm-usage ingest`` process (one uvicorn worker) on
 free loopback ports, and stops both by PID. Every figure counts events that Kafka
@@ -11,7 +10,6 @@ acknowledged (``acks=all``) before the 202: what a client may consider stored.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -23,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.bench_publish import broker, make_events, publish_all
+from benchmarks.publish import broker, make_events, publish_all
 from llm_usage.localstack.processes import free_port
 from llm_usage.runner import IngestProcess
 from llm_usage.settings import Settings
@@ -67,7 +65,7 @@ async def post_all(
     }
 
 
-def run_bench(*, events: int, clients: int, ingest_workers: int = 1) -> list[dict[str, Any]]:
+def run(*, events: int, clients: int, ingest_workers: int = 1) -> list[dict[str, Any]]:
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     pool = make_events(events)
@@ -121,16 +119,3 @@ def run_bench(*, events: int, clients: int, ingest_workers: int = 1) -> list[dic
         )
         print(f"{row['mode']:<32} {row['events']:>8,} {row['events_per_s']:>10,.0f} {extra}")
     return rows
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--ingest-workers", type=int, default=1)
-    args = parser.parse_args()
-    run_bench(events=args.events, clients=args.clients, ingest_workers=args.ingest_workers)
-
-
-if __name__ == "__main__":
-    main()

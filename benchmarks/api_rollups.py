@@ -6,19 +6,18 @@ the materialized views fill every rollup as the worker's inserts would), runs th
 uvicorn subprocess and prints, per endpoint and window, p50/p99 latency over HTTP, the
 brute-force aggregate's p50 over ``usage_events``, their ratio, and whether the numbers match.
 
-    .venv/bin/python benchmarks/bench_api.py                # 10 million events
-    .venv/bin/python benchmarks/bench_api.py --events 1000000 --requests 20
+    llm-usage bench api-rollups                 # 10 million events
+    llm-usage bench api-rollups --events 1000000 --requests 20
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -28,7 +27,7 @@ from typing import Any
 import httpx
 from clickhouse_connect.driver.client import Client
 
-from llm_usage.bench_api import DAY_MS, KEY, TENANT, load, percentile, start_api
+from benchmarks.api import DAY_MS, KEY, TENANT, load, percentile, start_api
 from llm_usage.clickhouse import apply_migrations, connect
 from llm_usage.localstack import LocalStack
 from llm_usage.localstack.processes import free_port, stop
@@ -36,6 +35,18 @@ from llm_usage.settings import Settings
 from query_api.window import to_ms
 
 PERIODS = {"24h": 1, "7d": 7, "30d": 30}
+
+
+@dataclass(frozen=True)
+class Options:
+    """What ``llm-usage bench api-rollups`` was asked for."""
+
+    events: int = 10_000_000
+    chunk: int = 1_000_000  # events per INSERT
+    requests: int = 30  # timed API calls per cell
+    brute: int = 3  # timed brute-force runs per cell
+    settle: bool = True  # measure again after merging the rollups (OPTIMIZE FINAL)
+    keep: bool = False  # keep the temporary home
 
 
 @dataclass
@@ -167,7 +178,7 @@ def print_rollup_sizes(client: Client) -> None:
         print(f"  {table}: {n:,} rows")
 
 
-def measure(http: httpx.Client, client: Client, args: argparse.Namespace) -> None:
+def measure(http: httpx.Client, client: Client, args: Options) -> None:
     """Per case and period: API p50/p99 over HTTP, brute-force p50, ratio, exactness."""
     print(
         f"{'endpoint':<24}{'window':>7}{'api p50 ms':>12}{'api p99 ms':>12}"
@@ -188,7 +199,8 @@ def measure(http: httpx.Client, client: Client, args: argparse.Namespace) -> Non
                 body = response.json()
             window_end = to_ms(datetime.fromisoformat(body["to"]))
             params = {"t": TENANT, "a": window_end - days * DAY_MS, "b": window_end}
-            raw_times, raw_rows = [], []
+            raw_times: list[float] = []
+            raw_rows: Sequence[Sequence[Any]] = []
             for _ in range(args.brute):
                 started = time.perf_counter()
                 raw_rows = client.query(case.brute_sql, parameters=params).result_rows
@@ -203,14 +215,14 @@ def measure(http: httpx.Client, client: Client, args: argparse.Namespace) -> Non
             )
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: Options) -> None:
     home = Path(tempfile.mkdtemp(prefix="llm-usage-bench-"))
     settings = Settings(
         home=home,
         kafka_bootstrap=f"127.0.0.1:{free_port()}",
         clickhouse_url=f"http://127.0.0.1:{free_port()}",
         clickhouse_database="bench",
-    )
+    )  # type: ignore[call-arg]
     stack = LocalStack(settings)
     api: subprocess.Popen[bytes] | None = None
     try:
@@ -257,23 +269,3 @@ def run(args: argparse.Namespace) -> None:
             print(f"kept {home}")
         else:
             shutil.rmtree(home, ignore_errors=True)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=10_000_000, help="events to generate")
-    parser.add_argument("--chunk", type=int, default=1_000_000, help="events per INSERT")
-    parser.add_argument("--requests", type=int, default=30, help="timed API calls per cell")
-    parser.add_argument("--brute", type=int, default=3, help="timed brute-force runs per cell")
-    parser.add_argument(
-        "--no-settle",
-        dest="settle",
-        action="store_false",
-        help="skip the second measurement after merging the rollups (OPTIMIZE FINAL)",
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the temporary home")
-    run(parser.parse_args())
-
-
-if __name__ == "__main__":
-    main()

@@ -7,12 +7,11 @@ runs one reprice over all of them and prints calls per second (of the first pass
 the catch-up passes, which wait 10 s for workers to settle), the time of each step, and a
 check that the rollups equal the raw table afterwards.
 
-    .venv/bin/python benchmarks/bench_reprice.py --events 10000000
+    llm-usage bench reprice --events 10000000
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
@@ -20,7 +19,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from llm_usage.bench_api import load
+from benchmarks.api import load
 from llm_usage.clickhouse import apply_migrations, connect
 from llm_usage.localstack import LocalStack
 from llm_usage.localstack.processes import free_port
@@ -29,25 +28,22 @@ from stream_processor.pricing import PriceBook
 from stream_processor.reprice import Repricer, Selection
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--chunk", type=int, default=1_000_000, help="rows per load insert")
-    args = parser.parse_args()
+def run(*, events: int = 1_000_000, chunk: int = 1_000_000) -> None:
+    """Load ``events`` calls (``chunk`` per insert), reprice them all, print the figures."""
     home = Path(tempfile.mkdtemp(prefix="bench-reprice-"))
     settings = Settings(
         home=home,
         kafka_bootstrap=f"127.0.0.1:{free_port()}",
         clickhouse_url=f"http://127.0.0.1:{free_port()}",
         clickhouse_database="bench_reprice",
-    )
+    )  # type: ignore[call-arg]
     stack = LocalStack(settings)
     stack.up()
     try:
         apply_migrations(connect(settings, database=""), settings)
         client = connect(settings, query_settings={"max_execution_time": 0})
         end_ms = int(datetime.now(UTC).timestamp() * 1000)
-        load_s = load(client, args.events, end_ms, args.chunk)
+        load_s = load(client, events, end_ms, chunk)
         steps: dict[str, float] = {}
         mark = [time.monotonic()]
 
@@ -69,7 +65,7 @@ def main() -> None:
             rolled = client.query(f"SELECT sum(calls), sum(cost_usd) FROM {table}").result_rows
             checks[table] = tuple(rolled[0]) == tuple(raw)
         print(json.dumps({
-            "events": args.events,
+            "events": events,
             "load_seconds": round(load_s, 1),
             "reprice_seconds": round(seconds, 1),
             "first_pass_seconds": round(first_pass, 1),
@@ -84,7 +80,3 @@ def main() -> None:
     finally:
         stack.down()
         shutil.rmtree(home, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    main()
