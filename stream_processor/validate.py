@@ -214,4 +214,8 @@ def _complete(call: WireCall, latest: datetime) -> None:
 
 
 def _dump(raw: Any) -> bytes:
-    return json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode()
+    """One element as JSON; text that UTF-8 cannot carry (a lone surrogate) stays escaped."""
+    try:
+        return json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(raw, separators=(",", ":")).encode()

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,7 @@ from producers.contract import (
     MAX_TOKENS,
     ContractError,
     UsageEvent,
+    decode_calls,
     encode_calls,
     parse_call,
 )
@@ -275,3 +277,37 @@ def test_every_path_gives_the_contracts_verdict(
             fields.pop("event_id")
     assert verdicts == [v for v in expected if isinstance(v, dict)]
     assert [r.reason for r in rejected] == [v for v in expected if isinstance(v, str)]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ',"tenant_id":"b"',  # a repeated key: the last one counts, on every path
+        ',"metadata":{"k":1,"k":2}',
+        ',"input_tokens":1,"input_tokens":2',
+        ',"source_name":"\\ud800"',  # a lone surrogate: not text
+        ',"source_name":"a\\u0000b"',
+    ],
+)
+def test_odd_json_gets_the_contracts_verdict(extra: str) -> None:
+    moment = datetime.now(UTC).isoformat()
+    head = f'{{"tenant_id":"a","occurred_at":"{moment}","source":"chat","source_id":"s","model":"m"'
+    value = f"[{head}{extra}}}]".encode()
+    expected = _reference(decode_calls(value))
+    valid, rejected = validate_message(value)
+    got = [_fields(e) for e in valid] + [r.reason for r in rejected]
+    for fields in (*got, *expected):
+        if isinstance(fields, dict):
+            fields.pop("event_id")
+    assert got == expected
+
+
+def test_a_lone_surrogate_is_dead_lettered_not_raised() -> None:
+    """Text UTF-8 cannot carry reaches the dead-letter topic escaped (it used to raise)."""
+    good = json.loads(_event().to_json())
+    bad = {**good, "source_name": "\ud800"}
+    value = json.dumps([good, bad]).encode()  # ASCII JSON: the surrogate as \ud800
+    valid, rejected = validate_message(value)
+    assert [e.source_id for e in valid] == ["c1"]
+    assert [r.index for r in rejected] == [1] and "source_name" in rejected[0].reason
+    assert json.loads(rejected[0].payload)["source_name"] == "\ud800"
