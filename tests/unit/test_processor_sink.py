@@ -115,6 +115,35 @@ def test_time_bound_flushes_old_batches_only() -> None:
     asyncio.run(run())
 
 
+def test_due_batches_keep_filling_while_clickhouse_is_busy() -> None:
+    """With MAX_PENDING writes pending, an aged batch is not handed on (the consumer would
+    wait on it): it grows, and goes as one larger insert once a write has ended."""
+
+    async def run() -> None:
+        writer = HeldInserts()
+        now = [100.0]
+        sink = make_sink(writer, max_events=2, max_seconds=1.0, clock=lambda: now[0])
+        for partition in (0, 1, 2):
+            await sink.open_partition(partition, 0)
+        await feed(sink, [0], rows_each=2, partition=0)  # complete: written in the background
+        await feed(sink, [0], rows_each=2, partition=1)
+        assert sink.writing() == MAX_PENDING
+        await feed(sink, [0], rows_each=1, partition=2)
+        now[0] += 5.0
+        async with asyncio.timeout(1):
+            await sink.flush_due()  # due, but ClickHouse is busy: not a wait
+            await feed(sink, [1], rows_each=0, partition=2)
+        assert not any(c[0] == "record" and c[4].startswith("cid:calls:2:") for c in writer.calls)
+        writer.release.set()
+        await sink.drain()
+        await sink.flush_due()
+        await sink.drain()
+        tokens = [c[2] for c in writer.calls if c[0] == "insert"]
+        assert tokens == ["cid:calls:0:0-0", "cid:calls:1:0-0", "cid:calls:2:0-1"]
+
+    asyncio.run(run())
+
+
 def test_recorded_ranges_are_re_formed_exactly_without_recording_again() -> None:
     async def run() -> None:
         # the crashed worker recorded [10, 12] (6 rows > max_events) and [13, 13]
