@@ -379,25 +379,25 @@ class Sink:
     async def flush_due(self, force: bool = False) -> None:
         """Flush batches older than ``max_seconds``, oldest first (all of them with ``force``).
 
-        While ``MAX_PENDING`` writes are pending, a due batch is not handed on: it keeps
-        filling (up to ``max_events``) until a write ends. A busy ClickHouse thus gets fewer,
-        larger inserts (its cost per insert is mostly fixed) and the consumer never waits on
-        the age bound; an idle one gets each batch at its age bound as before.
+        While ``MAX_PENDING`` writes are pending, a due batch younger than twice the bound is
+        not handed on (the consumer would wait for a slot): it keeps filling. A busy
+        ClickHouse thus gets fewer, larger inserts (its cost per insert is mostly fixed); an
+        idle one gets each batch at its age bound; no batch waits past twice the bound for a
+        turn, however busy the other partitions keep ClickHouse.
         """
         now = self.clock()
         for partition, buf in sorted(self.buffers.items(), key=lambda item: item[1].started):
             if not buf.offsets or buf.filling_plan():
                 continue
-            if not force and self.writing() >= MAX_PENDING:
-                return
-            if force or now - buf.started >= self.max_seconds:
-                async with buf.lock:
-                    if (
-                        buf.offsets
-                        and not buf.filling_plan()
-                        and buf is self.buffers.get(partition)
-                    ):
-                        await self._flush(partition, buf)
+            age = now - buf.started
+            if not force and (
+                age < self.max_seconds
+                or (age < 2 * self.max_seconds and self.writing() >= MAX_PENDING)
+            ):
+                continue
+            async with buf.lock:
+                if buf.offsets and not buf.filling_plan() and buf is self.buffers.get(partition):
+                    await self._flush(partition, buf)
         if force:
             await self.drain()
 

@@ -116,8 +116,9 @@ def test_time_bound_flushes_old_batches_only() -> None:
 
 
 def test_due_batches_keep_filling_while_clickhouse_is_busy() -> None:
-    """With MAX_PENDING writes pending, an aged batch is not handed on (the consumer would
-    wait on it): it grows, and goes as one larger insert once a write has ended."""
+    """With MAX_PENDING writes pending, a batch past its age bound is not handed on (the
+    consumer would wait): it grows, and goes as one larger insert once a write has ended;
+    at twice the bound it waits for its turn however busy ClickHouse is."""
 
     async def run() -> None:
         writer = HeldInserts()
@@ -129,14 +130,17 @@ def test_due_batches_keep_filling_while_clickhouse_is_busy() -> None:
         await feed(sink, [0], rows_each=2, partition=1)
         assert sink.writing() == MAX_PENDING
         await feed(sink, [0], rows_each=1, partition=2)
-        now[0] += 5.0
+        now[0] += 1.5
         async with asyncio.timeout(1):
-            await sink.flush_due()  # due, but ClickHouse is busy: not a wait
+            await sink.flush_due()  # due, but ClickHouse is busy: no wait
             await feed(sink, [1], rows_each=0, partition=2)
         assert not any(c[0] == "record" and c[4].startswith("cid:calls:2:") for c in writer.calls)
+        now[0] += 1.0
+        overdue = asyncio.create_task(sink.flush_due())
+        await asyncio.sleep(0.05)
+        assert not overdue.done(), "twice the bound: it waits for a turn"
         writer.release.set()
-        await sink.drain()
-        await sink.flush_due()
+        await overdue
         await sink.drain()
         tokens = [c[2] for c in writer.calls if c[0] == "insert"]
         assert tokens == ["cid:calls:0:0-0", "cid:calls:1:0-0", "cid:calls:2:0-1"]
