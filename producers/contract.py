@@ -268,17 +268,17 @@ class UsageEvent(BaseModel):
         for value in (total, five, hour):
             if value is not None and (type(value) is not int or value < 0):
                 return data  # let field validation name the offending field (and only that one)
-        if five is None and hour is None and not total:
-            return data  # the defaults (0, 0, 0) already hold
-        filled = cache_writes(total, five, hour)
-        if filled == (total, five, hour):
-            return data
-        return {
-            **data,
-            "cache_creation_input_tokens": filled[0],
-            "cache_creation_5m_input_tokens": filled[1],
-            "cache_creation_1h_input_tokens": filled[2],
-        }
+        filled = cache_writes(total, five, hour)  # raises when they disagree
+        if five is None and hour is None:
+            if not total:
+                return data  # the defaults (0, 0) already hold
+            return {
+                **data,
+                "cache_creation_5m_input_tokens": filled[1],
+                "cache_creation_1h_input_tokens": filled[2],
+            }
+        if total is None:
+            return {**data, "cache_creation_input_tokens": filled[0]}
         return data
 
     @property
