@@ -23,6 +23,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from sys import intern
 from typing import Annotated, Any, Literal, cast
 
 import msgspec
@@ -186,6 +187,12 @@ def _complete(call: WireCall, latest: datetime) -> None:
     for optional in (call.source_name, call.request_id, call.inference_geo):
         if optional is not None and optional.strip() is not optional:
             raise ValueError("white space at an end: the contract strips it")
+    # One string per tenant, conversation and name, as pydantic's string cache gives: a
+    # buffered row holds them until its insert (about 180 bytes a row, 30 MB at the bound).
+    call.tenant_id = intern(call.tenant_id)
+    call.source_id = intern(call.source_id)
+    if call.source_name:
+        call.source_name = intern(call.source_name)
     if call.event_id is UNSET:
         call.event_id = uuid7()
     if call.schema_version == 1 and any(getattr(call, name) is not None for name in V2_FIELDS):
