@@ -290,6 +290,7 @@ class PriceBook:
         self._starts: dict[str, list[tuple[datetime, PriceEntry]]] = {}
         self._tables: dict[PriceEntry, dict[tuple[str, str], _Table]] = {}
         self._web_search: dict[PriceEntry, int] = {}
+        self._versions: dict[PriceEntry, str] = {}  # entry.version, formatted once per entry
         self._resolved: dict[str, str] = {}
         models = dict(data.get("models", {}))
         for model, spec in dict((overrides or {}).get("models", {})).items():
@@ -322,6 +323,7 @@ class PriceBook:
         self._starts[model] = [(_midnight(e.effective_from), e) for e in entries]
         for e in entries:
             self._tables[e] = _compile(e, f"{model}.{e.version}")
+            self._versions[e] = e.version
             if e.web_search_per_1k is not None:
                 fee = e.web_search_per_1k * _PICO_PER_KREQUEST
                 if fee != fee.to_integral_value():
@@ -394,10 +396,11 @@ class PriceBook:
         tools = web_search_requests * self._web_search.get(entry, 0) if web_search_requests else 0
         token_cost = Decimal(tokens).scaleb(-12)
         tool_cost = Decimal(tools).scaleb(-12) if tools else _ZERO
+        cost = token_cost + tool_cost if tools else token_cost
+        version = self._versions[entry]
         return Quote(
-            model, token_cost + tool_cost if tools else token_cost, True, entry.version, tier,
-            token_cost, tool_cost, long_context, unavailable,
-        )  # fmt: skip
+            model, cost, True, version, tier, token_cost, tool_cost, long_context, unavailable
+        )
 
     def quote_event(self, model: str, event: CallEvent) -> Quote:
         """:meth:`quote` of a contract event, whose model resolved to ``model``."""
