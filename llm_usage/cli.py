@@ -550,25 +550,28 @@ def run(
     )  # fmt: skip
 
 
-def _bench_app() -> typer.Typer:
-    """The benchmarks' commands; they come with a checkout, not with the image."""
+def _add_bench_commands() -> None:
+    """``llm-usage bench ...``: the benchmarks come with a checkout, not with the image."""
     try:
         from benchmarks.cli import bench_app
     except ModuleNotFoundError as exc:
         if exc.name != "benchmarks":
             raise
-        missing = typer.Typer(help="Benchmarks (in a source checkout only).")
 
-        @missing.callback(invoke_without_command=True)
-        def unavailable() -> None:
+        @app.command(
+            "bench",
+            context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        )
+        def bench_unavailable(ctx: typer.Context) -> None:
+            """Benchmarks (in a source checkout only)."""
             console.print(
                 "[red]the benchmarks are not installed here: they live in the source "
                 "checkout (benchmarks/); run `pip install -e .` in a clone[/red]"
             )
             raise typer.Exit(2)
 
-        return missing
-    return bench_app
+        return
+    app.add_typer(bench_app, name="bench")
 
 
-app.add_typer(_bench_app(), name="bench")
+_add_bench_commands()

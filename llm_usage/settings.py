@@ -150,7 +150,10 @@ class Settings(BaseSettings):
         "(ClickHouse's cost per insert is mostly fixed: its views run once per insert)",
     )
     processor_batch_max_seconds: float = Field(
-        1.0, gt=0, description="a buffered event waits at most this long before its insert"
+        1.0,
+        gt=0,
+        description="a buffered event waits this long before its insert is sent (up to twice "
+        "as long while ClickHouse is busy with two others, for fewer, larger inserts)",
     )
     processor_dedupe_window_seconds: int = Field(
         3600, ge=60, description="how long an event_id is remembered for deduplication"

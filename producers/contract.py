@@ -111,7 +111,10 @@ def latest_occurred_at() -> datetime:
 
 
 def _check_occurred_at(value: datetime) -> datetime:
-    value = value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:30:00+01:00 is in no UTC year
+        raise ValueError("is out of range") from None
     if value < EARLIEST_OCCURRED_AT:
         raise ValueError(f"is before {EARLIEST_OCCURRED_AT.date()}: not a real call time")
     if value > latest_occurred_at():
@@ -380,7 +383,7 @@ def decode_calls(value: bytes) -> list[Any]:
     """
     try:
         payload = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also an integer of 4,300+ digits, deep nesting
         raise ContractError(f"not valid JSON: {exc}") from exc
     if isinstance(payload, dict):
         return [payload]

@@ -169,7 +169,7 @@ def vouch(value: bytes) -> list[CallEvent] | None:
     try:
         for call in calls:
             _complete(call, latest)
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
     return cast(list[CallEvent], calls)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -46,3 +48,22 @@ def test_a_malformed_list_is_a_usage_error() -> None:
     result = CliRunner().invoke(app, ["bench", "alerts", "--seeds", "1,x"])
     assert result.exit_code == 2
     assert "comma-separated integers" in result.output
+
+
+def test_without_the_benchmarks_every_bench_command_says_where_they_are() -> None:
+    """The image ships no benchmarks: any `bench ...` command explains, none is unknown."""
+    code = (  # an import system that finds no `benchmarks`, as in the image
+        "import sys\n"
+        "class NotInstalled:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'benchmarks':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, NotInstalled())\n"
+        "from llm_usage.cli import app\n"
+        "app(['bench', 'worker', '--events', '1000'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert "source checkout" in result.stdout

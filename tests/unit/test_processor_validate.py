@@ -225,10 +225,17 @@ def _raw_events(draw: st.DrawFn) -> dict[str, Any]:
 
 
 _COUNTS = {
-    "input_tokens", "output_tokens", "cache_creation_input_tokens",
-    "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens", "cache_read_input_tokens",
-    "web_search_requests", "web_fetch_requests", "thinking_tokens", "duration_ms",
-}  # fmt: skip
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_creation_5m_input_tokens",
+    "cache_creation_1h_input_tokens",
+    "cache_read_input_tokens",
+    "web_search_requests",
+    "web_fetch_requests",
+    "thinking_tokens",
+    "duration_ms",
+}
 
 
 def _reference(raws: list[Any]) -> list[dict[str, Any] | str]:
@@ -311,3 +318,23 @@ def test_a_lone_surrogate_is_dead_lettered_not_raised() -> None:
     assert [e.source_id for e in valid] == ["c1"]
     assert [r.index for r in rejected] == [1] and "source_name" in rejected[0].reason
     assert json.loads(rejected[0].payload)["source_name"] == "\ud800"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (
+            b'[{"tenant_id":"a","occurred_at":"0001-01-01T00:30:00+01:00","source":"chat",'
+            b'"source_id":"s","model":"m"}]',
+            "occurred_at: Value error, is out of range",
+        ),
+        (b'[{"input_tokens":' + b"9" * 5000 + b"}]", "not valid JSON: Exceeds the limit"),
+        (b"[" * 1000 + b"]" * 1000, "not valid JSON: maximum recursion depth"),
+        (b'{"a":' * 1000 + b"1" + b"}" * 1000, "not valid JSON: maximum recursion depth"),
+    ],
+)
+def test_inputs_that_used_to_raise_are_dead_lettered(value: bytes, reason: str) -> None:
+    """A time in no UTC year, a 5,000-digit integer, nesting deeper than Python's stack."""
+    valid, rejected = validate_message(value)
+    assert valid == [] and len(rejected) == 1
+    assert rejected[0].reason.startswith(reason)
