@@ -42,14 +42,14 @@ from stream_processor.metrics import Metrics
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# Views are filled one after the other (parallel_view_processing stays off, ClickHouse's
+# default): with it on, a soak run after a ClickHouse outage left a rollup 146 rows short of
+# the raw table (a retried insert's view blocks can split differently in parallel, and a
+# view's token-based dedupe then drops rows it never stored).
 INSERT_SETTINGS = {
     "deduplicate_blocks_in_dependent_materialized_views": 1,
     "insert_deduplicate": 1,
     "async_insert": 0,
-    # Views filled one after the other (parallel_view_processing off, ClickHouse's default):
-    # with it on, a soak run after a ClickHouse outage left a rollup 146 rows short of the
-    # raw table; a retried insert's view blocks can split differently in parallel, and the
-    # token-based dedupe of a view can then drop rows it never stored.
     # cluster mode writes through Distributed tables: acknowledged must mean stored
     "distributed_foreground_insert": 1,
 }
