@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_usage.clickhouse import apply_migrations, connect
-from llm_usage.localstack import LocalStack
-from llm_usage.localstack.processes import free_port
+from llm_usage.localstack import LocalStack, throwaway_settings
 from llm_usage.settings import Settings
 from llm_usage.simulate import SimulationConfig, book_pricer, generate, write_calls
 from query_api.db import ClickHouse
@@ -49,11 +48,9 @@ def load_week(settings: Settings, cfg: SimulationConfig) -> list[dict[str, Any]]
 def run(*, seeds: list[int], calls: list[int], ends_hours_ago: list[int]) -> None:
     """One alerter evaluation per (size, seed, end) week; prints found, missed and false."""
     home = Path(tempfile.mkdtemp(prefix="bench-alerts-"))
-    base = Settings(
-        home=home,
-        kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        clickhouse_url=f"http://127.0.0.1:{free_port()}",
-    )  # type: ignore[call-arg]
+    base = throwaway_settings(
+        home,
+    )
     stack = LocalStack(base)
     stack.start_service("clickhouse")
     now = datetime.now(UTC).replace(microsecond=0)

@@ -29,9 +29,8 @@ from clickhouse_connect.driver.client import Client
 
 from benchmarks.api import DAY_MS, KEY, TENANT, load, percentile, start_api
 from llm_usage.clickhouse import apply_migrations, connect
-from llm_usage.localstack import LocalStack
+from llm_usage.localstack import LocalStack, throwaway_settings
 from llm_usage.localstack.processes import free_port, stop
-from llm_usage.settings import Settings
 from query_api.window import to_ms
 
 PERIODS = {"24h": 1, "7d": 7, "30d": 30}
@@ -217,12 +216,10 @@ def measure(http: httpx.Client, client: Client, args: Options) -> None:
 
 def run(args: Options) -> None:
     home = Path(tempfile.mkdtemp(prefix="llm-usage-bench-"))
-    settings = Settings(
-        home=home,
-        kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        clickhouse_url=f"http://127.0.0.1:{free_port()}",
+    settings = throwaway_settings(
+        home,
         clickhouse_database="bench",
-    )  # type: ignore[call-arg]
+    )
     stack = LocalStack(settings)
     api: subprocess.Popen[bytes] | None = None
     try:

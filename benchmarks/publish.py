@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from llm_usage.localstack import LocalStack
+from llm_usage.localstack import LocalStack, throwaway_settings
 from llm_usage.localstack.processes import free_port
 from llm_usage.localstack.stack import BROKER
 from llm_usage.settings import Settings
@@ -117,16 +117,14 @@ async def spool_then_replay(
 def publish_while_hung(events: list[UsageEvent], home: Path) -> dict[str, float]:
     """Time each publish() while a broker of its own is frozen (the settings of
     tests/integration/test_producers_outage.py); then wait until the spool is replayed."""
-    settings = Settings(
-        home=home,
-        kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        clickhouse_url=f"http://127.0.0.1:{free_port()}",
+    settings = throwaway_settings(
+        home,
         topic_partitions=2,
         producer_batch_events=20,
         producer_buffer_events=200,
         producer_request_timeout_ms=1000,
         producer_retry_backoff_ms=100,
-    )  # type: ignore[call-arg]
+    )
     local = LocalStack(settings)
     local.start_service(BROKER)
     try:
@@ -169,11 +167,9 @@ def broker(bootstrap: str | None, home: Path) -> Iterator[str]:
     if bootstrap:
         yield bootstrap
         return
-    settings = Settings(
-        home=home,
-        kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        clickhouse_url=f"http://127.0.0.1:{free_port()}",
-    )  # type: ignore[call-arg]
+    settings = throwaway_settings(
+        home,
+    )
     local = LocalStack(settings)
     local.start_service(BROKER)
     try:

@@ -21,9 +21,7 @@ from pathlib import Path
 
 from benchmarks.api import load
 from llm_usage.clickhouse import apply_migrations, connect
-from llm_usage.localstack import LocalStack
-from llm_usage.localstack.processes import free_port
-from llm_usage.settings import Settings
+from llm_usage.localstack import LocalStack, throwaway_settings
 from stream_processor.pricing import PriceBook
 from stream_processor.reprice import Repricer, Selection
 
@@ -31,12 +29,10 @@ from stream_processor.reprice import Repricer, Selection
 def run(*, events: int = 1_000_000, chunk: int = 1_000_000) -> None:
     """Load ``events`` calls (``chunk`` per insert), reprice them all, print the figures."""
     home = Path(tempfile.mkdtemp(prefix="bench-reprice-"))
-    settings = Settings(
-        home=home,
-        kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        clickhouse_url=f"http://127.0.0.1:{free_port()}",
+    settings = throwaway_settings(
+        home,
         clickhouse_database="bench_reprice",
-    )  # type: ignore[call-arg]
+    )
     stack = LocalStack(settings)
     stack.up()
     try:

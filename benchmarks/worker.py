@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from llm_usage.clickhouse import apply_migrations, connect
-from llm_usage.localstack import LocalStack
+from llm_usage.localstack import LocalStack, throwaway_settings
 from llm_usage.localstack.processes import free_port
 from llm_usage.settings import Settings
 from producers.contract import Source, UsageEvent
@@ -73,10 +73,8 @@ def run(
 ) -> dict[str, object]:
     """Publish, then time one worker catching up; prints and returns the figures as JSON."""
     home = Path(tempfile.mkdtemp(prefix="bench-worker-"))
-    settings = Settings(
-        home=home,
-        kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        clickhouse_url=f"http://127.0.0.1:{free_port()}",
+    settings = throwaway_settings(
+        home,
         clickhouse_database="bench_worker",
         processor_group="bench-worker",
         processor_web_port=free_port(),
@@ -84,9 +82,8 @@ def run(
         processor_rebalance_timeout_s=3.0,
         processor_log_level="warning",
         producer_batch_events=per_message,
-    )  # type: ignore[call-arg]
-    if batch_max_events:
-        settings = settings.model_copy(update={"processor_batch_max_events": batch_max_events})
+        **({"processor_batch_max_events": batch_max_events} if batch_max_events else {}),
+    )
     stack = LocalStack(settings)
     stack.up()
     worker = WorkerProcess(settings, home / "worker.log")

@@ -4,6 +4,11 @@ Production talks to Apache Kafka and ClickHouse server; nothing outside this pac
 which one it reaches.
 """
 
-from llm_usage.localstack.stack import LocalStack, ServiceStatus, stack_settings
+from llm_usage.localstack.stack import (
+    LocalStack,
+    ServiceStatus,
+    stack_settings,
+    throwaway_settings,
+)
 
-__all__ = ["LocalStack", "ServiceStatus", "stack_settings"]
+__all__ = ["LocalStack", "ServiceStatus", "stack_settings", "throwaway_settings"]

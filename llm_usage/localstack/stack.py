@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from llm_usage.localstack import processes
 from llm_usage.settings import Settings
@@ -370,6 +371,17 @@ def _detach_databases(shard: Shard, timeout: float = 10.0) -> None:
 
 # Environment variables tansu reads; ours are passed as flags, so inherited ones must not leak.
 _TANSU_ENV = {"CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE"}
+
+
+def throwaway_settings(home: Path, **overrides: Any) -> Settings:
+    """Settings of a stack of its own in ``home``: the broker and ClickHouse on free loopback
+    ports (benchmarks and tests start it, use it and stop it)."""
+    return Settings(
+        home=home,
+        kafka_bootstrap=f"127.0.0.1:{processes.free_port()}",
+        clickhouse_url=f"http://127.0.0.1:{processes.free_port()}",
+        **overrides,
+    )
 
 
 def stack_settings(settings: Settings) -> Settings:
