@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,12 @@ MAX_TOOL_REQUESTS = 100_000  # server-tool requests per call
 MAX_DURATION_MS = 24 * 3600 * 1000
 MAX_METADATA_BYTES = 16 * 1024
 EARLIEST_OCCURRED_AT = datetime(2023, 1, 1, tzinfo=UTC)
+# Attributes: who or what a call is for (end user, customer, feature, ...), to group by.
+ATTRIBUTE_KEY = re.compile(r"[a-z][a-z0-9_.]{0,63}")  # matched whole (fullmatch)
+MAX_ATTRIBUTES = 16
+MAX_ATTRIBUTE_VALUE = 256
+# Keys with a documented meaning; any other key matching ATTRIBUTE_KEY is welcome too.
+WELL_KNOWN_ATTRIBUTES = ("user", "customer", "feature", "environment", "prompt_version", "session")
 MAX_CLOCK_SKEW = timedelta(hours=1)
 
 
@@ -142,6 +149,17 @@ def json_length_bound(flat: dict[str, str | int | float | bool | None]) -> int:
     return length
 
 
+def check_attributes(attributes: dict[str, str]) -> None:
+    """The attribute rules beyond "strings to strings"; ValueError naming the key if broken."""
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise ValueError(f"has {len(attributes)} pairs, at most {MAX_ATTRIBUTES} are allowed")
+    for key, value in attributes.items():
+        if not ATTRIBUTE_KEY.fullmatch(key):
+            raise ValueError(f"key {key!r} must match ^[a-z][a-z0-9_.]{{0,63}}$")
+        if not 1 <= len(value) <= MAX_ATTRIBUTE_VALUE:
+            raise ValueError(f"value of {key!r} must be 1 to {MAX_ATTRIBUTE_VALUE} characters")
+
+
 def check_thinking(thinking: int, output: int) -> None:
     """Thinking tokens are part of the output tokens, never more."""
     if thinking > output:
@@ -209,6 +227,10 @@ class UsageEvent(BaseModel):
     status: Status = Status.OK
     request_id: Annotated[str, Field(max_length=256)] | None = None
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    attributes: dict[str, str] = Field(
+        default_factory=dict,
+        description="what the call is for, to group costs by: user, customer, feature, ...",
+    )
 
     @field_validator("schema_version", mode="before")
     @classmethod
@@ -243,6 +265,23 @@ class UsageEvent(BaseModel):
             return value  # the common case: no need to encode it (runs once per event)
         if len(json.dumps(value, separators=(",", ":"))) > MAX_METADATA_BYTES:
             raise ValueError(f"is larger than {MAX_METADATA_BYTES} bytes as JSON")
+        return value
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _string_attributes(cls, value: Any) -> Any:
+        """One clear reason naming the key instead of pydantic's per-type one."""
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(item, str):
+                    kind = type(item).__name__
+                    raise ValueError(f"value of {key!r} must be a string, not {kind}")
+        return value
+
+    @field_validator("attributes")
+    @classmethod
+    def _valid_attributes(cls, value: dict[str, str]) -> dict[str, str]:
+        check_attributes(value)
         return value
 
     @model_validator(mode="before")
@@ -291,8 +330,9 @@ class UsageEvent(BaseModel):
 
     def to_json(self) -> bytes:
         """Wire JSON without the optional fields that are not set (smaller, and a v1 event
-        stays a v1 event)."""
-        return self.model_dump_json(exclude_none=True).encode()
+        stays a v1 event; without attributes, a worker older than them still reads it)."""
+        unset = None if self.attributes else {"attributes"}
+        return self.model_dump_json(exclude_none=True, exclude=unset).encode()
 
 
 class CallEvent(Protocol):
@@ -324,6 +364,7 @@ class CallEvent(Protocol):
     status: Status
     request_id: str | None
     metadata: dict[str, str | int | float | bool | None]
+    attributes: dict[str, str]
 
 
 class EntityRenamed(BaseModel):

@@ -125,6 +125,8 @@ class Filters:
     search: str | None = None
     matches: tuple[tuple[str, str], ...] | None = None
     source_id: str | None = None  # one conversation or agent (budgets of one entity)
+    # attr.<key>=<value> filters, ANDed, sorted by key (one value per key)
+    attributes: tuple[tuple[str, str], ...] = ()
     # when the request came in (time.monotonic()): a read sent later may answer it
     asked_at: float = field(default_factory=time.monotonic, compare=False)
 

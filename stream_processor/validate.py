@@ -45,6 +45,7 @@ from producers.contract import (
     Status,
     UsageEvent,
     cache_writes,
+    check_attributes,
     check_thinking,
     decode_calls,
     json_length_bound,
@@ -100,6 +101,7 @@ class WireCall(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     status: Status = Status.OK
     request_id: _RequestId | None = None
     metadata: dict[str, str | int | float | bool | None] = {}
+    attributes: dict[str, str] = {}
 
 
 _WIRE_ARRAY = msgspec.json.Decoder(list[WireCall])
@@ -217,6 +219,12 @@ def _complete(call: WireCall, latest: datetime) -> None:
             raise ValueError("metadata may be too large: the contract measures it")
         for key, item in metadata.items():
             if key.strip() is not key or (type(item) is str and item.strip() is not item):
+                raise ValueError("white space at an end: the contract strips it")
+    attributes = call.attributes
+    if attributes:
+        check_attributes(attributes)  # a key with white space breaks its pattern already
+        for value in attributes.values():
+            if value.strip() is not value:
                 raise ValueError("white space at an end: the contract strips it")
 
 

@@ -171,6 +171,16 @@ _OPTIONAL = {
         st.just({"big": "x" * 20_000}),
         st.just([]),
     ),
+    "attributes": st.one_of(
+        st.dictionaries(
+            st.sampled_from(["user", "User", "a.b_1", "1a", " user", "user ", "x" * 64, "x" * 65]),
+            st.one_of(_texts, st.sampled_from(["x" * 256, "x" * 257, "\u00e9" * 256])),
+            max_size=3,
+        ),
+        st.just({f"k{i}": "v" for i in range(17)}),
+        st.just({f"k{i}": "v" for i in range(16)}),
+        st.just([]),
+    ),
     "colour": st.just("blue"),
 }
 
@@ -190,6 +200,11 @@ _VALID = {
         st.sampled_from(["a", "service", "é"]),
         st.one_of(st.text(max_size=3), st.integers(), st.floats(allow_nan=False), st.booleans()),
         max_size=3,
+    ),
+    "attributes": st.dictionaries(
+        st.sampled_from(["user", "customer", "feature", "environment", "prompt_version"]),
+        st.one_of(st.text(min_size=1, max_size=4), st.just("x" * 256)),
+        max_size=4,
     ),
 }
 
