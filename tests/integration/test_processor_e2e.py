@@ -121,6 +121,7 @@ def make_events(
             source_id=f"src-{i % 11}",
             source_name=f"Name {i % 11}" if i % 5 else None,
             model=model, duration_ms=100 + i, status="error" if i % 13 == 0 else "ok",
+            attributes={"user": f"u-{i % 5}", "feature": "search"} if i % 3 == 0 else {},
             **usage,
         ))  # fmt: skip
     return events
@@ -186,9 +187,11 @@ def test_end_to_end_exact_counts_costs_dead_letters_and_names(
     asyncio.run(publish(settings, events, [rename]))
     asyncio.run(publish(settings, events[:30]))
 
-    # Malformed input, produced raw: 5 dead letters, 2 good events inside mixed arrays,
+    # Malformed input, produced raw: 6 dead letters, 2 good events inside mixed arrays,
     # and one message carrying the same event twice (1 row, 1 duplicate).
     good_a, good_b, twice = make_events(3, now - timedelta(hours=2), tenant="t3")
+    bad_attribute = {**json.loads(make_events(1, now)[0].to_json()),
+                     "attributes": {"user": "u-1", "Customer": "acme"}}  # fmt: skip
     bad_version = {**json.loads(good_a.to_json()), "schema_version": 99}
     bad_types = {**json.loads(good_b.to_json()), "event_id": str(good_a.event_id),
                  "input_tokens": "lots"}  # fmt: skip
@@ -199,6 +202,7 @@ def test_end_to_end_exact_counts_costs_dead_letters_and_names(
         b"[" + good_a.to_json() + b"," + json.dumps(bad_types).encode() + b"]",
         b"[" + good_b.to_json() + b',"not an object"]',
         encode_calls([twice, twice]),
+        json.dumps([bad_attribute]).encode(),
     ]))  # fmt: skip
     worker.wait_assigned()
 
@@ -261,13 +265,17 @@ def test_end_to_end_exact_counts_costs_dead_letters_and_names(
             "SELECT day, sum(calls), sum(cost_usd) FROM usage_daily GROUP BY day ORDER BY day"
         ).result_rows
         assert per_day == rolled
+        attributes = dict(client.query(
+            "SELECT toString(event_id), attributes FROM usage_events").result_rows)  # fmt: skip
+        assert attributes == {str(e.event_id): e.attributes for e in accepted}
+        assert any(attributes.values())
         ledger = client.command("SELECT count() FROM processor_batches")
         assert int(ledger) >= 1
     finally:
         client.close()
 
-    dead = asyncio.run(read_topic(settings, settings.topic_dead_letter, 5))
-    assert len(dead) == 5
+    dead = asyncio.run(read_topic(settings, settings.topic_dead_letter, 6))
+    assert len(dead) == 6
     reasons = []
     for record in dead:
         headers = {k: v.decode() for k, v in record.headers}
@@ -280,12 +288,13 @@ def test_end_to_end_exact_counts_costs_dead_letters_and_names(
     assert "schema_version: unsupported version 99" in joined
     assert "input_tokens" in joined
     assert "event must be a JSON object" in joined
+    assert "key 'Customer' must match" in joined
     originals = {bytes(r.value) for r in dead}
     assert b"not json at all" in originals, "a whole bad message is kept byte for byte"
 
     metrics = worker.metrics()
     assert metrics["llm_usage_processor_events_deduped_total"] == 31
-    assert metrics["llm_usage_processor_events_dead_lettered_total"] == 5
+    assert metrics["llm_usage_processor_events_dead_lettered_total"] == 6
     assert metrics["llm_usage_processor_events_unpriced_total"] == expected[7]
     assert metrics["llm_usage_processor_events_written_total"] == len(accepted)
     health = worker.health()

@@ -66,6 +66,8 @@ ROLLUPS = (
     "usage_api_models_1m",
     "usage_entities_15m",
 )
+# Rollups by attribute key and value: a call counts once per attribute it carries.
+ATTRIBUTE_ROLLUPS = ("usage_attributes_15m", "usage_attributes_daily")
 
 
 def make_events(count: int, now: datetime, seed: int) -> list[UsageEvent]:
@@ -82,8 +84,19 @@ def make_events(count: int, now: datetime, seed: int) -> list[UsageEvent]:
             output_tokens=rng.randrange(10, 800), cache_read_input_tokens=rng.randrange(0, 9000),
             service_tier="batch" if rng.random() < 0.3 else None,
             web_search_requests=rng.randrange(3) if model == "claude-opus-5-5" else None,
+            attributes=_attributes(rng),
         ))  # fmt: skip
     return events
+
+
+def _attributes(rng: random.Random) -> dict[str, str]:
+    """None, one or two attributes: the rollups must count a call once per attribute."""
+    attributes = {}
+    if rng.random() < 0.7:
+        attributes["user"] = f"u-{rng.randrange(5)}"
+    if rng.random() < 0.5:
+        attributes["customer"] = rng.choice(["initech", "globex"])
+    return attributes
 
 
 def all_stored(client: Any, calls: int) -> bool:
@@ -91,7 +104,9 @@ def all_stored(client: Any, calls: int) -> bool:
     table's, so the raw count alone can run ahead)."""
     counts = [int(client.command("SELECT count() FROM usage_events"))]
     counts += [int(client.command(f"SELECT sum(calls) FROM {t}")) for t in ROLLUPS]
-    return counts == [calls] * len(counts)
+    pairs = int(client.command("SELECT sum(length(attributes)) FROM usage_events"))
+    by_attribute = [int(client.command(f"SELECT sum(calls) FROM {t}")) for t in ATTRIBUTE_ROLLUPS]
+    return counts == [calls] * len(counts) and by_attribute == [pairs] * len(by_attribute)
 
 
 def write_overrides(path: Path) -> PriceBook:
@@ -108,16 +123,23 @@ def store_directly(settings: Settings, events: list[UsageEvent], book: PriceBook
 def expected(events: list[UsageEvent], book: PriceBook) -> dict[str, Any]:
     """What every table and the API must say: the calls priced with ``book``."""
     per_model: dict[str, list[Any]] = defaultdict(lambda: [0, 0, Decimal(0)])
+    per_attribute: dict[tuple[str, str, str], list[Any]] = defaultdict(lambda: [0, 0, Decimal(0)])
     per_event = {}
     for event in events:
         model = book.resolve(event.model)
         quote = book.quote_event(model, event)
         per_event[str(event.event_id)] = (quote.cost_usd, quote.priced, quote.version)
-        item = per_model[model]
-        item[0] += 1
-        item[1] += 0 if quote.priced else 1
-        item[2] += quote.cost_usd
-    return {"events": per_event, "models": {m: tuple(v) for m, v in per_model.items()}}
+        items = [per_model[model]]
+        items += [per_attribute[(k, v, model)] for k, v in event.attributes.items()]
+        for item in items:
+            item[0] += 1
+            item[1] += 0 if quote.priced else 1
+            item[2] += quote.cost_usd
+    return {
+        "events": per_event,
+        "models": {m: tuple(v) for m, v in per_model.items()},
+        "attributes": {a: tuple(v) for a, v in per_attribute.items()},
+    }
 
 
 def stored(settings: Settings) -> dict[str, Any]:
@@ -139,6 +161,14 @@ def stored(settings: Settings) -> dict[str, Any]:
                     f" FROM {table} GROUP BY m"
                 ).result_rows
             }
+        for table in ATTRIBUTE_ROLLUPS:
+            tables[table] = {
+                (str(k), str(v), str(m)): (int(c), int(u), Decimal(cost))
+                for k, v, m, c, u, cost in client.query(
+                    "SELECT attr_key, attr_value, model, sum(calls), sum(unpriced_calls),"
+                    f" sum(cost_usd) FROM {table} GROUP BY attr_key, attr_value, model"
+                ).result_rows
+            }
     finally:
         client.close()
     return {"events": {r[0]: (r[1], r[2], r[3]) for r in rows}, "tables": tables}
@@ -153,6 +183,8 @@ def assert_exact(settings: Settings, want: dict[str, Any]) -> None:
     for table, groups in got["tables"].items():
         if table in ("usage_api_15m", "usage_api_daily"):
             assert groups == {"all": everything}, table
+        elif table in ATTRIBUTE_ROLLUPS:
+            assert groups == want["attributes"], table
         else:
             assert groups == want["models"], table
     now = datetime.now(UTC)
