@@ -45,6 +45,9 @@ def worker(
     stall_s: float = typer.Option(
         120.0, "--stall-s", min=1, help="give up when no row arrives for this long"
     ),
+    attributes: bool = typer.Option(
+        False, "--attributes", help="four attributes on every call (50,000 users)"
+    ),
 ) -> None:
     """One worker catching up on a backlog: events/s and peak RSS."""
     from benchmarks.worker import run
@@ -55,6 +58,7 @@ def worker(
         duplicates=duplicates,
         batch_max_events=batch_max_events,
         stall_s=stall_s,
+        attributes=attributes,
     )
 
 

@@ -34,8 +34,20 @@ from stream_processor.harness import WorkerProcess
 MODELS = ["claude-sonnet-4-5-20250929", "claude-opus-4-5", "claude-haiku-4-5", "gpt-4o"]
 
 
-def build_events(events: int) -> list[UsageEvent]:
-    """Realistic call events: 20 tenants, 5000 conversations, four models."""
+def attributes_of(i: int) -> dict[str, str]:
+    """What a busy product attaches to a call: one of 50,000 users, a customer, a feature
+    and an environment."""
+    return {
+        "user": f"user-{(i * 7919) % 50_000}",
+        "customer": f"customer-{i % 40}",
+        "feature": ("search", "summary", "chat", "triage")[i % 4],
+        "environment": "production" if i % 10 else "staging",
+    }
+
+
+def build_events(events: int, attributes: bool = False) -> list[UsageEvent]:
+    """Realistic call events: 20 tenants, 5000 conversations, four models; with
+    ``attributes``, four attributes on every call (:func:`attributes_of`)."""
     now = datetime.now(UTC) - timedelta(hours=1)
     return [
         UsageEvent(
@@ -50,6 +62,7 @@ def build_events(events: int) -> list[UsageEvent]:
             cache_read_input_tokens=5000 if i % 4 == 0 else 0,
             duration_ms=900,
             request_id=f"req_{i:012d}",
+            attributes=attributes_of(i) if attributes else {},
         )
         for i in range(events)
     ]
@@ -70,6 +83,7 @@ def run(
     duplicates: int = 0,
     batch_max_events: int | None = None,
     stall_s: float = 120.0,
+    attributes: bool = False,
 ) -> dict[str, object]:
     """Publish, then time one worker catching up; prints and returns the figures as JSON."""
     home = Path(tempfile.mkdtemp(prefix="bench-worker-"))
@@ -91,7 +105,7 @@ def run(
         client = connect(settings, database="")
         apply_migrations(client, settings)
         built = time.perf_counter()
-        asyncio.run(publish(settings, build_events(events), duplicates))
+        asyncio.run(publish(settings, build_events(events, attributes), duplicates))
         print(
             f"published {events} events (+{duplicates} duplicates) through "
             f"producers/ in {time.perf_counter() - built:.1f}s"
@@ -123,6 +137,7 @@ def run(
         result: dict[str, object] = {
             "events": events,
             "events_per_message": per_message,
+            "attributes_per_event": 4 if attributes else 0,
             "duplicates_dropped": int(metrics["llm_usage_processor_events_deduped_total"]),
             "batch_max_events": settings.processor_batch_max_events,
             "startup_to_first_row_s": round(first_row - started, 2),
