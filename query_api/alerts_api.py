@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from producers.contract import ATTRIBUTE_KEY, MAX_ATTRIBUTE_VALUE
 from query_api.auth import read_tenant, require
 from query_api.keys import Principal, Scope
 from query_api.schemas import ErrorBody, iso, money
@@ -84,6 +85,25 @@ class BudgetIn(BaseModel):
         description="warning thresholds, percent of the limit",
     )
     hard: bool = Field(False, description="producers with budget_guard refuse calls at 100%")
+    attr_key: str | None = Field(
+        None,
+        max_length=64,
+        description="with attr_value: only the calls whose attribute attr_key has that value"
+        " (attr.<key>=<value> of the usage endpoints), e.g. user",
+    )
+    attr_value: str | None = Field(
+        None, min_length=1, max_length=MAX_ATTRIBUTE_VALUE, description="e.g. the user's id"
+    )
+
+    @field_validator("attr_key")
+    @classmethod
+    def _attribute_key(cls, value: str | None) -> str | None:
+        if value is not None and not ATTRIBUTE_KEY.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is no attribute key: lower-case letters, digits, '_' and '.',"
+                " starting with a letter, at most 64 characters"
+            )
+        return value
 
     @field_validator("time_zone")
     @classmethod
@@ -105,6 +125,18 @@ class BudgetIn(BaseModel):
     def _entity_needs_source(self) -> BudgetIn:
         if self.source_id and not self.source:
             raise ValueError("source_id needs source (chat, agent or memory)")
+        if (self.attr_key is None) != (self.attr_value is None):
+            raise ValueError("attr_key and attr_value go together (attr.<key>=<value>)")
+        if self.attr_key and self.source_id:
+            raise ValueError(
+                "an attribute budget covers one value of a key (of one source at most),"
+                " not one conversation or agent: leave out source_id"
+            )
+        if self.attr_key and self.hard:
+            raise ValueError(
+                "an attribute budget cannot be hard: budget_guard knows a call's source and"
+                " entity, not its attributes (the budget still alerts)"
+            )
         return self
 
 
@@ -120,9 +152,11 @@ class SpendBody(BaseModel):
 class BudgetOut(BaseModel):
     budget_id: str
     name: str
-    scope: Literal["tenant", "source", "entity"]
+    scope: Literal["tenant", "source", "entity", "attribute"]
     source: str | None
     source_id: str | None
+    attr_key: str | None = Field(description="attribute budgets: the key, e.g. user")
+    attr_value: str | None = Field(description="attribute budgets: the value covered")
     period: Period
     time_zone: str
     limit_usd: str
@@ -141,6 +175,8 @@ class BudgetOut(BaseModel):
             scope=budget.scope,  # type: ignore[arg-type]
             source=budget.source or None,
             source_id=budget.source_id or None,
+            attr_key=budget.attr_key or None,
+            attr_value=budget.attr_value if budget.attr_key else None,
             period=budget.period,
             time_zone=budget.time_zone,
             limit_usd=money(budget.limit_usd),
@@ -179,6 +215,8 @@ def _budget(
         hard=body.hard,
         created_at=created,
         updated_at=now,
+        attr_key=body.attr_key or "",
+        attr_value=body.attr_value or "",
     )
 
 
@@ -243,10 +281,12 @@ def delete_budget(request: Request, caller: Admin, budget_id: Id) -> None:
 class AlertOut(BaseModel):
     alert_id: str
     kind: Literal["spike_started", "spike_ended", "budget_threshold"]
-    scope: Literal["tenant", "source", "entity"]
+    scope: Literal["tenant", "source", "entity", "attribute"]
     source: str | None
     source_id: str | None
-    name: str = Field(description="entity or budget name")
+    attr_key: str | None = Field(description="scope attribute: the key (user, customer, ...)")
+    attr_value: str | None = Field(description="scope attribute: the value it is about")
+    name: str = Field(description="entity or budget name (a value's spike: key=value)")
     budget_id: str | None
     threshold_pct: int | None
     window_start: str
@@ -267,7 +307,10 @@ class AlertOut(BaseModel):
             scope=alert.scope,  # type: ignore[arg-type]
             source=alert.source or None,
             source_id=alert.source_id or None,
-            name=alert.source_name,
+            attr_key=alert.attr_key or None,
+            attr_value=alert.attr_value if alert.attr_key else None,
+            name=alert.source_name
+            or (f"{alert.attr_key}={alert.attr_value}" if alert.attr_key else ""),
             budget_id=alert.budget_id or None,
             threshold_pct=alert.threshold_pct or None,
             window_start=iso(alert.window_start),

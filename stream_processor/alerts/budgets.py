@@ -37,10 +37,15 @@ class Budget:
     hard: bool
     created_at: datetime
     updated_at: datetime
+    attr_key: str = ""  # with attr_value: only the calls whose attribute has that value
+    attr_value: str = ""
 
     @property
     def scope(self) -> str:
-        """tenant, source or entity."""
+        """tenant, source, entity or attribute (the calls of one attribute value, of
+        ``source`` only when that is set too)."""
+        if self.attr_key:
+            return "attribute"
         if not self.source:
             return "tenant"
         return "entity" if self.source_id else "source"
@@ -96,8 +101,12 @@ class Spend:
 
 
 def budget_filters(budget: Budget) -> Filters:
+    """The summary filter of the budget: ``attr.<key>=<value>`` for an attribute budget."""
     return Filters(
-        tenant=budget.tenant_id, source=budget.source or None, source_id=budget.source_id or None
+        tenant=budget.tenant_id,
+        source=budget.source or None,
+        source_id=budget.source_id or None,
+        attributes=((budget.attr_key, budget.attr_value),) if budget.attr_key else (),
     )
 
 

@@ -13,8 +13,10 @@ Per tick:
 
 1. ``ingest_activity`` names the (tenant, event-time hour) pairs written since the last
    tick; those hours, plus the start hours of spikes still open, are judged per agent,
-   conversation and tenant (:mod:`spikes`). A tenant's spike is not raised on its own when
-   one of its agents or conversations is anomalous in the same hour: that alert names it.
+   conversation and tenant (:mod:`spikes`), and per value of each watched attribute key
+   (``alert_spike_attribute_keys``: each user, each customer) that reached the spike floor
+   in one of those hours. A tenant's spike is not raised on its own when one of its agents,
+   conversations or values is anomalous in the same hour: that alert names it.
 2. Every budget's spend in its current period is compared with its thresholds.
 3. New alerts go to ClickHouse (``alerts``), then to the ``llm-usage.alerts`` topic (key:
    alert id; consumers drop repeats), then to each webhook of the tenant (at least once).
@@ -31,9 +33,10 @@ import logging
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import TypeVar
 
 import httpx
 from aiokafka import AIOKafkaProducer
@@ -55,6 +58,7 @@ LOOKBACK = timedelta(days=8)  # a restart re-judges the hours written in this lo
 SAFETY = timedelta(seconds=30)  # inserts in flight when a tick read ingest_activity
 LATENESS = timedelta(minutes=5)  # an hour counts as complete this long after it ended
 TENANT = ("", "")  # the (source, source_id) key of a tenant's own series
+SubjectT = TypeVar("SubjectT", bound=Hashable)  # what a series is of: an entity, a value
 
 
 def _id(*parts: object) -> str:
@@ -63,6 +67,11 @@ def _id(*parts: object) -> str:
 
 def spike_id(tenant: str, source: str, source_id: str, start: datetime) -> str:
     return _id("spike", tenant, source, source_id, start.isoformat())
+
+
+def attribute_spike_id(tenant: str, key: str, value: str, start: datetime) -> str:
+    """The id of a spike of one attribute value (never equal to an entity's: another kind)."""
+    return _id("attribute-spike", tenant, key, value, start.isoformat())
 
 
 def _hour(moment: datetime) -> datetime:
@@ -116,6 +125,7 @@ class Evaluator:
         self.store = AlertStore(db)
         self.repository = UsageRepository(db)
         self.rule = rule_of(settings)
+        self.attribute_keys = settings.spike_attribute_keys
         self.clock = clock
         self.since = datetime.fromtimestamp(clock(), UTC) - LOOKBACK
         self.judged = 0  # tenant-hours judged by the last tick
@@ -169,46 +179,108 @@ class Evaluator:
             for key, usage in series.items()
             if (got := spikes(judged, usage, self.rule, complete_before=complete_before))
         }
-        # A tenant's spike that one of its agents or conversations explains (anomalous in
-        # one of its hours) is that entity's alert, not a second one.
+        # Each value of the watched attribute keys (user, customer, ...) against its own
+        # normal: only the values that reached the spike floor in a judged hour are read.
+        values: dict[tuple[str, str], dict[datetime, HourUsage]] = defaultdict(dict)
+        for key, value, hour, cost, calls in self.store.attribute_hourly(
+            tenant, list(self.attribute_keys), start, end, sorted(judged), self.rule.min_cost_usd
+        ):
+            values[(key, value)][hour] = HourUsage(cost, calls)
+        # A spike of a sum (a user, a customer, the tenant) that something finer explains
+        # (is anomalous in one of its hours) is that one's alert, not a second one: an agent
+        # or conversation explains a value's spike and the tenant's, a value of an earlier
+        # watched key (user before customer) a later key's, any value the tenant's. So a
+        # value alerts for what no entity shows: a user's spend spread over new chats.
+        explainers = [usage for key, usage in series.items() if key != TENANT]
+        found_values: dict[tuple[str, str], list[Spike]] = {}
+        for attr_key in self.attribute_keys:
+            of_key = {kv: usage for kv, usage in values.items() if kv[0] == attr_key}
+            for kv, usage in of_key.items():
+                got = spikes(judged, usage, self.rule, complete_before=complete_before)
+                if got and (kept := self._unexplained(got, explainers, complete_before)):
+                    found_values[kv] = kept
+            explainers += of_key.values()
         tenant_spikes = found.pop(TENANT, [])
-        explained = {
-            hour
-            for key, usage in series.items()
-            if key != TENANT
-            for hour in _spike_hours(tenant_spikes, complete_before)
-            if judge(hour, usage, self.rule).anomalous
-        }
-        kept = [s for s in tenant_spikes if not explained & set(_spike_hours([s], complete_before))]
-        if kept:
+        if kept := self._unexplained(tenant_spikes, explainers, complete_before):
             found[TENANT] = kept
         names = self.store.names(tenant, [key for key in found if key != TENANT])
-        # A spike already alerted from a later hour (its first hour grew past the bar only
-        # when late calls arrived) keeps the id it was raised with: one alert per spike.
+        candidates = []
+        for (source, source_id), spike, alert_id in self._alert_ids(
+            tenant, found, lambda k, h: spike_id(tenant, *k, h), complete_before
+        ):
+            name = names.get((source, source_id), "")
+            candidates += self._spike_alerts(tenant, source, source_id, name, spike, alert_id)
+        for (key, value), spike, alert_id in self._alert_ids(
+            tenant, found_values, lambda k, h: attribute_spike_id(tenant, *k, h), complete_before
+        ):
+            candidates += self._spike_alerts(
+                tenant, "", "", "", spike, alert_id, attr_key=key, attr_value=value
+            )
+        return self._new(tenant, candidates)
+
+    def _unexplained(
+        self,
+        found: list[Spike],
+        explainers: list[dict[datetime, HourUsage]],
+        complete_before: datetime,
+    ) -> list[Spike]:
+        """The spikes of ``found`` in none of whose hours one of ``explainers`` is anomalous."""
+        hours = set(_spike_hours(found, complete_before))
+        explained = {
+            hour
+            for usage in explainers
+            for hour in hours
+            if judge(hour, usage, self.rule).anomalous
+        }
+        return [s for s in found if not explained & set(_spike_hours([s], complete_before))]
+
+    def _alert_ids(
+        self,
+        tenant: str,
+        found: dict[SubjectT, list[Spike]],
+        id_of: Callable[[SubjectT, datetime], str],
+        complete_before: datetime,
+    ) -> list[tuple[SubjectT, Spike, str]]:
+        """Each spike of ``found`` with the id of its alert.
+
+        A spike already alerted from a later hour (its first hour grew past the bar only
+        when late calls arrived) keeps the id it was raised with: one alert per spike.
+        """
         ids = {
-            (key, hour): spike_id(tenant, *key, hour)
+            (key, hour): id_of(key, hour)
             for key, got in found.items()
             for hour in _spike_hours(got, complete_before)
         }
         known = self.store.known_alerts(tenant, list(ids.values()))
-        candidates = []
+        out = []
         for key, got in found.items():
             for spike in got:
                 hours = _spike_hours([spike], complete_before)
                 raised = [ids[(key, h)] for h in hours if ids[(key, h)] in known]
-                alert_id = raised[0] if raised else ids[(key, spike.start)]
-                name = names.get(key, "")
-                candidates += self._spike_alerts(tenant, *key, name, spike, alert_id)
-        return self._new(tenant, candidates)
+                out.append((key, spike, raised[0] if raised else ids[(key, spike.start)]))
+        return out
 
     def _spike_alerts(
-        self, tenant: str, source: str, source_id: str, name: str, spike: Spike, alert_id: str
+        self,
+        tenant: str,
+        source: str,
+        source_id: str,
+        name: str,
+        spike: Spike,
+        alert_id: str,
+        *,
+        attr_key: str = "",
+        attr_value: str = "",
     ) -> list[Alert]:
         first = spike.first
         assert first.baseline is not None
         base = first.baseline
-        who = f"{name or source_id} ({source})" if source else f"tenant {tenant}"
-        scope = "entity" if source else "tenant"
+        if attr_key:
+            who, scope = f"{attr_key} {attr_value!r}", "attribute"
+        elif source:
+            who, scope = f"{name or source_id} ({source})", "entity"
+        else:
+            who, scope = f"tenant {tenant}", "tenant"
         hour = f"{spike.start:%Y-%m-%d %H:00} UTC"
         now = self.now()
         started = Alert(
@@ -233,6 +305,8 @@ class Evaluator:
                 f" in {base.calls:g} calls"
             ),
             raised_at=now,
+            attr_key=attr_key,
+            attr_value=attr_value,
         )
         alerts = [started]
         if spike.end is not None:
@@ -271,9 +345,12 @@ class Evaluator:
     def _budget(self, budget: Budget, now: datetime) -> list[Alert]:
         spend = spend_of(self.repository, budget, now)
         reached = crossed(budget.thresholds, budget.limit_usd, spend.cost_usd)
-        what = {"tenant": "the tenant", "source": f"source {budget.source}"}.get(
-            budget.scope, f"{budget.source} {budget.source_id}"
-        )
+        what = {
+            "tenant": "the tenant",
+            "source": f"source {budget.source}",
+            "attribute": f"{budget.attr_key} {budget.attr_value!r}"
+            + (f" in {budget.source}" if budget.source else ""),
+        }.get(budget.scope, f"{budget.source} {budget.source_id}")
         candidates: list[Alert] = []
         opened: dict[int, Alert] = {}
         if budget.period is Period.ROLLING_24H:
@@ -311,6 +388,8 @@ class Evaluator:
                         f" {threshold}% reached"
                     ),
                     raised_at=now,
+                    attr_key=budget.attr_key,
+                    attr_value=budget.attr_value,
                 )
             )
         return self._new(budget.tenant_id, candidates)
@@ -324,7 +403,9 @@ class Evaluator:
                 budget.tenant_id,
                 {"tenant_id": budget.tenant_id, "as_of": now.isoformat(), "exhausted": []},
             )
-            if not budget.hard:
+            # budget_guard knows a call's tenant, source and entity, not its attributes: a
+            # hard attribute budget (the API refuses one) must never stop the whole tenant
+            if not budget.hard or budget.attr_key:
                 continue
             spend = spend_of(self.repository, budget, now)
             if used_up(budget, spend.cost_usd):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -16,6 +16,7 @@ from stream_processor.alerts.budgets import Budget, Period
 TS = "DateTime64(3, 'UTC')"
 TOPIC_TARGET = "kafka"  # alert_deliveries.webhook_id of the alerts topic
 MONEY = "Decimal(38, 12)"
+HOUR = timedelta(hours=1)
 
 
 def _version() -> int:
@@ -34,7 +35,7 @@ class Alert:
     tenant_id: str
     alert_id: str
     kind: str  # spike_started, spike_ended, budget_threshold
-    scope: str  # tenant, source, entity
+    scope: str  # tenant, source, entity, attribute
     source: str
     source_id: str
     source_name: str
@@ -50,6 +51,8 @@ class Alert:
     raised_at: datetime
     cleared_at: datetime | None = None
     version: int = 1
+    attr_key: str = ""  # scope attribute: the key and value the alert is about
+    attr_value: str = ""
 
     def as_json(self) -> dict[str, Any]:
         """The wire form (Kafka topic, webhooks, API): money as strings, times ISO 8601."""
@@ -75,7 +78,8 @@ class Webhook:
 _ALERT_COLUMNS = (
     "tenant_id, alert_id, kind, scope, source, source_id, source_name, budget_id,"
     " threshold_pct, window_start, window_end, observed_cost_usd, observed_calls,"
-    " baseline_cost_usd, baseline_calls, message, raised_at, cleared_at, version"
+    " baseline_cost_usd, baseline_calls, message, raised_at, cleared_at, version,"
+    " attr_key, attr_value"
 )
 _ALERT_TYPES = {
     "tenant_id": "String",
@@ -97,10 +101,12 @@ _ALERT_TYPES = {
     "raised_at": TS,
     "cleared_at": f"Nullable({TS})",
     "version": "UInt64",
+    "attr_key": "String",
+    "attr_value": "String",
 }
 _BUDGET_COLUMNS = (
     "tenant_id, budget_id, name, source, source_id, period, time_zone, limit_usd, thresholds,"
-    " hard, created_at, updated_at"
+    " hard, created_at, updated_at, attr_key, attr_value"
 )
 
 
@@ -126,6 +132,8 @@ def _alert_of(row: Any) -> Alert:
         raised_at=_utc(v[16]),
         cleared_at=_utc(v[17]) if v[17] is not None else None,
         version=int(v[18]),
+        attr_key=v[19],
+        attr_value=v[20],
     )
 
 
@@ -147,6 +155,8 @@ def _budget_of(row: Any) -> Budget:
         hard=bool(row[9]),
         created_at=_utc(row[10]),
         updated_at=_utc(row[11]),
+        attr_key=row[12],
+        attr_value=row[13],
     )
 
 
@@ -177,8 +187,8 @@ class AlertStore:
             f"INSERT INTO budgets ({_BUDGET_COLUMNS}, deleted, version) SELECT"
             " {tenant:String}, {id:String}, {name:String}, {source:String}, {sid:String},"
             " {period:String}, {tz:String}, {limit:Decimal(38, 12)}, {thresholds:Array(UInt16)},"
-            f" {{hard:Bool}}, {{created:{TS}}}, {{updated:{TS}}}, {{deleted:Bool}},"
-            " {version:UInt64}",
+            f" {{hard:Bool}}, {{created:{TS}}}, {{updated:{TS}}}, {{key:String}},"
+            " {value:String}, {deleted:Bool}, {version:UInt64}",
             {
                 "tenant": budget.tenant_id,
                 "id": budget.budget_id,
@@ -192,6 +202,8 @@ class AlertStore:
                 "hard": budget.hard,
                 "created": budget.created_at,
                 "updated": budget.updated_at,
+                "key": budget.attr_key,
+                "value": budget.attr_value,
                 "deleted": deleted,
                 "version": _version(),
             },
@@ -373,6 +385,52 @@ class AlertStore:
             " AND hour < toDateTime({end:DateTime64(3, 'UTC')}, 'UTC')"
             " GROUP BY source, source_id, hour",
             {"tenant": tenant_id, "start": start, "end": end},
+        )
+        return [(str(r[0]), str(r[1]), _utc(r[2]), Decimal(r[3]), int(r[4])) for r in rows]
+
+    def attribute_hourly(
+        self,
+        tenant_id: str,
+        keys: list[str],
+        start: datetime,
+        end: datetime,
+        judged: list[datetime],
+        floor: Decimal,
+    ) -> list[tuple[str, str, datetime, Decimal, int]]:
+        """(key, value, hour, cost, calls) in [start, end) of the values of ``keys`` that
+        spent at least ``floor`` in one of the ``judged`` hours.
+
+        The bound of the work: an hour under the spike floor is never a spike, so only the
+        values that reached it in an hour being judged need their series (a tenant with
+        50,000 users judges the few that spent in the last hour, not all of them).
+        """
+        if not keys or not judged:
+            return []
+        rows = self.db.rows(
+            "SELECT toString(attr_key), attr_value, toStartOfHour(slot) AS hour,"
+            " sum(cost_usd), sum(calls) FROM usage_attributes_15m"
+            " WHERE tenant_id = {tenant:String} AND attr_key IN {keys:Array(String)}"
+            f" AND slot >= toDateTime({{start:{TS}}}, 'UTC')"
+            f" AND slot < toDateTime({{end:{TS}}}, 'UTC')"
+            " AND (attr_key, attr_value) IN ("
+            "  SELECT attr_key, attr_value FROM usage_attributes_15m"
+            "  WHERE tenant_id = {tenant:String} AND attr_key IN {keys:Array(String)}"
+            f"  AND slot >= toDateTime({{first:{TS}}}, 'UTC')"
+            f"  AND slot < toDateTime({{last:{TS}}}, 'UTC')"
+            "  AND toStartOfHour(slot) IN {hours:Array(DateTime('UTC'))}"
+            "  GROUP BY attr_key, attr_value, toStartOfHour(slot)"
+            f"  HAVING sum(cost_usd) >= {{floor:{MONEY}}})"
+            " GROUP BY attr_key, attr_value, hour",
+            {
+                "tenant": tenant_id,
+                "keys": keys,
+                "start": start,
+                "end": end,
+                "first": min(judged),
+                "last": max(judged) + HOUR,
+                "hours": sorted(judged),
+                "floor": floor,
+            },
         )
         return [(str(r[0]), str(r[1]), _utc(r[2]), Decimal(r[3]), int(r[4])) for r in rows]
 

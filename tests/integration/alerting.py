@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from llm_usage.clickhouse import connect
 from llm_usage.localstack.processes import free_port
 from llm_usage.settings import Settings
+from llm_usage.simulate import WRITE_COLUMNS, book_pricer
 from producers.contract import UsageEvent, uuid7
+from stream_processor.pricing import PriceBook
 from tests.conftest import unique
 
 
@@ -63,3 +68,45 @@ def demo_end() -> datetime:
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     end = now.replace(hour=17, minute=54)
     return end if end <= now else end - timedelta(days=1)
+
+
+CUSTOMERS = ("acme", "globex", "initech")
+
+
+def _hash(*parts: str) -> int:
+    return int.from_bytes(hashlib.sha256("|".join(parts).encode()).digest()[:8], "big")
+
+
+def with_attributes(call: UsageEvent) -> UsageEvent:
+    """``call``, given attributes like the demo's when it has none (simulate gives its calls
+    their own): a chat's ``user`` (a few hundred, heavy-tailed), every call's ``customer``
+    (three per tenant), an agent's ``feature``; a pure function of the tenant and entity,
+    so a duplicate gets the same ones."""
+    if call.attributes:
+        return call
+    h = _hash(call.tenant_id, call.source.value, call.source_id)
+    attributes = {"customer": CUSTOMERS[h % 3], "environment": "production"}
+    if call.source.value == "chat":
+        u = (h >> 8) % 1_000_000 / 1_000_000
+        attributes["user"] = f"user-{int(300 * u**3):03d}"  # low numbers far more often
+    elif call.source.value == "agent":
+        attributes["feature"] = ("digest", "triage", "research")[(h >> 8) % 3]
+    return call.model_copy(update={"attributes": attributes})
+
+
+def write_attributed(client: Any, events: Iterable[UsageEvent]) -> int:
+    """:func:`llm_usage.simulate.write_calls` with the calls' attributes (straight into
+    ``usage_events``; the rollups fill as in production), priced with the shipped book."""
+    price = book_pricer(PriceBook.load())
+    rows = []
+    for event in events:
+        cost = price(event)
+        rows.append([
+            event.event_id, event.tenant_id, event.occurred_at, event.source.value,
+            event.source_id, event.source_name or "", event.model, event.input_tokens,
+            event.output_tokens, cost or 0, cost is not None, event.duration_ms,
+            event.status.value, event.attributes,
+        ])  # fmt: skip
+    if rows:
+        client.insert("usage_events", rows, column_names=[*WRITE_COLUMNS, "attributes"])
+    return len(rows)
