@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -507,7 +507,9 @@ def simulate(
     rate: float = typer.Option(0.0, "--rate", min=0, help="calls per second (0: unlimited)"),
     seed: int = typer.Option(42, "--seed", help="random seed of the traffic shape"),
     tenants: int = typer.Option(3, "--tenants", min=1, help="number of tenants"),
-    manifest: Path | None = typer.Option(None, "--manifest", help="write the totals as JSON here"),
+    manifest: Path | None = typer.Option(
+        None, "--manifest", help="write the totals as JSON here (every attribute value)"
+    ),
 ) -> None:
     """Publish realistic demo traffic through producers/ and print what was published."""
     import asyncio
@@ -528,7 +530,22 @@ def simulate(
     text = json.dumps(totals, indent=2)
     if manifest is not None:
         manifest.write_text(text + "\n")
-    console.print_json(text)
+    # on the terminal, each attribute key's 5 costliest values (hundreds of users otherwise)
+    shown = {**totals, "by_attribute": _top_attribute_values(totals["by_attribute"], 5)}
+    console.print_json(json.dumps(shown))
+
+
+def _top_attribute_values(
+    by_attribute: dict[str, dict[str, dict[str, Any]]], top: int
+) -> dict[str, dict[str, Any]]:
+    """Per key: how many values, and the ``top`` costliest with their totals."""
+    from decimal import Decimal
+
+    out: dict[str, dict[str, Any]] = {}
+    for key, values in by_attribute.items():
+        ranked = sorted(values.items(), key=lambda kv: (-Decimal(kv[1]["cost_usd"]), kv[0]))
+        out[key] = {"values": len(values), f"top_{top}_by_cost": dict(ranked[:top])}
+    return out
 
 
 @app.command()

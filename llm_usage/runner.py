@@ -143,6 +143,13 @@ def wait_for_rows(settings: Settings, expected: int, timeout: float = 600.0) -> 
     return count
 
 
+def page_link(base_url: str, key: str) -> str:
+    """The Usage page, signed in: the key in the URL fragment, which browsers never send to
+    the server (nor in a Referer); the page stores it as its key dialog does and removes it
+    from the address bar."""
+    return f"{base_url}/#key={urllib.parse.quote(key, safe='')}"
+
+
 def run_pipeline(settings: Settings, options: RunOptions) -> None:
     """Run everything until Ctrl-C or SIGTERM, then stop what was started."""
     stack = LocalStack(settings)
@@ -187,8 +194,10 @@ def run_pipeline(settings: Settings, options: RunOptions) -> None:
 
         key, tenant = next(iter(settings.api_key_tenants.items()))
         keys_file = stack.home / "demo-api-keys"
-        console.print(f"\n[bold]Usage page:[/bold] {api.base_url}/   API key: [bold]{key}[/bold]")
-        console.print(f"(tenant {tenant}; every demo tenant's key is in {keys_file})")
+        console.print(f"\n[bold]Usage page:[/bold] {page_link(api.base_url, key)}", soft_wrap=True)
+        console.print(f"(signed in as tenant {tenant} with API key {key}; the key rides in the")
+        console.print(" link's #fragment, which the browser never sends; the page keeps it and")
+        console.print(f" clears the address bar. Every demo tenant's key is in {keys_file})")
         console.print("Ctrl-C stops the worker, the API and the stack this command started.")
         _trickle_until_interrupted(settings, options)
     console.print("stopped.")

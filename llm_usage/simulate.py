@@ -10,6 +10,13 @@ memory extraction mostly through the Batch API, agents with fast mode (only on m
 price book has fast-mode prices for), web search and extended thinking, a few
 conversations and agents bound to US-only inference, and a tiny share of calls of a
 fine-tuned model the book cannot price (so the page's "cost incomplete" has a case).
+
+Every call carries attributes, as an application that attributes its costs sends them: a
+``customer`` (each conversation and agent belongs to one of a few customers per tenant), an
+``environment`` (mostly ``production``); chat calls a ``user`` (a few hundred per tenant,
+heavy-tailed: a few users make most calls), agent calls the ``feature`` the agent serves.
+They come from a random stream of their own, so the rest of a seed's traffic is the same
+as without them.
 """
 
 from __future__ import annotations
@@ -74,6 +81,19 @@ CHAT_TOPICS = [
     "Contract review", "Marketing copy", "Bug in checkout", "Interview questions",
     "Release notes", "Data pipeline design", "Weekly planning", "Translate product page",
 ]  # fmt: skip
+# the feature each agent (by its name's position in AGENT_NAMES) serves
+AGENT_FEATURES = [
+    "news_digest", "inbox_triage", "competitor_watch", "ticket_summary", "lead_enrichment",
+    "code_review", "calendar", "invoice_check", "social_monitor", "changelog",
+    "security_scan", "kpi_report",
+]  # fmt: skip
+CUSTOMER_NAMES = [
+    "acme-corp", "globex", "initech", "umbrella", "hooli", "stark-industries", "wayne-enterprises",
+    "soylent", "tyrell", "cyberdyne", "wonka", "massive-dynamic", "aperture", "gringotts",
+    "oscorp", "vandelay", "dunder-mifflin", "pied-piper", "monarch", "black-mesa",
+]  # fmt: skip
+ENVIRONMENT_MIX = [("production", 0.9), ("staging", 0.07), ("development", 0.03)]
+USER_SKEW = 1.1  # Zipf exponent of calls per user: the k-th user makes ~1/k^1.1 of the top's
 AGENT_NAMES = [
     "Daily news digest", "Inbox triage", "Competitor watch", "Support ticket summariser",
     "Sales lead enricher", "Code review bot", "Calendar assistant", "Invoice checker",
@@ -93,6 +113,8 @@ class SimulationConfig:
     rename_rate: float = 0.25
     spike: bool = True
     end: datetime | None = None  # window end; now when None
+    users_per_tenant: int = 300
+    customers_per_tenant: int = 5
 
 
 @dataclass
@@ -106,6 +128,8 @@ class Entity:
     every_hours: float = 0.0  # agents run on a schedule
     offset_minutes: int = 0
     us_only: bool = False  # data residency: calls ask for US-only inference where offered
+    customer: str = ""  # the customer account the conversation or agent belongs to
+    feature: str | None = None  # agents: the product feature they serve
 
 
 @dataclass(frozen=True)
@@ -161,6 +185,58 @@ def _entities(cfg: SimulationConfig, rng: random.Random) -> list[Entity]:
                 )
             )
     return entities
+
+
+def _customers(cfg: SimulationConfig, tenant_index: int) -> list[str]:
+    """The tenant's customers: names of their own (no two tenants share one)."""
+    per, names = cfg.customers_per_tenant, CUSTOMER_NAMES
+    out = []
+    for c in range(max(1, per)):
+        n = tenant_index * max(1, per) + c
+        out.append(names[n % len(names)] + (f"-{n // len(names) + 1}" if n >= len(names) else ""))
+    return out
+
+
+def _zipf_cum_weights(n: int, skew: float) -> list[float]:
+    total, cum = 0.0, []
+    for rank in range(1, n + 1):
+        total += rank**-skew
+        cum.append(total)
+    return cum
+
+
+class _Attribution:
+    """Who and what each call is for, from a random stream of its own (see the module)."""
+
+    def __init__(self, cfg: SimulationConfig, entities: list[Entity]) -> None:
+        self.rng = random.Random(f"attributes:{cfg.seed}")
+        tenants = [f"tenant-{t + 1}" for t in range(cfg.tenants)]  # as _entities names them
+        self.users = {
+            tenant: [f"user-{t + 1}-{u + 1:04d}" for u in range(max(1, cfg.users_per_tenant))]
+            for t, tenant in enumerate(tenants)
+        }
+        self.user_weights = _zipf_cum_weights(max(1, cfg.users_per_tenant), USER_SKEW)
+        for t, tenant in enumerate(tenants):
+            customers = _customers(cfg, t)
+            weights = [1 / (c + 1) for c in range(len(customers))]  # a big one, then smaller
+            for entity in (e for e in entities if e.tenant_id == tenant):
+                entity.customer = self.rng.choices(customers, weights=weights)[0]
+                if entity.source is Source.AGENT:
+                    index = AGENT_NAMES.index(entity.name) if entity.name in AGENT_NAMES else 0
+                    entity.feature = AGENT_FEATURES[index % len(AGENT_FEATURES)]
+
+    def of(self, entity: Entity) -> dict[str, str]:
+        """The attributes of one call of ``entity``."""
+        attributes = {
+            "customer": entity.customer,
+            "environment": _pick(self.rng, ENVIRONMENT_MIX),
+        }
+        if entity.source is Source.CHAT:
+            users = self.users[entity.tenant_id]
+            attributes["user"] = self.rng.choices(users, cum_weights=self.user_weights)[0]
+        if entity.feature is not None:
+            attributes["feature"] = entity.feature
+        return attributes
 
 
 @functools.cache
@@ -267,6 +343,7 @@ def generate(cfg: SimulationConfig) -> Iterator[Published]:
     rng = random.Random(cfg.seed)
     end = (cfg.end or datetime.now(UTC)).astimezone(UTC)
     entities = _entities(cfg, rng)
+    attribution = _Attribution(cfg, entities)
     by_source: dict[Source, list[Entity]] = {s: [] for s in Source}
     for e in entities:
         by_source[e.source].append(e)
@@ -341,6 +418,7 @@ def generate(cfg: SimulationConfig) -> Iterator[Published]:
             web_search_requests=searches,
             web_fetch_requests=fetches,
             thinking_tokens=tokens["thinking_tokens"],
+            attributes=attribution.of(entity),
         )
         spike = (spike_start, spike_start + timedelta(hours=1)) if in_spike else None
         yield Published(call=event, spike=spike)
@@ -412,6 +490,8 @@ class Manifest:
     by_tenant: dict[str, Totals] = field(default_factory=dict)
     by_source: dict[str, Totals] = field(default_factory=dict)
     by_model: dict[str, Totals] = field(default_factory=dict)
+    # attribute key -> value -> totals of the calls carrying that value (all tenants)
+    by_attribute: dict[str, dict[str, Totals]] = field(default_factory=dict)
     renames: int = 0
     duplicates_published: int = 0
     model_of: Callable[[str], str] = _same_model
@@ -434,6 +514,8 @@ class Manifest:
         self.by_tenant.setdefault(event.tenant_id, Totals()).add(event, cost)
         self.by_source.setdefault(event.source.value, Totals()).add(event, cost)
         self.by_model.setdefault(self.model_of(event.model), Totals()).add(event, cost)
+        for key, value in event.attributes.items():
+            self.by_attribute.setdefault(key, {}).setdefault(value, Totals()).add(event, cost)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -441,6 +523,10 @@ class Manifest:
             "by_tenant": {k: v.as_json() for k, v in sorted(self.by_tenant.items())},
             "by_source": {k: v.as_json() for k, v in sorted(self.by_source.items())},
             "by_model": {k: v.as_json() for k, v in sorted(self.by_model.items())},
+            "by_attribute": {
+                key: {value: t.as_json() for value, t in sorted(values.items())}
+                for key, values in sorted(self.by_attribute.items())
+            },
             "renames_published": self.renames,
             "duplicates_published": self.duplicates_published,
             "spikes": [

@@ -29,13 +29,36 @@ Attribution (tenant, source, conversation/agent id and name) comes from ``instru
 defaults overlaid with :func:`usage_context`, a context variable, so one shared client
 serves many conversations and concurrent asyncio tasks keep their own tags. Publishing
 never raises into the caller: a usage event that cannot be built or queued is logged.
+
+Attributes (what a call is for, to group costs by: ``user``, ``customer``, ``feature``,
+``environment``, ``prompt_version``, ``session`` or any key of the contract's rules) come
+from three places, merged key by key, the nearer one winning:
+
+1. per call, ``llm_usage_attributes={"user": "u-42"}`` on ``messages.create``,
+   ``messages.stream``, ``messages.parse`` (and their beta, ``with_raw_response`` and
+   ``with_streaming_response`` forms) or ``messages.batches.results``; it is removed before
+   the SDK sees the call and never reaches the API (the SDK's typed signatures do not
+   know it: a type checker wants ``# type: ignore[call-overload]`` there, or
+   ``**{CALL_ATTRIBUTES_ARG: {...}}``; a :func:`usage_attributes` block needs neither);
+2. the enclosing :func:`usage_attributes` (or ``usage_context(attributes=...)``) blocks,
+   inner blocks over outer ones; a context variable, so sync, async and streaming calls
+   and concurrent tasks each see their own;
+3. ``instrument(client, ..., attributes={...})`` for every call of the client.
+
+A Message Batches result's ``batch_attribution`` tags may carry attributes too; they win
+over all three. Attributes given to ``instrument()`` or a context are checked at once
+(ValueError naming the key); a bad per-call one is dropped with a warning, the call itself
+goes ahead. Together at most :data:`~producers.contract.MAX_ATTRIBUTES` are published:
+the per-call ones first, a warning names any left out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
+import json
 import logging
 import re
 import time
@@ -60,11 +83,13 @@ from pydantic import ValidationError
 
 from producers.budget_guard import BudgetGuard
 from producers.contract import (
+    MAX_ATTRIBUTES,
     V2_FIELDS,
     ServiceTier,
     Source,
     Status,
     UsageEvent,
+    check_attributes,
     describe_validation_error,
 )
 
@@ -74,6 +99,11 @@ MetadataValue = str | int | float | bool | None
 UNATTRIBUTED = "unattributed"
 _MESSAGES_PATH = "/v1/messages"
 _MARK = "_llm_usage_instrumented"
+# The per-call argument: ``client.messages.create(..., llm_usage_attributes={"user": "u1"})``.
+CALL_ATTRIBUTES_ARG = "llm_usage_attributes"
+# Carries a call's attributes from the wrapped method to the wrapped ``_post`` (which takes
+# it off again): the only way through ``stream()`` and the raw/streaming response wrappers.
+_ATTRIBUTES_HEADER = "x-llm-usage-attributes"
 ClientT = TypeVar("ClientT", anthropic.Anthropic, anthropic.AsyncAnthropic)
 
 
@@ -94,9 +124,10 @@ class UsageTags:
     source_id: str | None = None
     source_name: str | None = None
     metadata: Mapping[str, MetadataValue] = field(default_factory=dict)
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
     def overlay(self, other: UsageTags) -> UsageTags:
-        """``other``'s set fields win; metadata is merged."""
+        """``other``'s set fields win; metadata and attributes are merged (``other``'s win)."""
         changes: dict[str, Any] = {
             k: getattr(other, k)
             for k in ("tenant_id", "source", "source_id", "source_name")
@@ -104,7 +135,49 @@ class UsageTags:
         }
         if other.metadata:
             changes["metadata"] = {**self.metadata, **other.metadata}
+        if other.attributes:
+            changes["attributes"] = {**self.attributes, **other.attributes}
         return replace(self, **changes)
+
+
+def checked_attributes(attributes: Mapping[str, Any] | None, where: str) -> dict[str, str]:
+    """``attributes`` as the event contract will take them (surrounding blanks stripped, as
+    it does); ValueError naming ``where`` and the key when the contract would refuse them."""
+    if attributes is None:
+        return {}
+    if not isinstance(attributes, Mapping):
+        raise ValueError(f"{where}: attributes must be a mapping, not {type(attributes).__name__}")
+    checked: dict[str, str] = {}
+    for key, value in attributes.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{where}: attribute key {key!r} must be a string")
+        if not isinstance(value, str):
+            kind = type(value).__name__
+            raise ValueError(f"{where}: value of attribute {key!r} must be a string, not {kind}")
+        checked[key.strip()] = value.strip()
+    try:
+        check_attributes(checked)
+    except ValueError as exc:
+        raise ValueError(f"{where}: attributes: {exc}") from None
+    return checked
+
+
+def _lenient_attributes(attributes: Any, where: str) -> dict[str, str]:
+    """The valid pairs of ``attributes`` (at most MAX_ATTRIBUTES); the others are logged."""
+    if not isinstance(attributes, Mapping):
+        log.warning("%s: attributes must be a mapping, ignored: %r", where, attributes)
+        return {}
+    usable: dict[str, str] = {}
+    for key, value in attributes.items():
+        try:
+            usable.update(checked_attributes({key: value}, where))
+        except ValueError as exc:
+            log.warning("%s; that attribute is left out, the call goes ahead", exc)
+    if len(usable) > MAX_ATTRIBUTES:
+        dropped = list(usable)[MAX_ATTRIBUTES:]
+        log.warning("%s: more than %d attributes, left out: %s", where, MAX_ATTRIBUTES, dropped)
+        usable = dict(list(usable.items())[:MAX_ATTRIBUTES])
+    return usable
 
 
 _context: ContextVar[UsageTags | None] = ContextVar("llm_usage_tags", default=None)
@@ -124,14 +197,43 @@ def usage_context(
     source_id: str | None = None,
     source_name: str | None = None,
     metadata: Mapping[str, MetadataValue] | None = None,
+    attributes: Mapping[str, str] | None = None,
 ) -> Iterator[UsageTags]:
-    """Tag every instrumented call made inside the block (thread- and task-local)."""
-    tags = UsageTags(tenant_id, source, source_id, source_name, dict(metadata or {}))
-    token = _context.set(current_tags().overlay(tags))
+    """Tag every instrumented call made inside the block (thread- and task-local).
+
+    ``attributes`` are merged into the enclosing blocks' (these win); ValueError at once if
+    a key or value breaks the contract's rules, or the merged set has too many keys.
+    """
+    checked = checked_attributes(attributes, "usage_context")
+    tags = UsageTags(tenant_id, source, source_id, source_name, dict(metadata or {}), checked)
+    merged = current_tags().overlay(tags)
+    if len(merged.attributes) > MAX_ATTRIBUTES:
+        raise ValueError(
+            f"usage_context: {len(merged.attributes)} attributes with the enclosing blocks', "
+            f"at most {MAX_ATTRIBUTES} are allowed"
+        )
+    token = _context.set(merged)
     try:
-        yield current_tags()
+        yield merged
     finally:
         _context.reset(token)
+
+
+@contextlib.contextmanager
+def usage_attributes(
+    attributes: Mapping[str, str] | None = None, /, **more: str
+) -> Iterator[Mapping[str, str]]:
+    """Attributes for every instrumented call made inside the block, e.g.
+    ``with usage_attributes(user="u-42", feature="search"):`` (keys with dots, such as
+    ``"team.id"``, in a mapping: ``usage_attributes({"team.id": "t7"})``).
+
+    Nested blocks merge, the inner value of a key winning; a call's own
+    ``llm_usage_attributes`` win over both. Works for sync, async and streaming calls (a
+    context variable: concurrent tasks keep their own). ValueError at once for a key or
+    value the event contract would refuse. Yields the blocks' merged attributes.
+    """
+    with usage_context(attributes={**(attributes or {}), **more}) as tags:
+        yield tags.attributes
 
 
 # --- recording one call ----------------------------------------------------------------
@@ -153,8 +255,15 @@ _MAX_RAW_CHARS = 256
 class _Call:
     """What we learn about one API call while it runs; turns into one UsageEvent."""
 
-    def __init__(self, tags: UsageTags, body: Mapping[str, Any], stream: bool) -> None:
+    def __init__(
+        self,
+        tags: UsageTags,
+        body: Mapping[str, Any],
+        stream: bool,
+        attributes: Mapping[str, str] | None = None,
+    ) -> None:
         self.tags = tags
+        self.call_attributes = dict(attributes or {})  # the call's own: win over the tags'
         self.model = str(body.get("model") or "unknown")
         self.stream = stream
         self.occurred_at = datetime.now(UTC)
@@ -232,6 +341,24 @@ class _Call:
             return self.duration_ms
         return max(0, round((time.monotonic() - self.started) * 1000))
 
+    def _attributes(self) -> dict[str, str]:
+        """The call's own attributes over the tags'; the call's first when over the limit."""
+        merged = {**self.tags.attributes, **self.call_attributes}
+        if len(merged) <= MAX_ATTRIBUTES:
+            return merged
+        kept = dict(self.call_attributes)
+        for key, value in self.tags.attributes.items():
+            if len(kept) < MAX_ATTRIBUTES and key not in kept:
+                kept[key] = value
+        log.warning(
+            "usage of a %s call: %d attributes together, at most %d are published; left out: %s",
+            self.model,
+            len(merged),
+            MAX_ATTRIBUTES,
+            sorted(set(merged) - set(kept)),
+        )
+        return kept
+
     def event(self, status: Status) -> UsageEvent | None:
         """The usage event, or None (logged) when attribution is missing or invalid."""
         tags = self.tags
@@ -259,6 +386,9 @@ class _Call:
             "request_id": self.request_id,
             "metadata": {**tags.metadata, **self.extra},
         }
+        attributes = self._attributes()
+        if attributes:
+            data["attributes"] = attributes
         if self.default_tier is ServiceTier.BATCH:  # a batch result is billed at batch prices
             reported = self.labels.get("service_tier")
             if reported not in (None, ServiceTier.BATCH):
@@ -283,7 +413,7 @@ def _validated(data: dict[str, Any], default_tier: ServiceTier) -> UsageEvent | 
         return UsageEvent.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
-        rejected = {str(e["loc"][0]) for e in errors if e["loc"] and e["loc"][0] in V2_FIELDS}
+        rejected = {str(e["loc"][0]) for e in errors if e["loc"] and e["loc"][0] in _DEMOTABLE}
         if not rejected:
             _log_invalid(data, exc)
             return None
@@ -295,11 +425,17 @@ def _validated(data: dict[str, Any], default_tier: ServiceTier) -> UsageEvent | 
         return None
 
 
+_DEMOTABLE = (*V2_FIELDS, "attributes")  # what a call is published without, rather than lost
+
+
 def _demote(data: dict[str, Any], names: set[str], default_tier: ServiceTier) -> dict[str, Any]:
     """``data`` with ``names`` at their defaults and their raw values in metadata."""
     data, metadata = dict(data), dict(data["metadata"])
     for name in sorted(names):
         value = data.pop(name)
+        if name == "attributes":  # checked before, so only a bug gets here: keep the call
+            log.warning("usage of a %s call published without its attributes", data.get("model"))
+            continue
         raw = value if isinstance(value, int | float | str) else str(value)
         metadata[f"{name}_raw"] = raw[:_MAX_RAW_CHARS] if isinstance(raw, str) else raw
         log.warning(
@@ -404,9 +540,15 @@ class _BatchReader:
     """Turns the lines of one batch's results file into usage events (succeeded ones only)."""
 
     def __init__(
-        self, batch_id: str, batch: Any, tags: UsageTags, attribution: BatchAttribution
+        self,
+        batch_id: str,
+        batch: Any,
+        tags: UsageTags,
+        attribution: BatchAttribution,
+        attributes: Mapping[str, str] | None = None,
     ) -> None:
         self.batch_id = batch_id
+        self.attributes = dict(attributes or {})  # results()'s llm_usage_attributes
         ended_at = getattr(batch, "ended_at", None)
         self.ended_at = ended_at if isinstance(ended_at, datetime) else None
         self.tags = tags
@@ -427,7 +569,8 @@ class _BatchReader:
         if kind != "succeeded":  # errored, expired, canceled: not billed
             return None
         custom_id = str(getattr(line, "custom_id", None) or "")
-        call = _Call(self.tags.overlay(self._attribute(custom_id)), {}, stream=False)
+        tags = self.tags.overlay(UsageTags(attributes=self.attributes))
+        call = _Call(tags.overlay(self._attribute(custom_id)), {}, stream=False)
         call.default_tier = ServiceTier.BATCH
         call.event_id = batch_event_id(self.batch_id, custom_id, self.ended_at)
         call.occurred_at = self.ended_at or call.occurred_at
@@ -535,6 +678,61 @@ def _raw_mode(kwargs: Mapping[str, Any]) -> str | None:
     return str(value) if value is not None else None
 
 
+# --- per-call attributes -------------------------------------------------------------------
+_CALL_METHODS = ("create", "stream", "parse")  # every messages method that POSTs /v1/messages
+
+
+def _accept_call_attributes(messages: Any) -> None:
+    """Let ``create``/``stream``/``parse`` of one messages resource take the per-call
+    argument: popped before the SDK's method sees it, handed to ``_post`` in a header that
+    ``_post`` takes off again (``stream()`` only calls ``_post`` when its block is entered)."""
+    for name in _CALL_METHODS:
+        method = getattr(messages, name, None)
+        if method is not None:
+            setattr(messages, name, _taking_call_attributes(method))
+    for cached in ("with_raw_response", "with_streaming_response"):
+        messages.__dict__.pop(cached, None)  # built again around the wrapped methods
+
+
+def _taking_call_attributes(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        given = kwargs.pop(CALL_ATTRIBUTES_ARG, None)
+        if given is not None:
+            usable = _lenient_attributes(given, CALL_ATTRIBUTES_ARG)
+            if usable:
+                headers = dict(kwargs.get("extra_headers") or {})
+                headers[_ATTRIBUTES_HEADER] = json.dumps(usable)
+                kwargs["extra_headers"] = headers
+        return method(*args, **kwargs)  # an async method's coroutine is returned unawaited
+
+    return call
+
+
+def _take_call_attributes(kwargs: dict[str, Any]) -> dict[str, str]:
+    """Remove the attributes header from ``_post``'s options; the attributes it carried."""
+    options = kwargs.get("options")
+    headers = options.get("headers") if isinstance(options, Mapping) else None
+    if not isinstance(options, Mapping) or not isinstance(headers, Mapping):
+        return {}
+    encoded = headers.get(_ATTRIBUTES_HEADER)
+    if encoded is None:
+        return {}
+    rest = {k: v for k, v in headers.items() if k != _ATTRIBUTES_HEADER}
+    kwargs["options"] = {**options, "headers": rest}
+    try:
+        return dict(json.loads(encoded))
+    except (TypeError, ValueError):
+        return {}
+
+
+def _results_attributes(kwargs: dict[str, Any]) -> dict[str, str]:
+    """``batches.results()``'s per-call attributes, popped (the SDK's method has no such
+    argument)."""
+    given = kwargs.pop(CALL_ATTRIBUTES_ARG, None)
+    return {} if given is None else _lenient_attributes(given, CALL_ATTRIBUTES_ARG)
+
+
 # --- sync client -------------------------------------------------------------------------
 def _watch_stream(stream: Stream[Any], call: _Call, sink: SyncSink) -> None:
     """Observe a Stream's events as the caller reads them; publish at its end or close."""
@@ -589,6 +787,8 @@ def _patch_sync(
 ) -> None:
     _patch_sync_resource(client.messages, sink, defaults, guard)
     _patch_sync_resource(client.beta.messages, sink, defaults, guard)
+    _accept_call_attributes(client.messages)
+    _accept_call_attributes(client.beta.messages)
     _patch_sync_batches(client.messages.batches, sink, defaults, attribution)
     _patch_sync_batches(client.beta.messages.batches, sink, defaults, attribution)
 
@@ -606,10 +806,12 @@ def _patch_sync_resource(
     original_post: Callable[..., Any] = messages._post
 
     def _post(path: str, *args: Any, **kwargs: Any) -> Any:
+        attributes = _take_call_attributes(kwargs)  # whatever the path: never sent
         if path != _MESSAGES_PATH:
             return original_post(path, *args, **kwargs)
         body = kwargs.get("body") or {}
-        call = _Call(defaults.overlay(current_tags()), body, bool(kwargs.get("stream")))
+        tags = defaults.overlay(current_tags())
+        call = _Call(tags, body, bool(kwargs.get("stream")), attributes)
         _guarded(guard, call.tags)
         try:
             result = original_post(path, *args, **kwargs)
@@ -652,6 +854,7 @@ def _patch_sync_batches(
 
     def results(*args: Any, **kwargs: Any) -> Any:
         tags = defaults.overlay(current_tags())
+        attributes = _results_attributes(kwargs)
         with _capturing_batches() as seen:
             result = original_results(*args, **kwargs)
         batch_id = _batch_id(args, kwargs)
@@ -659,7 +862,7 @@ def _patch_sync_batches(
         if isinstance(result, APIResponse) and _raw_results(kwargs):
             decoder = result.parse()  # cached: the caller's parse() returns this very decoder
         if isinstance(decoder, JSONLDecoder):
-            reader = _BatchReader(batch_id, seen.get(batch_id), tags, attribution)
+            reader = _BatchReader(batch_id, seen.get(batch_id), tags, attribution, attributes)
             _watch_batch_results(decoder, reader, sink)
         else:  # with_streaming_response: reading the body here would change what the caller sees
             log.debug("usage of batch %s not recorded (response type %s)", batch_id, type(result))
@@ -722,6 +925,8 @@ def _patch_async(
 ) -> None:
     _patch_async_resource(client.messages, sink, defaults, guard)
     _patch_async_resource(client.beta.messages, sink, defaults, guard)
+    _accept_call_attributes(client.messages)
+    _accept_call_attributes(client.beta.messages)
     _patch_async_batches(client.messages.batches, sink, defaults, attribution)
     _patch_async_batches(client.beta.messages.batches, sink, defaults, attribution)
 
@@ -732,10 +937,12 @@ def _patch_async_resource(
     original_post: Callable[..., Awaitable[Any]] = messages._post
 
     async def _post(path: str, *args: Any, **kwargs: Any) -> Any:
+        attributes = _take_call_attributes(kwargs)  # whatever the path: never sent
         if path != _MESSAGES_PATH:
             return await original_post(path, *args, **kwargs)
         body = kwargs.get("body") or {}
-        call = _Call(defaults.overlay(current_tags()), body, bool(kwargs.get("stream")))
+        tags = defaults.overlay(current_tags())
+        call = _Call(tags, body, bool(kwargs.get("stream")), attributes)
         _guarded(guard, call.tags)
         try:
             result = await original_post(path, *args, **kwargs)
@@ -779,6 +986,7 @@ def _patch_async_batches(
 
     async def results(*args: Any, **kwargs: Any) -> Any:
         tags = defaults.overlay(current_tags())
+        attributes = _results_attributes(kwargs)
         with _capturing_batches() as seen:
             result = await original_results(*args, **kwargs)
         batch_id = _batch_id(args, kwargs)
@@ -786,7 +994,7 @@ def _patch_async_batches(
         if isinstance(result, AsyncAPIResponse) and _raw_results(kwargs):
             decoder = await result.parse()
         if isinstance(decoder, AsyncJSONLDecoder):
-            reader = _BatchReader(batch_id, seen.get(batch_id), tags, attribution)
+            reader = _BatchReader(batch_id, seen.get(batch_id), tags, attribution, attributes)
             _watch_async_batch_results(decoder, reader, sink)
         else:
             log.debug("usage of batch %s not recorded (response type %s)", batch_id, type(result))
@@ -818,6 +1026,7 @@ def instrument(
     source_id: str | None = ...,
     source_name: str | None = ...,
     metadata: Mapping[str, MetadataValue] | None = ...,
+    attributes: Mapping[str, str] | None = ...,
     batch_attribution: BatchAttribution | None = ...,
     budget_guard: bool | BudgetGuard = ...,
 ) -> anthropic.Anthropic: ...
@@ -831,6 +1040,7 @@ def instrument(
     source_id: str | None = ...,
     source_name: str | None = ...,
     metadata: Mapping[str, MetadataValue] | None = ...,
+    attributes: Mapping[str, str] | None = ...,
     batch_attribution: BatchAttribution | None = ...,
     budget_guard: bool | BudgetGuard = ...,
 ) -> anthropic.AsyncAnthropic: ...
@@ -843,6 +1053,7 @@ def instrument(
     source_id: str | None = None,
     source_name: str | None = None,
     metadata: Mapping[str, MetadataValue] | None = None,
+    attributes: Mapping[str, str] | None = None,
     batch_attribution: BatchAttribution | None = None,
     budget_guard: bool | BudgetGuard = False,
 ) -> Any:
@@ -863,10 +1074,16 @@ def instrument(
     tenant, source or entity has used up a hard budget; it fails open when the budget
     status is stale (see :mod:`producers.budget_guard`). True needs a publisher with
     ``settings`` (both publishers have them): the guard reads their Kafka.
+
+    ``attributes`` (``{"environment": "production"}``, say) go on every call of the client;
+    :func:`usage_attributes` blocks and a call's ``llm_usage_attributes`` add to them and win
+    over them (see the module's documentation). ValueError at once for a key or value the
+    event contract would refuse.
     """
     if getattr(client, _MARK, False):
         raise ValueError("this client is already instrumented")
-    defaults = UsageTags(tenant_id, source, source_id, source_name, dict(metadata or {}))
+    checked = checked_attributes(attributes, "instrument")
+    defaults = UsageTags(tenant_id, source, source_id, source_name, dict(metadata or {}), checked)
     attribution = batch_attribution or tags_from_custom_id
     guard = _guard_of(budget_guard, publisher)
     if isinstance(client, anthropic.AsyncAnthropic):
@@ -888,6 +1105,7 @@ def instrument(
             source_id=source_id,
             source_name=source_name,
             metadata=metadata,
+            attributes=attributes,
             batch_attribution=batch_attribution,
             budget_guard=guard or False,
         )

@@ -44,6 +44,12 @@ all its spans). Empty strings count as absent. :class:`SpanMapping` can rename t
 | tenant, span ``trace_id`` and ``span_id``            | ``event_id`` (UUIDv5: a retried     |
 |                                                      | export is deduplicated downstream)  |
 | the API key (``llm_usage.tenant_id`` must match)     | ``tenant_id``                       |
+| ``llm_usage.attr.<key>`` (any key), else the names   | ``attributes[<key>]``               |
+| below for the well-known keys                        |                                     |
+| ``enduser.id``, ``user.id``                          | ``attributes["user"]``              |
+| ``session.id``                                       | ``attributes["session"]``           |
+| ``deployment.environment.name``,                     | ``attributes["environment"]``       |
+| ``deployment.environment`` (older)                   |                                     |
 
 Input tokens: the contract's ``input_tokens`` excludes cached tokens (the Anthropic API's
 meaning) while the GenAI conventions' ``gen_ai.usage.input_tokens`` includes them (traceloop's
@@ -56,6 +62,15 @@ span, :attr:`SpanMapping.input_tokens_include_cache` for the whole deployment.
 Token counts must be non-negative integers (a double with an integral value is accepted); an
 absent count is 0. A model-call span that cannot become an event (bad count, no source id, no
 start time, tenant mismatch, ...) is rejected with a one-sentence reason naming the attribute.
+
+Attributes (what the call is for, to group costs by; see ``producers/WIRE_FORMAT.md``): every
+span or resource attribute named ``llm_usage.attr.<key>`` gives the event's attribute
+``<key>``; :attr:`SpanMapping.attributes` adds OpenTelemetry's own names for the well-known
+keys (the table above), tried after ``llm_usage.attr.<key>``. As everywhere, the span wins
+over its resource. A value must be a string (an integer is taken as its decimal digits, as
+for ids); a key that breaks the contract's rules (``^[a-z][a-z0-9_.]{0,63}$``), a value that
+is not a string or longer than 256 characters, or more than 16 attributes on one call
+rejects the span, with the reason naming the attribute.
 """
 
 from __future__ import annotations
@@ -79,7 +94,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from producers.contract import SCHEMA_VERSION, Source
+from producers.contract import (
+    ATTRIBUTE_KEY,
+    MAX_ATTRIBUTE_VALUE,
+    MAX_ATTRIBUTES,
+    SCHEMA_VERSION,
+    Source,
+)
 
 # Drawn once at random and fixed forever: event ids derive from it, so changing it would let
 # a retried export (same trace and span ids) through the deduplication as new calls.
@@ -97,6 +118,13 @@ JSON_TYPE = "application/json"
 MODEL_CALL_OPERATIONS = frozenset({"chat", "text_completion", "generate_content"})
 INCLUDE_CACHE_ATTRIBUTE = "llm_usage.input_tokens_include_cache"
 TENANT_ATTRIBUTE = "llm_usage.tenant_id"
+ATTRIBUTE_PREFIX = "llm_usage.attr."  # llm_usage.attr.<key> -> the event's attribute <key>
+# OpenTelemetry's names for the well-known attribute keys (tried after llm_usage.attr.<key>)
+DEFAULT_ATTRIBUTE_NAMES: Mapping[str, tuple[str, ...]] = {
+    "user": ("enduser.id", "user.id"),
+    "session": ("session.id",),
+    "environment": ("deployment.environment.name", "deployment.environment"),
+}
 
 # OTLP/JSON spells these bytes fields in hex; protobuf's JSON mapping expects base64.
 _HEX_ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
@@ -218,6 +246,12 @@ class SpanMapping:
     service_name: tuple[str, ...] = ("service.name",)
     # OTel semconv: gen_ai.usage.input_tokens includes cached tokens; Anthropic's excludes them
     input_tokens_include_cache: bool = True
+    # event attribute key -> span attribute names, tried after ``attribute_prefix + key``; in
+    # a file, merged over these defaults (a key mapped to [] drops its default names)
+    attributes: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(DEFAULT_ATTRIBUTE_NAMES), hash=False
+    )
+    attribute_prefix: str = ATTRIBUTE_PREFIX  # <prefix><key> -> attribute <key>, any key
 
     def __post_init__(self) -> None:
         """Fail at startup on a mistyped mapping rather than on every span."""
@@ -226,6 +260,11 @@ class SpanMapping:
             if spec.name == "input_tokens_include_cache":
                 if not isinstance(value, bool):
                     raise ValueError(f"{spec.name} must be true or false, got {value!r}")
+            elif spec.name == "attributes":
+                object.__setattr__(self, spec.name, _attribute_names(value))
+            elif spec.name == "attribute_prefix":
+                if not isinstance(value, str) or not value:
+                    raise ValueError(f"{spec.name} must be a non-empty string, got {value!r}")
             elif not (
                 isinstance(value, tuple)
                 and value
@@ -251,10 +290,29 @@ class SpanMapping:
         overrides: dict[str, Any] = {
             key: tuple(value) if isinstance(value, list) else value for key, value in data.items()
         }
+        if isinstance(overrides.get("attributes"), dict):  # merged over the defaults
+            overrides["attributes"] = {**DEFAULT_ATTRIBUTE_NAMES, **overrides["attributes"]}
         try:
             return cls(**overrides)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
+
+
+def _attribute_names(value: Any) -> dict[str, tuple[str, ...]]:
+    """``SpanMapping.attributes`` checked, lists made tuples, keys mapped to nothing left out."""
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"attributes must map attribute keys to lists of attribute names, got {value!r}"
+        )
+    names: dict[str, tuple[str, ...]] = {}
+    for key, given in value.items():
+        if not isinstance(key, str) or not ATTRIBUTE_KEY.fullmatch(key):
+            raise ValueError(f"attributes: key {key!r} must match ^[a-z][a-z0-9_.]{{0,63}}$")
+        if not (isinstance(given, list | tuple) and all(isinstance(n, str) and n for n in given)):
+            raise ValueError(f"attributes: {key!r} must map to a list of attribute names")
+        if given:
+            names[key] = tuple(given)
+    return names
 
 
 @dataclass
@@ -312,6 +370,15 @@ class _Attributes:
 
     def __init__(self, span: Mapping[str, _Value], resource: Mapping[str, _Value]) -> None:
         self._layers = (span, resource)
+
+    def keys_after(self, prefix: str) -> dict[str, None]:
+        """What follows ``prefix`` in the names set on the span or resource (ordered, once)."""
+        return {
+            name[len(prefix) :]: None
+            for layer in self._layers
+            for name in layer
+            if name.startswith(prefix)
+        }
 
     def get(self, names: Sequence[str]) -> tuple[str, _Value] | None:
         """The first of ``names`` set on the span, else on the resource, with its name."""
@@ -433,7 +500,40 @@ def _event(
     request_id = attributes.text(mapping.request_id)
     if request_id is not None:
         event["request_id"] = request_id
+    labels = _event_attributes(attributes, mapping)
+    if labels:
+        event["attributes"] = labels
     return event
+
+
+def _event_attributes(attributes: _Attributes, mapping: SpanMapping) -> dict[str, str]:
+    """The event's attributes: ``<prefix><key>`` for any key, then the mapped names."""
+    prefix = mapping.attribute_prefix
+    keys = dict.fromkeys(mapping.attributes) | attributes.keys_after(prefix)
+    found: dict[str, str] = {}
+    for key in keys:
+        names = (prefix + key, *mapping.attributes.get(key, ()))
+        hit = attributes.get(names)
+        if hit is None:
+            continue
+        name = hit[0]
+        if not ATTRIBUTE_KEY.fullmatch(key):
+            raise _Rejected(f"{name}: attribute key {key!r} must match ^[a-z][a-z0-9_.]{{0,63}}$")
+        value = attributes.text((name,))
+        if value is None:
+            continue
+        value = value.strip()
+        if len(value) > MAX_ATTRIBUTE_VALUE:
+            raise _Rejected(
+                f"{name} must be at most {MAX_ATTRIBUTE_VALUE} characters, got {len(value)}"
+            )
+        found[key] = value
+    if len(found) > MAX_ATTRIBUTES:
+        raise _Rejected(
+            f"span has {len(found)} attributes ({', '.join(sorted(found))}), "
+            f"at most {MAX_ATTRIBUTES} are allowed"
+        )
+    return found
 
 
 def _isoformat(unix_nano: int) -> str:

@@ -5,6 +5,7 @@ process prices and writes to ClickHouse, and the API answers from the rollups an
 table. Every tenant's summary and per-source split must equal the manifest exactly, and so
 must the cost by model: the demo's batch, fast-mode, US-only and web-search calls are priced
 by the worker as the manifest prices them, and its fine-tuned model is reported unpriced.
+The stored calls' attributes, grouped by key and value, equal the manifest's totals too.
 """
 
 from __future__ import annotations
@@ -110,6 +111,29 @@ def test_simulate_manifest_equals_api(migrated: Settings, tmp_path: Path) -> Non
     assert _by_model(client, settings, window) == {
         model: (t["calls"], Decimal(t["cost_usd"]), t["unpriced_calls"], t["web_search_requests"])
         for model, t in manifest["by_model"].items()
+    }
+    expected_attributes = {
+        (key, value): (t["calls"], Decimal(t["cost_usd"]), t["unpriced_calls"])
+        for key, values in manifest["by_attribute"].items()
+        for value, t in values.items()
+    }
+    assert {key for key, _ in expected_attributes} == {"customer", "environment", "feature", "user"}
+    assert _by_attribute(settings) == expected_attributes
+
+
+def _by_attribute(settings: Settings) -> dict[tuple[str, str], tuple[int, Decimal, int]]:
+    """(calls, cost, unpriced calls) per attribute key and value, from the stored calls."""
+    client = connect(settings)
+    try:
+        rows = client.query(
+            "SELECT key, value, count(), sum(cost_usd), countIf(NOT priced) FROM usage_events"
+            " ARRAY JOIN mapKeys(attributes) AS key, mapValues(attributes) AS value"
+            " GROUP BY key, value"
+        ).result_rows
+    finally:
+        client.close()
+    return {
+        (key, value): (calls, Decimal(cost), unpriced) for key, value, calls, cost, unpriced in rows
     }
 
 

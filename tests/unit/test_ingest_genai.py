@@ -440,6 +440,151 @@ def test_unknown_source_passes_through_to_the_contract() -> None:
         parse_call(event)
 
 
+# --- attributes ---------------------------------------------------------------------------------
+
+
+def test_semconv_names_and_the_prefix_become_attributes() -> None:
+    attrs = chat(
+        **{
+            "enduser.id": "u-42",
+            "session.id": "sess-9",
+            "deployment.environment.name": "staging",
+            "llm_usage.attr.customer": "globex",
+            "llm_usage.attr.prompt_version": "v3",
+            "llm_usage.attr.team.id": 7,  # an integer, like an id: its digits
+        }
+    )
+    event = event_of(attrs)
+    assert event["attributes"] == {
+        "user": "u-42",
+        "session": "sess-9",
+        "environment": "staging",
+        "customer": "globex",
+        "prompt_version": "v3",
+        "team.id": "7",
+    }
+    assert UsageEvent.model_validate(event).attributes == event["attributes"]
+
+
+def test_no_attributes_leave_the_field_out() -> None:
+    assert "attributes" not in event_of(chat())
+
+
+@pytest.mark.parametrize(
+    ("attrs", "resource", "expected"),
+    [
+        ({"user.id": "u-1"}, {}, {"user": "u-1"}),
+        ({"enduser.id": "a", "user.id": "b"}, {}, {"user": "a"}),  # enduser.id first
+        ({"llm_usage.attr.user": "mine", "enduser.id": "theirs"}, {}, {"user": "mine"}),
+        ({"deployment.environment": "prod"}, {}, {"environment": "prod"}),  # the older name
+        (
+            {"deployment.environment": "old"},
+            {"deployment.environment.name": "new"},
+            {"environment": "old"},  # the span wins over the resource, whatever the name
+        ),
+        (
+            {},
+            {"deployment.environment.name": "production", "llm_usage.attr.feature": "chat"},
+            {"environment": "production", "feature": "chat"},  # the resource fills in
+        ),
+        ({"llm_usage.attr.user": "span"}, {"llm_usage.attr.user": "res"}, {"user": "span"}),
+        ({"enduser.id": "  padded  "}, {}, {"user": "padded"}),
+        ({"enduser.id": "   "}, {}, None),  # blank: absent
+    ],
+)
+def test_attribute_precedence(attrs: Attrs, resource: Attrs, expected: Attrs | None) -> None:
+    event = event_of(chat(**attrs), resource=resource)
+    assert event.get("attributes") == expected
+
+
+@pytest.mark.parametrize(
+    ("attrs", "resource", "reason"),
+    [
+        (
+            {"llm_usage.attr.Customer": "x"},
+            {},
+            "llm_usage.attr.Customer: attribute key 'Customer' must match",
+        ),
+        ({"llm_usage.attr.": "x"}, {}, "llm_usage.attr.: attribute key '' must match"),
+        ({"llm_usage.attr.a b": "x"}, {}, "attribute key 'a b' must match"),
+        ({}, {"llm_usage.attr.9lives": "x"}, "llm_usage.attr.9lives: attribute key '9lives'"),
+        ({"enduser.id": "x" * 257}, {}, "enduser.id must be at most 256 characters, got 257"),
+        ({"session.id": True}, {}, "session.id must be a string, got True"),
+        ({"llm_usage.attr.user": 1.5}, {}, "llm_usage.attr.user must be a string, got 1.5"),
+        ({"llm_usage.attr.user": ["a"]}, {}, "llm_usage.attr.user must be a string, got an array"),
+        (
+            {f"llm_usage.attr.k{i:02d}": "v" for i in range(17)},
+            {},
+            "span has 17 attributes (k00, k01,",
+        ),
+    ],
+)
+def test_bad_attributes_reject_the_span_naming_the_attribute(
+    attrs: Attrs, resource: Attrs, reason: str
+) -> None:
+    assert reason in reason_of(chat(**attrs), resource=resource)
+
+
+def test_bad_attributes_reject_only_their_span() -> None:
+    bad = span(chat(**{"llm_usage.attr.User": "x"}), span_id=b"\x01" * 8)
+    good = span(chat(**{"llm_usage.attr.user": "x"}), span_id=b"\x02" * 8)
+    mapped = mapped_of(bad, good)
+    assert [position for position, _ in mapped.rejected] == [0]
+    assert mapped.span_index == [1] and mapped.events[0]["attributes"] == {"user": "x"}
+
+
+def test_attribute_names_are_configurable(tmp_path: Path) -> None:
+    path = tmp_path / "mapping.json"
+    path.write_text(
+        json.dumps(
+            {
+                "attributes": {"customer": ["app.customer_id"], "session": []},
+                "attribute_prefix": "acme.",
+            }
+        )
+    )
+    mapping = SpanMapping.from_file(path)
+    assert mapping.attributes == {
+        "user": ("enduser.id", "user.id"),  # the defaults stay unless overridden
+        "environment": ("deployment.environment.name", "deployment.environment"),
+        "customer": ("app.customer_id",),
+    }
+    attrs = chat(
+        **{
+            "app.customer_id": "globex",
+            "session.id": "not read any more",
+            "acme.feature": "search",
+            "llm_usage.attr.other": "not read any more",
+        }
+    )
+    assert event_of(attrs, mapping=mapping)["attributes"] == {
+        "customer": "globex",
+        "feature": "search",
+    }
+    assert SpanMapping(attributes={}).attributes == {}
+    assert (
+        event_of(chat(**{"enduser.id": "u"}), mapping=SpanMapping(attributes={})).get("attributes")
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"attributes": {"User": ["x"]}}', "attributes: key 'User' must match"),
+        ('{"attributes": {"user": "enduser.id"}}', "'user' must map to a list of attribute"),
+        ('{"attributes": {"user": [""]}}', "'user' must map to a list of attribute"),
+        ('{"attributes": ["user"]}', "attributes must map attribute keys to lists"),
+        ('{"attribute_prefix": ""}', "attribute_prefix must be a non-empty string"),
+    ],
+)
+def test_bad_attribute_mappings_fail_at_startup(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "mapping.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        SpanMapping.from_file(path)
+
+
 # --- resource fallback ------------------------------------------------------------------------
 
 

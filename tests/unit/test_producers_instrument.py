@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 
 from producers.contract import ServiceTier, Source, Speed, Status, UsageEvent
 from producers.instrument import (
+    CALL_ATTRIBUTES_ARG,
     UNATTRIBUTED,
     BatchCustomId,
     UsageTags,
@@ -28,6 +30,7 @@ from producers.instrument import (
     batch_event_id,
     instrument,
     parse_batch_custom_id,
+    usage_attributes,
     usage_context,
 )
 
@@ -800,3 +803,219 @@ def test_other_batch_endpoints_are_untouched() -> None:
     raw = client.messages.batches.with_raw_response.retrieve(BATCH_ID)
     assert raw.parse().id == BATCH_ID
     assert sink.events == []
+
+
+# --- attributes: client-wide, per block, per call ---------------------------------------------
+def at(attributes: Any) -> dict[str, Any]:
+    """``llm_usage_attributes=attributes`` for a call (``**at(...)``): an argument the SDK's
+    typed signatures do not have: spelt out, a type checker wants ``# type: ignore``."""
+    return {CALL_ATTRIBUTES_ARG: attributes}
+
+
+def recording_client(sent: list[httpx2.Request], *, asynchronous: bool = False) -> Any:
+    """A client whose requests are kept (to prove the attributes never reach the API)."""
+    inner = handler()
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        return inner(request)
+
+    transport = httpx2.MockTransport(handle)
+    if asynchronous:
+        return anthropic.AsyncAnthropic(
+            api_key="sk-test", max_retries=0, http_client=httpx2.AsyncClient(transport=transport)
+        )
+    return anthropic.Anthropic(
+        api_key="sk-test", max_retries=0, http_client=httpx2.Client(transport=transport)
+    )
+
+
+def nothing_of_ours_was_sent(sent: list[httpx2.Request]) -> None:
+    assert sent
+    for request in sent:
+        assert "llm-usage" not in " ".join(request.headers.keys()).lower()
+        assert b"llm_usage" not in request.content
+
+
+def test_attributes_from_instrument_blocks_and_the_call_merge_the_nearest_winning() -> None:
+    sink, sent = Sink(), list[httpx2.Request]()
+    client = instrument(
+        recording_client(sent),
+        sink,
+        tenant_id="acme",
+        source="chat",
+        source_id="c1",
+        attributes={"environment": "production", "customer": "globex"},
+    )
+    assert isinstance(client, anthropic.Anthropic)
+    client.messages.create(**ASK)
+    with usage_attributes(user="u-1", feature="search") as inside:
+        assert inside == {"user": "u-1", "feature": "search"}  # the blocks' (not the client's)
+        with usage_attributes({"user": "u-2", "team.id": "t7"}):
+            client.messages.create(**ASK)
+            client.messages.create(**ASK, **at({"user": "u-3", "session": "s9"}))
+        client.messages.create(**ASK)
+    staging = {"environment": "staging"}
+    client.messages.create(**ASK, llm_usage_attributes=staging)  # type: ignore[call-overload]
+    plain, nested, per_call, outer, override = (e.attributes for e in sink.events)
+    assert plain == {"environment": "production", "customer": "globex"}
+    assert nested == {**plain, "user": "u-2", "feature": "search", "team.id": "t7"}
+    assert per_call == {**nested, "user": "u-3", "session": "s9"}
+    assert outer == {**plain, "user": "u-1", "feature": "search"}
+    assert override == {"environment": "staging", "customer": "globex"}
+    nothing_of_ours_was_sent(sent)
+    # on the wire, as the contract says; a call without attributes leaves the field out
+    assert json.loads(sink.events[0].to_json())["attributes"] == plain
+    bare = instrument(sync_client(), sink, tenant_id="acme", source="chat")
+    bare.messages.create(**ASK)
+    assert sink.events[-1].attributes == {} and "attributes" not in json.loads(
+        sink.events[-1].to_json()
+    )
+
+
+def test_per_call_attributes_on_every_way_to_call_the_messages_api() -> None:
+    sink, sent = Sink(), list[httpx2.Request]()
+    client = instrument(recording_client(sent), sink, tenant_id="acme", source="agent")
+    assert isinstance(client, anthropic.Anthropic)
+    attrs = at({"feature": "digest"})
+    with client.messages.stream(**ASK, **at({"feature": "stream"})) as stream:
+        stream.until_done()
+    for _ in client.messages.create(**ASK, stream=True, **at({"feature": "sse"})):
+        pass
+    client.messages.with_raw_response.create(**ASK, **attrs).parse()
+    with client.messages.with_streaming_response.create(**ASK, **attrs) as response:
+        response.read()
+    client.messages.parse(**ASK, **at({"feature": "parse"}))
+    client.beta.messages.create(**ASK, **at({"feature": "beta"}))
+    with client.beta.messages.stream(**ASK, **at({"feature": "beta-stream"})) as s:
+        s.until_done()
+    client.with_options(timeout=5).messages.create(**ASK, **at({"feature": "copy"}))
+    features = [e.attributes.get("feature") for e in sink.events]
+    # with_streaming_response: the body is the caller's to read, so it is not recorded
+    assert features == ["stream", "sse", "digest", "parse", "beta", "beta-stream", "copy"]
+    nothing_of_ours_was_sent(sent)
+
+
+def test_async_and_streaming_calls_see_their_own_blocks_and_arguments() -> None:
+    async def main() -> list[UsageEvent]:
+        sink, sent = AsyncSink(), list[httpx2.Request]()
+        client = instrument(
+            recording_client(sent, asynchronous=True),
+            sink,
+            tenant_id="acme",
+            source="chat",
+            attributes={"environment": "production"},
+        )
+        assert isinstance(client, anthropic.AsyncAnthropic)
+
+        async def conversation(user: str) -> None:
+            with usage_attributes(user=user):
+                await asyncio.sleep(0)
+                await client.messages.create(**ASK)
+                async with client.messages.stream(**ASK) as stream:
+                    async for _ in stream:
+                        await asyncio.sleep(0)
+
+        await asyncio.gather(*(conversation(f"u-{i}") for i in range(4)))
+        raw = await client.messages.create(**ASK, stream=True, **at({"user": "sse"}))
+        async for _ in raw:
+            pass
+        await client.messages.with_raw_response.create(**ASK, **at({"user": "r"}))
+        await client.beta.messages.create(**ASK, **at({"user": "beta"}))
+        nothing_of_ours_was_sent(sent)
+        return sink.events
+
+    events = asyncio.run(main())
+    users = Counter(e.attributes["user"] for e in events)
+    assert users == {"u-0": 2, "u-1": 2, "u-2": 2, "u-3": 2, "sse": 1, "r": 1, "beta": 1}
+    assert all(e.attributes["environment"] == "production" for e in events)
+
+
+def test_bad_attributes_fail_at_instrument_and_block_entry_never_at_call_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with pytest.raises(ValueError, match=r"instrument: attributes: key 'User' must match"):
+        instrument(sync_client(), Sink(), tenant_id="acme", attributes={"User": "x"})
+    with pytest.raises(ValueError, match=r"value of attribute 'user' must be a string, not int"):
+        instrument(sync_client(), Sink(), attributes={"user": 42})  # type: ignore[dict-item]
+    too_long = pytest.raises(ValueError, match=r"value of 'user' must be 1 to 256 characters")
+    with too_long, usage_attributes(user="x" * 257):
+        pass
+    blank = pytest.raises(ValueError, match=r"value of 'user' must be 1 to 256 characters")
+    with blank, usage_attributes(user="   "):  # blank once stripped, as the contract strips
+        pass
+    many, more = {f"k{i}": "v" for i in range(10)}, {f"j{i}": "v" for i in range(7)}
+    with (
+        usage_attributes(many),
+        pytest.raises(ValueError, match="at most 16"),
+        usage_context(attributes=more),
+    ):
+        pass
+    # at call time a bad pair is left out with a warning; the call and its usage go ahead
+    sink = Sink()
+    client = instrument(sync_client(), sink, tenant_id="acme", source="chat", source_id="c")
+    with caplog.at_level(logging.WARNING, logger="producers.instrument"):
+        message = client.messages.create(**ASK, **at({"user": "u-1", "Bad Key": "x", "feature": 7}))
+        client.messages.create(**ASK, **at("user=u-1"))
+    assert message.usage.output_tokens == 503
+    first, second = sink.events
+    assert first.attributes == {"user": "u-1"} and second.attributes == {}
+    assert "key 'Bad Key' must match" in caplog.text
+    assert "value of attribute 'feature' must be a string, not int" in caplog.text
+    assert "attributes must be a mapping" in caplog.text
+
+
+def test_more_than_16_attributes_together_keep_the_calls_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = Sink()
+    client = instrument(
+        sync_client(),
+        sink,
+        tenant_id="acme",
+        source="chat",
+        attributes={f"client{i}": "v" for i in range(10)},
+    )
+    own = {f"call{i}": "v" for i in range(10)}
+    with caplog.at_level(logging.WARNING, logger="producers.instrument"):
+        client.messages.create(**ASK, **at(own))
+    (event,) = sink.events
+    assert len(event.attributes) == 16 and own.items() <= event.attributes.items()
+    assert "at most 16 are published" in caplog.text
+
+
+def test_batch_results_carry_attributes_the_result_attribution_winning() -> None:
+    def attribution(custom_id: str) -> UsageTags | None:
+        if custom_id.startswith("nightly-digest-"):
+            return UsageTags(attributes={"feature": "digest"})
+        return None
+
+    sink = Sink()
+    client = instrument(
+        sync_client(),
+        sink,
+        tenant_id="acme",
+        source="memory",
+        attributes={"environment": "production"},
+        batch_attribution=attribution,
+    )
+    with usage_attributes(customer="globex"):
+        decoder = client.messages.batches.results(
+            BATCH_ID, **at({"feature": "memory", "user": "u-5"})
+        )
+    for _ in decoder:
+        pass
+    one, zero, foreign = (e.attributes for e in sink.events)
+    base = {"environment": "production", "customer": "globex", "user": "u-5"}
+    assert one == zero == {**base, "feature": "memory"}
+    assert foreign == {**base, "feature": "digest"}
+
+    async def main() -> list[UsageEvent]:
+        async_sink = AsyncSink()
+        other = instrument(async_client(), async_sink, tenant_id="acme", source="memory")
+        results = await other.beta.messages.batches.results(BATCH_ID, **at({"user": "u-6"}))
+        async for _ in results:
+            pass
+        return async_sink.events
+
+    assert [e.attributes for e in asyncio.run(main())] == [{"user": "u-6"}] * 3

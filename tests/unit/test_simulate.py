@@ -202,3 +202,91 @@ def test_manifest_by_model_uses_the_workers_model_names() -> None:
     assert total == Decimal(out["cost_usd"])
     searches = sum(_count(c.web_search_requests) for c in _week())
     assert out["web_search_requests"] == searches > 0
+
+
+def test_every_call_is_attributed_as_an_application_would() -> None:
+    calls = _week()
+    for call in calls:
+        keys = set(call.attributes)
+        assert {"customer", "environment"} <= keys
+        assert ("user" in keys) is (call.source.value == "chat")
+        assert ("feature" in keys) is (call.source.value == "agent")
+    per_tenant_users = {
+        tenant: Counter(c.attributes["user"] for c in calls if c.tenant_id == tenant and
+                        "user" in c.attributes)
+        for tenant in {c.tenant_id for c in calls}
+    }  # fmt: skip
+    for users in per_tenant_users.values():
+        assert 100 <= len(users) <= 300  # a few hundred users per tenant
+        counts = sorted(users.values(), reverse=True)
+        top_tenth = sum(counts[: len(counts) // 10])
+        assert top_tenth > 0.4 * sum(counts)  # heavy-tailed: a tenth of users, most calls
+    customers = {t: {c.attributes["customer"] for c in calls if c.tenant_id == t} for t in
+                 per_tenant_users}  # fmt: skip
+    assert all(2 <= len(names) <= 5 for names in customers.values())
+    tenants = list(customers.values())
+    assert not set.intersection(*tenants)  # no two tenants share a customer
+    environments = Counter(c.attributes["environment"] for c in calls)
+    assert environments.most_common(1)[0][0] == "production"
+    assert environments["production"] > 0.8 * len(calls) and len(environments) > 1
+    # one agent serves one feature; a conversation or agent belongs to one customer
+    for key in ("feature", "customer"):
+        by_entity: dict[str, set[str]] = {}
+        for c in calls:
+            if key in c.attributes:
+                by_entity.setdefault(c.source_id, set()).add(c.attributes[key])
+        assert all(len(values) == 1 for values in by_entity.values()), key
+    for call in calls:
+        UsageEvent.model_validate_json(call.to_json())  # valid on the wire
+
+
+def test_attributes_leave_the_rest_of_a_seeds_traffic_unchanged() -> None:
+    plain = SimulationConfig(calls=300, days=2, seed=5, end=END)
+    other_users = SimulationConfig(calls=300, days=2, seed=5, end=END, users_per_tenant=7)
+    strip = {"event_id", "request_id", "attributes"}
+    a = [p.call.model_dump(exclude=strip) for p in generate(plain) if p.call]
+    b = [p.call.model_dump(exclude=strip) for p in generate(other_users) if p.call]
+    assert a == b
+    users = {p.call.attributes.get("user") for p in generate(other_users) if p.call}
+    assert len(users - {None}) <= 3 * 7
+
+
+def test_manifest_totals_by_attribute_key_and_value() -> None:
+    cfg = SimulationConfig(calls=1000, days=2, seed=3, end=END, duplicate_rate=0.1)
+    manifest = Manifest(price=_flat_price)
+    items = list(generate(cfg))
+    for item in items:
+        manifest.record(item)
+    unique = [p.call for p in items if p.call and not p.duplicate]
+    out = manifest.as_json()["by_attribute"]
+    assert set(out) == {"customer", "environment", "feature", "user"}
+    for key, values in out.items():
+        carrying = [c for c in unique if key in c.attributes]
+        assert sum(t["calls"] for t in values.values()) == len(carrying)
+        for value, totals in values.items():
+            calls = [c for c in carrying if c.attributes[key] == value]
+            assert totals["calls"] == len(calls)
+            priced = [p for c in calls if (p := _flat_price(c)) is not None]
+            assert Decimal(totals["cost_usd"]) == sum(priced, Decimal(0))
+            assert totals["unpriced_calls"] == len(calls) - len(priced)
+    # every call has a customer and an environment: their totals are the whole manifest's
+    for key in ("customer", "environment"):
+        total = sum((Decimal(t["cost_usd"]) for t in out[key].values()), Decimal(0))
+        assert total == Decimal(manifest.as_json()["cost_usd"])
+
+
+def test_the_terminal_shows_each_keys_costliest_values() -> None:
+    from llm_usage.cli import _top_attribute_values
+
+    manifest = Manifest(price=_flat_price)
+    for call in _week():
+        manifest.record(Published(call=call))
+    full = manifest.as_json()["by_attribute"]
+    shown = _top_attribute_values(full, 5)
+    assert set(shown) == set(full)
+    for key, summary in shown.items():
+        assert summary["values"] == len(full[key])
+        top = summary["top_5_by_cost"]
+        costs = sorted((Decimal(t["cost_usd"]) for t in full[key].values()), reverse=True)
+        assert [Decimal(t["cost_usd"]) for t in top.values()] == costs[:5]
+        assert all(full[key][value] == t for value, t in top.items())
