@@ -63,14 +63,16 @@ LEAD_MS = 3 * HOUR_MS
 # (so parts stay time-local), with a minute of jitter. Conversations follow a shape (see
 # SHAPES) and there are 500 long-lived agents; costs with 12 decimals; 2% unpriced (mostly
 # calls of two models the price book does not know); 20% batch and 10% fast calls; 6% with
-# web searches (a tool cost of $0.01 each); 1% errors. The price tier and the token cost
+# web searches (a tool cost of $0.01 each); 1% errors. Attributes: chat and memory calls
+# have a user (one of 50,000, heavy-tailed), agent calls a feature, every call a customer
+# (one of 40) and an environment (90% production). The price tier and the token cost
 # are computed by ClickHouse from service_tier / speed and cost_usd - tool_cost_usd
 # (MATERIALIZED columns).
 LOAD_SQL = """
 INSERT INTO usage_events (event_id, tenant_id, occurred_at, source, source_id, source_name,
     model, input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
     priced, service_tier, speed, web_search_requests, tool_cost_usd, cost_usd,
-    duration_ms, status, kafka_topic, kafka_partition, kafka_offset)
+    duration_ms, status, kafka_topic, kafka_partition, kafka_offset, attributes)
 SELECT * EXCEPT (conversation, token_cost) FROM (SELECT
     generateUUIDv4(number) AS event_id,
     multiIf(h % 10 < 8, 'bench', h % 10 = 8, 'other-1', 'other-2') AS tenant_id,
@@ -103,7 +105,14 @@ SELECT * EXCEPT (conversation, token_cost) FROM (SELECT
     if(h % 97 = 0, 'error', 'ok') AS status,
     'bench' AS kafka_topic,
     0 AS kafka_partition,
-    number AS kafka_offset
+    number AS kafka_offset,
+    if(source = 'agent',
+       map('customer', concat('customer-', toString(h4 % 40)),
+           'feature', ['search', 'summary', 'triage', 'report'][1 + h3 % 4],
+           'environment', if(h2 % 10 = 9, 'staging', 'production')),
+       map('user', concat('user-', toString(toUInt32(50000 * pow((h3 % 1000000) / 1e6, 3)))),
+           'customer', concat('customer-', toString(h4 % 40)),
+           'environment', if(h2 % 10 = 9, 'staging', 'production'))) AS attributes
 FROM (SELECT number, cityHash64(number, 2) AS h, cityHash64(number, 3) AS h2,
              cityHash64(number, 4) AS h3, cityHash64(number, 5) AS h4
       FROM numbers({first:UInt64}, {count:UInt64})))
@@ -129,6 +138,10 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
     ("records page 1 chat", "/v1/usage/records", {"page": 1, "source": "chat"}),
     ("summary search", "/v1/usage/summary", {"search": "agent 12"}),
     ("top 10 search", "/v1/usage/top", {"search": "agent 12"}),
+    ("breakdown attr.user", "/v1/usage/breakdown", {"by": "attr.user"}),
+    ("breakdown model", "/v1/usage/breakdown", {"by": "model"}),
+    ("summary attr.customer", "/v1/usage/summary", {"attr.customer": "customer-7"}),
+    ("attributes", "/v1/usage/attributes", {}),
 ]  # fmt: skip
 
 
@@ -285,8 +298,38 @@ def check_exact(http: httpx.Client, client: Client) -> list[str]:
         ]  # fmt: skip
         if got_models != want:
             problems.append(f"by-model {period}: API {got_models} != raw {want}")
+        problems += _check_breakdown(http, client, window, where, params, (calls, cost))
         if not {"batch", "fast"} <= {i[1] for i in want} or not unpriced:
             problems.append(f"{period}: the generated data lacks batch/fast or unpriced calls")
+    return problems
+
+
+def _check_breakdown(
+    http: httpx.Client,
+    client: Client,
+    window: dict[str, str],
+    where: str,
+    params: dict[str, Any],
+    total: tuple[int, Decimal],
+) -> list[str]:
+    """The breakdown by user: each user's group vs brute force, and every group (the
+    calls without a user and ``other`` included) adding up to the window's total."""
+    body = http.get("/v1/usage/breakdown", params={**window, "by": "attr.user"}).json()
+    groups = body["groups"] + ([body["other"]] if body.get("other") else [])
+    summed = (sum(g["calls"] for g in groups), sum(Decimal(g["cost_usd"]) for g in groups))
+    problems = [] if summed == total else [f"breakdown: groups sum to {summed}, not {total}"]
+    users = [g["key"] for g in body["groups"] if g["key"] is not None]
+    want = {
+        str(u): (int(n), Decimal(c))
+        for u, n, c in client.query(
+            f"SELECT attributes['user'] AS u, count(), sum(cost_usd) FROM usage_events"
+            f" WHERE {where} AND u IN {{users:Array(String)}} GROUP BY u",
+            parameters={**params, "users": users},
+        ).result_rows
+    }
+    got = {g["key"]: (g["calls"], Decimal(g["cost_usd"])) for g in body["groups"] if g["key"]}
+    if got != want or not users:
+        problems.append(f"breakdown by attr.user: API {got} != raw {want}")
     return problems
 
 

@@ -153,6 +153,18 @@ def reprice(
     run(events=events, chunk=chunk)
 
 
+@bench_app.command("export")
+def export(
+    events: int = typer.Option(1_000_000, "--events", min=1000, help="calls to export"),
+    chunk: int = typer.Option(1_000_000, "--chunk", min=1000, help="calls per load INSERT"),
+    keep: bool = typer.Option(False, "--keep", help="keep the temporary folder"),
+) -> None:
+    """records.csv of N calls: rows, bytes, seconds and the API's peak RSS before/after."""
+    from benchmarks.export import run
+
+    run(events=events, chunk=chunk, keep=keep)
+
+
 @bench_app.command("alerts")
 def alerts(
     seeds: str = typer.Option("42,1,2,3,4,5", "--seeds", help="comma-separated seeds"),

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from producers.contract import ATTRIBUTE_KEY
+
 
 class Settings(BaseSettings):
     """Configuration shared by every component; see README "Configuration"."""
@@ -189,6 +191,11 @@ class Settings(BaseSettings):
     api_query_timeout_s: int = Field(
         30, ge=1, description="ClickHouse max_execution_time of one API query, in seconds"
     )
+    api_export_timeout_s: int = Field(
+        3600,
+        ge=1,
+        description="ClickHouse max_execution_time of one CSV export (records.csv), in seconds",
+    )
     api_max_window_days: int = Field(
         400, ge=1, description="longest from/to window the API accepts (default: raw TTL)"
     )
@@ -244,6 +251,11 @@ class Settings(BaseSettings):
     alert_spike_min_calls: int = Field(
         20, ge=1, description="a spike by call count needs at least this many calls"
     )
+    alert_spike_attribute_keys: str = Field(
+        "user,customer",
+        description="attribute keys whose every value is judged for spikes against its own"
+        " normal, comma-separated (empty: none)",
+    )
     alert_webhook_timeout_s: float = Field(5.0, gt=0, description="one delivery attempt")
     alert_webhook_attempts: int = Field(8, ge=1, description="attempts before giving up")
     alert_webhook_backoff_s: float = Field(
@@ -252,6 +264,20 @@ class Settings(BaseSettings):
     budget_status_max_age_s: float = Field(
         300.0, gt=0, description="budget_guard lets calls through when its status is older"
     )
+
+    @field_validator("alert_spike_attribute_keys")
+    @classmethod
+    def _attribute_keys(cls, value: str) -> str:
+        for key in filter(None, (k.strip() for k in value.split(","))):
+            if not ATTRIBUTE_KEY.fullmatch(key):
+                raise ValueError(f"{key!r} is no attribute key (^[a-z][a-z0-9_.]{{0,63}}$)")
+        return value
+
+    @property
+    def spike_attribute_keys(self) -> tuple[str, ...]:
+        """The keys of ``alert_spike_attribute_keys``, each once, in order."""
+        keys = (k.strip() for k in self.alert_spike_attribute_keys.split(","))
+        return tuple(dict.fromkeys(k for k in keys if k))
 
     @field_validator("clickhouse_url")
     @classmethod

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from llm_usage.settings import Settings, get_settings
-from query_api import alerts_api, health, keys_api, page, usage
+from query_api import alerts_api, exports, health, keys_api, page, usage
 from query_api.cache import SettledCache
 from query_api.db import ClickHouse, Unavailable
 from query_api.keys import Authenticator, KeyStore
@@ -57,6 +57,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(usage.router)
+    app.include_router(exports.router)
     app.include_router(keys_api.router)
     app.include_router(alerts_api.router)
     # --- the Usage page (issue 6): include its router here -----------------------------

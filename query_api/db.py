@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
+from urllib3.exceptions import HTTPError
 
 from llm_usage.clickhouse import connect
 from llm_usage.settings import Settings
@@ -35,6 +36,10 @@ API_TABLES = (
     "ingest_activity",
     "reprice_runs",
 )
+
+
+# What :meth:`ClickHouse.stream` holds at a time (one read from ClickHouse's response).
+STREAM_CHUNK_BYTES = 256 * 1024
 
 
 class Unavailable(RuntimeError):
@@ -81,6 +86,49 @@ class ClickHouse:
             log.error("ClickHouse query failed: %s", exc)
             raise Unavailable(f"ClickHouse query failed: {_first_line(exc)}") from exc
 
+    def stream(
+        self,
+        sql: str,
+        parameters: Mapping[str, Any],
+        *,
+        settings: Mapping[str, Any] | None = None,
+        chunk_bytes: int = STREAM_CHUNK_BYTES,
+    ) -> Generator[bytes, None, None]:
+        """The bytes of ``sql``'s result in its own ``FORMAT``, chunk by chunk as ClickHouse
+        sends them: at most about ``chunk_bytes`` are held at a time, whatever the size.
+
+        The query starts here, before this returns: when ClickHouse is unreachable or the
+        query fails before its first chunk, :class:`Unavailable` is raised here (a 503, as
+        for every other query). A failure later on raises :class:`Unavailable` from the
+        iterator, and nothing of ClickHouse's error text is yielded: a response that has
+        already begun must then be cut short, never completed (see ``query_api.exports``).
+        Closing the iterator (or dropping it) closes the connection, which cancels the query.
+        """
+        try:
+            response = self._connect().raw_stream(
+                sql,
+                parameters=dict(parameters),
+                settings={
+                    "max_execution_time": self._settings.api_query_timeout_s,
+                    **(settings or {}),
+                },
+            )
+        except (OperationalError, OSError) as exc:
+            self.reset()
+            raise Unavailable(
+                f"ClickHouse at {self._settings.clickhouse_url} is unreachable: {_first_line(exc)}"
+            ) from exc
+        except ClickHouseError as exc:
+            log.error("ClickHouse query failed: %s", exc)
+            raise Unavailable(f"ClickHouse query failed: {_first_line(exc)}") from exc
+        chunks = _checked_chunks(response, chunk_bytes)
+        try:
+            first = next(chunks, b"")
+        except BaseException:
+            chunks.close()
+            raise
+        return _prepend(first, chunks)
+
     def command(self, sql: str, parameters: Mapping[str, Any]) -> None:
         """Run a statement that returns nothing (an INSERT ... SELECT with bound parameters)."""
         try:
@@ -120,6 +168,69 @@ class ClickHouse:
                 client.close()
             except Exception:  # closing a broken pool must never mask the real error
                 log.debug("closing the ClickHouse client failed", exc_info=True)
+
+
+def _checked_chunks(response: Any, chunk_bytes: int) -> Generator[bytes, None, None]:
+    """A streamed ClickHouse response's body; :class:`Unavailable` at the first sign of an
+    error, with nothing of the error yielded.
+
+    A query that fails after its first bytes were sent (HTTP 200 is out by then) makes
+    ClickHouse write ``\\r\\n__exception__\\r\\n<tag>`` and the message into the body, where
+    <tag> is the response's ``X-ClickHouse-Exception-Tag``, then break the connection. So
+    the last ``len(marker) - 1`` bytes of every chunk are held back until the next chunk
+    shows that no marker starts in them.
+    """
+    tag = response.headers.get("X-ClickHouse-Exception-Tag")
+    # Servers without the tag (older versions) only break the connection: caught below.
+    marker = b"__exception__\r\n" + tag.encode() if tag else b""
+    keep = len(marker) - 1 if marker else 0
+    held = b""
+    chunks = iter(response.stream(chunk_bytes))
+    try:
+        for chunk in chunks:
+            data = held + chunk
+            found = data.find(marker) if marker else -1
+            if found >= 0:
+                message = _error_text(data[found + len(marker) :], chunks)
+                log.error("ClickHouse query failed while streaming: %s", message)
+                raise Unavailable(f"ClickHouse query failed: {_first_line(Exception(message))}")
+            if len(data) > keep:
+                yield data[:-keep] if keep else data
+                held = data[-keep:] if keep else b""
+            else:
+                held = data
+        if held:
+            yield held
+    except (HTTPError, OSError) as exc:  # the connection broke (or ClickHouse broke it)
+        log.error("ClickHouse stream broke: %s", exc)
+        raise Unavailable(f"ClickHouse stream broke: {_first_line(exc)}") from exc
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def _error_text(start: bytes, rest: Iterator[bytes], limit: int = 16 * 1024) -> str:
+    """The message after an exception marker: ``start`` and what follows, up to ``limit``
+    bytes (ClickHouse breaks the connection after it)."""
+    text = start
+    try:
+        for more in rest:
+            text += more
+            if len(text) >= limit:
+                break
+    except (HTTPError, OSError):
+        pass
+    return text[:limit].decode("utf-8", "replace").strip()
+
+
+def _prepend(first: bytes, rest: Generator[bytes, None, None]) -> Generator[bytes, None, None]:
+    """``first`` (if any), then ``rest``; closing this closes ``rest``."""
+    try:
+        if first:
+            yield first
+        yield from rest
+    finally:
+        rest.close()
 
 
 _REASONS = (

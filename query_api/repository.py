@@ -5,7 +5,10 @@ Aggregates are one ``UNION ALL`` per request: each part reads one table for the 
 rollups, partial edges from ``usage_events``), and the outer query sums the parts. Without
 a name search the compact rollups answer (per source, or per source, model and price tier
 for costs by model and the summary's unpriced models); with one (or for per-entity
-rankings) the rollups that keep ``source_id``.
+rankings) the rollups that keep ``source_id``. One ``attr.<key>=<value>`` filter, a
+breakdown by one attribute key and the list of keys read the attribute rollups; what they
+cannot answer exactly (several attr filters, attr filters with per-entity questions) reads
+``usage_events`` alone (see :func:`_tiers_for`).
 
 Whole past hours of a window are read once and then served from :mod:`query_api.cache`
 for as long as their ingest version (see :meth:`UsageRepository.version`) stays the same;
@@ -15,7 +18,7 @@ only the recent hour and the window's unaligned edges are queried on every reque
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -74,6 +77,33 @@ DETAILED: dict[int, Table] = {
     HOUR: Table("usage_hourly", "hour", "datetime"),
     QUARTER: Table("usage_entities_15m", "slot", "datetime"),
 }
+# Per attribute key and value (migration 0017): a filter on one attr value, a breakdown by
+# one key and the list of keys. Questions they cannot answer (several attr filters, a
+# filter on one key with a breakdown by another, per-entity ones) read usage_events only.
+ATTRIBUTES: dict[int, Table] = {
+    DAY: Table("usage_attributes_daily", "day", "date"),
+    QUARTER: Table("usage_attributes_15m", "slot", "datetime"),
+}
+RAW_ONLY: dict[int, Table] = {}
+_ATTRIBUTE_TABLES = frozenset(table.name for table in ATTRIBUTES.values())
+# Group keys of the attribute rollups: "attr:<key>" groups by the values of one key (see
+# attr_group); "attr_key", "attr_value" together list every key and value.
+_ATTR_GROUP = "attr:"
+_LISTING = ("attr_key", "attr_value")
+
+
+def attr_group(key: str) -> str:
+    """The group key of a breakdown by the values of attribute ``key``."""
+    return f"{_ATTR_GROUP}{key}"
+
+
+def _grouped_attribute(keys: Sequence[str]) -> str | None:
+    """The attribute key of an :func:`attr_group` among ``keys``, if any."""
+    for key in keys:
+        if key.startswith(_ATTR_GROUP):
+            return key[len(_ATTR_GROUP) :]
+    return None
+
 
 METRICS = (
     "calls",
@@ -104,6 +134,8 @@ def _outer_key(key: str) -> tuple[str, str]:
     if key in _OUTER_KEYS:
         expr, name = _OUTER_KEYS[key]
         return f"{expr} AS {name}", name
+    if key.startswith(_ATTR_GROUP):
+        return "attr_value", "attr_value"
     return key, key
 
 
@@ -169,6 +201,10 @@ class Totals:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
+    def subtract(self, other: Totals) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) - getattr(other, f.name))
+
     @property
     def total_tokens(self) -> int:
         return (
@@ -205,7 +241,29 @@ class SummaryTotals:
     repriced_at: datetime | None = None
 
 
-def by_cost(totals: Totals, *names: str) -> tuple[Any, ...]:
+@dataclass(frozen=True)
+class Group:
+    """One group of a breakdown: a source, a model or an attribute value (None: calls
+    without the attribute)."""
+
+    key: str | None
+    totals: Totals
+
+
+@dataclass(frozen=True)
+class AttributeUsage:
+    """One attribute key seen in a window: how many values, its calls, its top values."""
+
+    key: str
+    values: int
+    totals: Totals
+    top: list[tuple[str, Totals]]
+
+
+BreakdownBy = Literal["source", "model", "attr"]
+
+
+def by_cost(totals: Totals, *names: Any) -> tuple[Any, ...]:
     """Sort key: most cost first, then most calls, then ``names`` (deterministic ties)."""
     return (-totals.cost_usd, -totals.calls, *names)
 
@@ -226,6 +284,7 @@ class Record:
     status: str
     duration_ms: int
     occurred_at_ms: int
+    attributes: Mapping[str, str] = field(default_factory=dict)  # key -> value, by key
 
 
 class _Params:
@@ -267,9 +326,12 @@ def _span_condition(table: Table | None, span: Range, params: _Params) -> str:
     )
 
 
-def _filter_conditions(filters: Filters, params: _Params) -> list[str]:
+def _filter_conditions(filters: Filters, params: _Params, table: Table | None = None) -> list[str]:
+    """WHERE conditions of ``filters`` on ``table`` (None: usage_events)."""
     tenant = params.bind(filters.tenant, "String", share="tenant")
     conditions = [f"tenant_id = {tenant}"]
+    if filters.attributes:
+        conditions.extend(_attribute_conditions(filters.attributes, table, params))
     if filters.source:
         conditions.append(f"source = {params.bind(filters.source, 'String')}")
     if filters.source_id:
@@ -288,6 +350,26 @@ def _filter_conditions(filters: Filters, params: _Params) -> list[str]:
     elif filters.search:
         conditions.append(f"(source, source_id) IN ({_matching_sources(filters, params)})")
     return conditions
+
+
+def _attribute_conditions(
+    attributes: Sequence[tuple[str, str]], table: Table | None, params: _Params
+) -> list[str]:
+    """``attr.<key>=<value>`` filters: a Map lookup on the raw table (a missing key reads
+    '', which no value equals), the sort key's prefix on an attribute rollup (one pair)."""
+    pairs = [
+        (
+            params.bind(k, "String", share=f"attr-key:{k}"),
+            params.bind(v, "String", share=f"attr-value:{k}={v}"),
+        )
+        for k, v in attributes
+    ]
+    if table is None:
+        return [f"attributes[{k}] = {v}" for k, v in pairs]
+    if table.name not in _ATTRIBUTE_TABLES or len(pairs) != 1:
+        raise ValueError(f"{table.name} cannot filter by {len(pairs)} attributes")
+    ((k, v),) = pairs
+    return [f"attr_key = {k}", f"attr_value = {v}"]
 
 
 def _matching_sources(filters: Filters, params: _Params) -> str:
@@ -336,17 +418,35 @@ def _aggregate_sql(
 ) -> str:
     """UNION ALL of one part per table; each part grouped by ``keys`` (``t`` = grain start)."""
     resolution = params.bind(raw_grain, "Int64")
+    grouped = _grouped_attribute(keys)
+    names = [_outer_key(key)[1] if key.startswith(_ATTR_GROUP) else key for key in keys]
     parts = []
     for unit, spans in plan(ranges, list(tiers)).items():
         table = None if unit == RAW else tiers[unit]
-        where = [*_filter_conditions(filters, params)]
+        where = [*_filter_conditions(filters, params, table)]
         where.append("(" + " OR ".join(_span_condition(table, s, params) for s in spans) + ")")
-        columns = [_time_key(table, resolution) if key == "t" else key for key in keys]
-        group = f" GROUP BY {', '.join(keys)}" if keys else ""
+        source = table.name if table else "usage_events"
+        columns = []
+        for key in keys:
+            if key == "t":
+                columns.append(_time_key(table, resolution))
+            elif key.startswith(_ATTR_GROUP):
+                # by one key's values: its rows in a rollup, the calls that have it in raw
+                k = params.bind(grouped, "String", share=f"attr-key:{grouped}")
+                where.append(
+                    f"mapContains(attributes, {k})" if table is None else f"attr_key = {k}"
+                )
+                columns.append(f"attributes[{k}] AS attr_value" if table is None else "attr_value")
+            else:
+                columns.append(key)
+        if table is None and "attr_key" in keys:  # every key and value: one row per pair
+            source += (
+                " ARRAY JOIN mapKeys(attributes) AS attr_key, mapValues(attributes) AS attr_value"
+            )
+        group = f" GROUP BY {', '.join(names)}" if keys else ""
         parts.append(
             f"SELECT {', '.join([*columns, _metrics(table is None, metrics)])}"
-            f" FROM {table.name if table else 'usage_events'}"
-            f" WHERE {' AND '.join(where)}{group}"
+            f" FROM {source} WHERE {' AND '.join(where)}{group}"
         )
     return " UNION ALL ".join(parts)
 
@@ -372,10 +472,31 @@ def _shape(
         filters.source,
         filters.source_id,
         filters.search if filters.matches is None else filters.matches,
+        filters.attributes,
         tuple(keys),
         tuple(table.name for table in tiers.values()),
         tuple(metrics),
     )
+
+
+def _tiers_for(
+    filters: Filters, keys: Sequence[str], tiers: Mapping[int, Table]
+) -> Mapping[int, Table]:
+    """The rollups that can answer ``keys`` under ``filters`` exactly (``tiers`` if nothing
+    stands in the way); RAW_ONLY where none can.
+
+    An attribute rollup row holds one key's value of many calls: it answers one attr
+    filter, a breakdown by one key (under a filter on that same key at most) or the list
+    of keys, never two keys of one call together, nor anything per entity.
+    """
+    grouped = _grouped_attribute(keys)
+    if grouped is not None or "attr_key" in keys:
+        same_key = all(k == grouped for k, _ in filters.attributes)
+        return ATTRIBUTES if same_key and not filters.per_entity else RAW_ONLY
+    if filters.attributes:
+        one = len(filters.attributes) == 1 and not filters.per_entity and tiers is not DETAILED
+        return ATTRIBUTES if one else RAW_ONLY
+    return DETAILED if filters.per_entity else tiers
 
 
 def _merge(parts: Sequence[Sequence[Sequence[Any]]], width: int) -> list[Sequence[Any]]:
@@ -502,7 +623,7 @@ class UsageRepository:
         Settled whole hours come from the cache when their version allows; the rest is
         queried, and both are summed per key.
         """
-        tiers = DETAILED if filters.per_entity else tiers
+        tiers = _tiers_for(filters, keys, tiers)
         ranges = list(ranges or [(window.start_ms, window.end_ms)])
         settled, recent = self._split(window, filters, ranges)
         if not settled:
@@ -556,7 +677,7 @@ class UsageRepository:
         """
         if not ranges:
             return None
-        finest = {min(tiers): tiers[min(tiers)]}
+        finest = {min(tiers): tiers[min(tiers)]} if tiers else RAW_ONLY
         return self._pool.submit(self._query, ranges, filters, keys, finest, metrics, raw_grain)
 
     def _query(
@@ -713,25 +834,26 @@ class UsageRepository:
         only adds the entities of the recent part: the best of the others keep their rank.
         """
         keys = ["source", "source_id"]
+        tiers = _tiers_for(filters, keys, DETAILED)
         span = [(window.start_ms, window.end_ms)]
         settled, recent = self._split(window, filters, span)
         rows: Sequence[Sequence[Any]]
         if settled:
             version = self._pool.submit(self._shared_version, filters, settled)
-            live = self._live(recent, filters, keys, DETAILED, METRICS, QUARTER)
+            live = self._live(recent, filters, keys, tiers, METRICS, QUARTER)
 
             def rank_settled() -> tuple[Ranking, int]:
                 tail = _order_by(by)
-                ordered = self._query(settled, filters, keys, DETAILED, METRICS, QUARTER, tail)
+                ordered = self._query(settled, filters, keys, tiers, METRICS, QUARTER, tail)
                 return Ranking.of(ordered, by), len(ordered)
 
-            key = ("top", by, *_shape(filters, keys, DETAILED, METRICS), tuple(settled))
+            key = ("top", by, *_shape(filters, keys, tiers, METRICS), tuple(settled))
             ranking: Ranking = self._cached(key, version.result(), rank_settled)
             rows = ranking.top(live.result() if live else [], limit)
         else:
             params = _Params()
             tail = f"{_order_by(by)} LIMIT {params.bind(limit, 'UInt32')}"
-            rows = self._query(span, filters, keys, DETAILED, METRICS, QUARTER, tail, params)
+            rows = self._query(span, filters, keys, tiers, METRICS, QUARTER, tail, params)
         names = self.latest_names(filters.tenant, [(str(r[0]), str(r[1])) for r in rows])
         return [
             TopItem(
@@ -742,6 +864,53 @@ class UsageRepository:
             )
             for row in rows
         ]
+
+    def breakdown(
+        self, window: Window, filters: Filters, by: BreakdownBy, key: str | None = None
+    ) -> list[Group]:
+        """Every group of ``by`` (attribute ``key`` for ``attr``), most cost first, then
+        most calls, then key.
+
+        By an attribute, the calls without it are one group (key None): the window's
+        total minus the groups, since a call without attributes has no rollup row.
+        """
+        total = None
+        if by == "source":
+            keys, tiers = ["source"], COMPACT
+        elif by == "model":
+            keys, tiers = ["model"], MODELS
+        else:
+            if key is None:
+                raise ValueError("a breakdown by attribute needs its key")
+            keys, tiers = [attr_group(key)], ATTRIBUTES
+            total = self._methods.submit(self.totals, window, filters)
+        rows = self._grouped(window, filters, keys, tiers=tiers)
+        groups = [Group(str(row[0]), Totals.from_row(row[1:])) for row in rows]
+        if total is not None:
+            rest = total.result()
+            for group in groups:
+                rest.subtract(group.totals)
+            if rest.calls > 0:  # (a call landing between the two reads could tip it below)
+                groups.append(Group(None, rest))
+        groups.sort(key=lambda g: by_cost(g.totals, g.key is None, g.key or ""))
+        return groups
+
+    def attributes(self, window: Window, filters: Filters, top: int) -> list[AttributeUsage]:
+        """The attribute keys of the window's calls, by name: each with its number of
+        distinct values, its calls and its ``top`` values by cost (then calls, value)."""
+        rows = self._grouped(window, filters, list(_LISTING), tiers=ATTRIBUTES)
+        per_key: dict[str, list[tuple[str, Totals]]] = {}
+        for row in rows:
+            per_key.setdefault(str(row[0]), []).append((str(row[1]), Totals.from_row(row[2:])))
+        found = []
+        for name in sorted(per_key):
+            values = per_key[name]
+            totals = Totals()
+            for _, value_totals in values:
+                totals.add(value_totals)
+            values.sort(key=lambda item: by_cost(item[1], item[0]))
+            found.append(AttributeUsage(name, len(values), totals, values[:top]))
+        return found
 
     def latest_names(
         self, tenant: str, ids: Sequence[tuple[str, str]]
@@ -787,7 +956,7 @@ class UsageRepository:
             "SELECT toString(event_id), toString(source), source_id, source_name, model,"
             " input_tokens, output_tokens, cache_creation_input_tokens,"
             " cache_read_input_tokens, cost_usd, priced, toString(status), duration_ms,"
-            " toUnixTimestamp64Milli(occurred_at)"
+            " toUnixTimestamp64Milli(occurred_at), attributes"
             f" FROM usage_events WHERE {' AND '.join(where)}"
             " ORDER BY occurred_at DESC, event_id DESC"
             f" LIMIT {params.bind(limit, 'UInt32')} OFFSET {params.bind(offset, 'UInt64')}"
@@ -810,6 +979,111 @@ class UsageRepository:
                 status=str(r[11]),
                 duration_ms=int(r[12]),
                 occurred_at_ms=int(r[13]),
+                attributes=dict(sorted(r[14].items())),
             )
             for r in rows
         ]
+
+    def records_csv(self, window: Window, filters: Filters, *, max_seconds: int) -> Iterator[bytes]:
+        """Every call of the window as CSV (see :data:`RECORDS_CSV_COLUMNS`), newest first,
+        in chunks as ClickHouse writes them: the API never holds more than one chunk.
+
+        The same calls as :meth:`records` (its filters, its order, its latest names). The
+        query starts before this returns, so a failure up to the first chunk raises
+        :class:`~query_api.db.Unavailable` here; a later one, from the iterator.
+        """
+        params = _Params()
+        sql = _records_csv_sql(window, filters, params)
+        settings = {**CSV_SETTINGS, "max_execution_time": max_seconds}
+        return _prefixed(RECORDS_CSV_HEADER, self._db.stream(sql, params.values, settings=settings))
+
+
+# A cell a spreadsheet would read as a formula (OWASP's CSV-injection rule): text that
+# producers or users chose and that starts with one of these gets a leading apostrophe.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _neutralised(expr: str) -> str:
+    """``expr`` (a String) with a leading ``'`` where it would start a formula."""
+    starts = ", ".join(
+        "'" + c.replace("\t", "\\t").replace("\r", "\\r") + "'" for c in FORMULA_STARTS
+    )
+    return f"if(substring({expr}, 1, 1) IN ({starts}), concat('\\'', {expr}), {expr})"
+
+
+# records.csv: (header, expression over usage_events; ``latest_names`` are the names of
+# source_names). Times are UTC ISO 8601 with milliseconds; money is the exact
+# Decimal(38, 12) with all 12 places (as the JSON API writes it); attributes are one JSON
+# object, keys sorted.
+RECORDS_CSV_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("occurred_at", "concat(replaceOne(toString(occurred_at, 'UTC'), ' ', 'T'), 'Z')"),
+    ("event_id", "toString(event_id)"),
+    ("source", "toString(source)"),
+    ("source_id", _neutralised("source_id")),
+    (
+        "name",
+        _neutralised("transform((source, source_id), latest_names.1, latest_names.2, source_name)"),
+    ),
+    ("model", _neutralised("model")),
+    ("price_tier", "price_tier"),
+    ("input_tokens", "input_tokens"),
+    ("output_tokens", "output_tokens"),
+    ("cache_write_tokens", "cache_creation_input_tokens"),
+    ("cache_read_tokens", "cache_read_input_tokens"),
+    ("web_search_requests", "web_search_requests"),
+    ("cost_usd", "cost_usd"),
+    ("tool_cost_usd", "tool_cost_usd"),
+    ("priced", "priced"),
+    ("status", "toString(status)"),
+    ("duration_ms", "duration_ms"),
+    ("request_id", _neutralised("request_id")),
+    ("attributes", "toJSONString(mapSort(attributes))"),
+)
+# The header row, quoted as ClickHouse quotes the strings of the rows (CRLF: RFC 4180).
+RECORDS_CSV_HEADER = (",".join(f'"{name}"' for name, _ in RECORDS_CSV_COLUMNS) + "\r\n").encode()
+CSV_SETTINGS: dict[str, Any] = {
+    "output_format_decimal_trailing_zeros": 1,  # 0.100000000000, not 0.1
+    "output_format_json_escape_forward_slashes": 0,  # attribute values as they were sent
+    "output_format_csv_crlf_end_of_line": 1,  # RFC 4180
+}
+
+
+def _records_csv_sql(window: Window, filters: Filters, params: _Params) -> str:
+    """The records.csv query (rows only, ``FORMAT CSV``): the window's calls filtered by
+    :func:`_filter_conditions` and ordered as :meth:`UsageRepository.records` does, with
+    the latest names of their conversations and agents.
+
+    The order is the raw table's sort key, so ClickHouse reads the parts in (reverse) order
+    and sends the first rows at once instead of sorting the whole window first. The names
+    are a constant lookup: the latest name of every entity with calls in the window, read
+    once before the rows (``transform`` keeps the call's own name for entities without one,
+    as :meth:`UsageRepository.records` does). Output columns are named ``c_*`` so that no
+    alias shadows a column the filters or the order read.
+    """
+    span = (window.start_ms, window.end_ms)
+    where = " AND ".join(
+        [*_filter_conditions(filters, params), _span_condition(None, span, params)]
+    )
+    tenant = params.bind(filters.tenant, "String", share="tenant")
+    names = (
+        "SELECT (groupArray(entity), groupArray(latest)) FROM (SELECT (source, source_id)"
+        " AS entity, argMax(source_name, named_at) AS latest FROM source_names"
+        f" WHERE tenant_id = {tenant} AND source_id IN (SELECT source_id FROM usage_events"
+        f" WHERE {where}) GROUP BY source, source_id)"
+    )
+    columns = ", ".join(f"{expr} AS c_{name}" for name, expr in RECORDS_CSV_COLUMNS)
+    return (
+        f"WITH ({names}) AS latest_names SELECT {columns} FROM usage_events WHERE {where}"
+        " ORDER BY occurred_at DESC, event_id DESC FORMAT CSV"
+    )
+
+
+def _prefixed(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    """``first``, then ``rest``; closing this closes ``rest`` (its ClickHouse response)."""
+    try:
+        yield first
+        yield from rest
+    finally:
+        close = getattr(rest, "close", None)
+        if close is not None:
+            close()

@@ -9,7 +9,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from query_api.repository import ModelUsage, Record, SummaryTotals, TopItem, Totals, by_cost
+from query_api.repository import (
+    AttributeUsage,
+    Group,
+    ModelUsage,
+    Record,
+    SummaryTotals,
+    TopItem,
+    Totals,
+    by_cost,
+)
 from query_api.window import Window, from_ms
 
 MONEY_PLACES = Decimal("1e-12")
@@ -238,6 +247,9 @@ class RecordItem(_Body):
     status: str
     duration_ms: int
     occurred_at: str
+    attributes: dict[str, str] = Field(
+        default_factory=dict, description="the call's attributes (user, customer, ...), by key"
+    )
 
     @classmethod
     def build(cls, record: Record) -> RecordItem:
@@ -256,6 +268,7 @@ class RecordItem(_Body):
             status=record.status,
             duration_ms=record.duration_ms,
             occurred_at=iso(from_ms(record.occurred_at_ms)),
+            attributes=dict(record.attributes),
         )
 
 
@@ -267,6 +280,105 @@ class Records(WindowBody):
     total_pages: int
     next_cursor: str | None = Field(
         description="pass as cursor= for the next page, fast at any depth"
+    )
+
+
+class BreakdownGroup(_Body):
+    key: str | None = Field(
+        description="source, model or attribute value; null: calls without that attribute"
+    )
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: str
+    share: float = Field(description="the group's cost / the window's cost (0 if that is 0)")
+
+    @classmethod
+    def of(cls, key: str | None, totals: Totals, total_cost: Decimal) -> BreakdownGroup:
+        share = float(totals.cost_usd / total_cost) if total_cost else 0.0
+        return cls(
+            key=key,
+            calls=totals.calls,
+            input_tokens=totals.input_tokens,
+            output_tokens=totals.output_tokens,
+            cache_read_tokens=totals.cache_read_input_tokens,
+            cache_write_tokens=totals.cache_creation_input_tokens,
+            cost_usd=money(totals.cost_usd),
+            share=share,
+        )
+
+
+class BreakdownOther(BreakdownGroup):
+    groups: int = Field(description="how many groups beyond the limit are summed here")
+
+
+class Breakdown(WindowBody):
+    by: str
+    limit: int
+    total_cost_usd: str = Field(description="every group, other included")
+    groups: list[BreakdownGroup] = Field(
+        description="the `limit` groups with most cost, then most calls, then key"
+    )
+    other: BreakdownOther | None = Field(
+        description="the remaining groups summed (key null), or null when none remain"
+    )
+
+    @classmethod
+    def build(cls, window: Window, by: str, limit: int, groups: list[Group]) -> Breakdown:
+        total = Totals()
+        for group in groups:
+            total.add(group.totals)
+        rest = Totals()
+        for group in groups[limit:]:
+            rest.add(group.totals)
+        other = None
+        if len(groups) > limit:
+            summed = BreakdownGroup.of(None, rest, total.cost_usd).model_dump()
+            other = BreakdownOther(**summed, groups=len(groups) - limit)
+        return cls(
+            **window_fields(window),
+            by=by,
+            limit=limit,
+            total_cost_usd=money(total.cost_usd),
+            groups=[BreakdownGroup.of(g.key, g.totals, total.cost_usd) for g in groups[:limit]],
+            other=other,
+        )
+
+
+class AttributeValue(_Body):
+    value: str
+    calls: int
+    cost_usd: str
+
+
+class AttributeKey(_Body):
+    key: str
+    values: int = Field(description="distinct values of the key in the window")
+    calls: int = Field(description="calls that have the key")
+    cost_usd: str = Field(description="cost of the calls that have the key")
+    top_values: list[AttributeValue] = Field(
+        description="the values with most cost, then most calls, then value"
+    )
+
+    @classmethod
+    def build(cls, usage: AttributeUsage) -> AttributeKey:
+        return cls(
+            key=usage.key,
+            values=usage.values,
+            calls=usage.totals.calls,
+            cost_usd=money(usage.totals.cost_usd),
+            top_values=[
+                AttributeValue(value=value, calls=t.calls, cost_usd=money(t.cost_usd))
+                for value, t in usage.top
+            ],
+        )
+
+
+class Attributes(WindowBody):
+    keys: list[AttributeKey] = Field(
+        description="the attribute keys of the window's calls, by name"
     )
 
 

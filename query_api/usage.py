@@ -10,10 +10,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
+from query_api.attributes import FILTER_PARAMETER, AttributeParamError, parse_by, parse_filters
 from query_api.auth import read_tenant
 from query_api.pagination import CursorError, decode_cursor, encode_cursor, total_pages
 from query_api.repository import Filters, UsageRepository
 from query_api.schemas import (
+    AttributeKey,
+    Attributes,
+    Breakdown,
     ByModel,
     BySource,
     ErrorBody,
@@ -74,6 +78,7 @@ def get_repository(request: Request) -> UsageRepository:
 
 
 def get_filters(
+    request: Request,
     tenant: Annotated[str, Depends(read_tenant)],
     repo: Annotated[UsageRepository, Depends(get_repository)],
     source: Annotated[Source | None, Query(description="only this source")] = None,
@@ -86,31 +91,45 @@ def get_filters(
         Query(max_length=200, description="only this conversation or agent id"),
     ] = None,
 ) -> Filters:
-    """The caller's tenant and filters; a name search is resolved to entities once here."""
+    """The caller's tenant and filters; a name search is resolved to entities once here.
+
+    ``attr.<key>=<value>`` filters are read from the raw query string: FastAPI cannot
+    declare parameters whose names vary (each route documents them via ``ATTR_FILTER``).
+    """
+    try:
+        attributes = parse_filters(request.query_params.multi_items())
+    except AttributeParamError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
     filters = Filters(
-        tenant=tenant, source=source, search=search or None, source_id=source_id or None
+        tenant=tenant,
+        source=source,
+        search=search or None,
+        source_id=source_id or None,
+        attributes=attributes,
     )
     return repo.resolve_search(filters)
 
 
+# The OpenAPI entry of the attr.<key> filter, for every route that takes FiltersDep.
+ATTR_FILTER = {"parameters": [FILTER_PARAMETER]}
 WindowDep = Annotated[Window, Depends(get_window)]
 FiltersDep = Annotated[Filters, Depends(get_filters)]
 RepoDep = Annotated[UsageRepository, Depends(get_repository)]
 
 
-@router.get("/summary", response_model=Summary)
+@router.get("/summary", response_model=Summary, openapi_extra=ATTR_FILTER)
 def summary(window: WindowDep, filters: FiltersDep, repo: RepoDep) -> Summary:
     """The five cards: cost, tokens, calls and cost per call; unpriced models, if any."""
     return Summary.build(window, repo.summary(window, filters))
 
 
-@router.get("/by-model", response_model=ByModel)
+@router.get("/by-model", response_model=ByModel, openapi_extra=ATTR_FILTER)
 def by_model(window: WindowDep, filters: FiltersDep, repo: RepoDep) -> ByModel:
     """Cost by model and price tier (batch, fast, priority, standard), most cost first."""
     return ByModel.build(window, repo.by_model(window, filters))
 
 
-@router.get("/timeseries", response_model=Timeseries)
+@router.get("/timeseries", response_model=Timeseries, openapi_extra=ATTR_FILTER)
 def timeseries(
     window: WindowDep,
     filters: FiltersDep,
@@ -133,7 +152,7 @@ def timeseries(
     return Timeseries(**window_fields(window), granularity=granularity, tz=tz, points=points)
 
 
-@router.get("/by-source", response_model=BySource)
+@router.get("/by-source", response_model=BySource, openapi_extra=ATTR_FILTER)
 def by_source(window: WindowDep, filters: FiltersDep, repo: RepoDep) -> BySource:
     """Cost split into chat, agent and memory (always all three, unless filtered)."""
     sources = [
@@ -148,7 +167,7 @@ def by_source(window: WindowDep, filters: FiltersDep, repo: RepoDep) -> BySource
     return BySource(**window_fields(window), sources=sources)
 
 
-@router.get("/top", response_model=Top)
+@router.get("/top", response_model=Top, openapi_extra=ATTR_FILTER)
 def top(
     window: WindowDep,
     filters: FiltersDep,
@@ -161,7 +180,44 @@ def top(
     return Top(**window_fields(window), by=by, limit=limit, items=items)
 
 
-@router.get("/records", response_model=Records)
+@router.get("/breakdown", response_model=Breakdown, openapi_extra=ATTR_FILTER)
+def breakdown(
+    window: WindowDep,
+    filters: FiltersDep,
+    repo: RepoDep,
+    by: Annotated[
+        str,
+        Query(
+            max_length=69,
+            description="source, model or attr.<key> (calls without the key: key null)",
+        ),
+    ] = "source",
+    limit: Annotated[
+        int, Query(ge=1, le=1000, description="groups listed; the rest in other")
+    ] = 20,
+) -> Breakdown:
+    """Cost by source, model or the values of one attribute key, most cost first."""
+    try:
+        kind, key = parse_by(by)
+    except AttributeParamError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    groups = repo.breakdown(window, filters, kind, key)
+    return Breakdown.build(window, by, limit, groups)
+
+
+@router.get("/attributes", response_model=Attributes, openapi_extra=ATTR_FILTER)
+def attributes(
+    window: WindowDep,
+    filters: FiltersDep,
+    repo: RepoDep,
+    top: Annotated[int, Query(ge=1, le=100, description="top values listed per key")] = 5,
+) -> Attributes:
+    """The attribute keys of the window's calls: distinct values and top values by cost."""
+    keys = [AttributeKey.build(usage) for usage in repo.attributes(window, filters, top)]
+    return Attributes(**window_fields(window), keys=keys)
+
+
+@router.get("/records", response_model=Records, openapi_extra=ATTR_FILTER)
 def records(
     window: WindowDep,
     filters: FiltersDep,

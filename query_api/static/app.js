@@ -3,6 +3,10 @@
 // Chart.js (MIT) is loaded from our own origin by index.html before this module runs.
 
 import {
+  filenameFromDisposition,
+  filterLabel,
+  filterParams,
+  formatAttributes,
   formatDuration,
   formatInteger,
   formatPercent,
@@ -11,11 +15,15 @@ import {
   formatUnpricedNote,
   formatRepricedNote,
   formatUsd,
+  groupByLabel,
+  groupLabel,
   tierLabel,
 } from "./format.js";
 
 const STORAGE_KEY = "llmUsage.apiKey";
 const STORAGE_PERIOD = "llmUsage.period";
+const STORAGE_GROUP_BY = "llmUsage.groupBy";
+const GROUP_BY_PATTERN = /^(source|model|attr\.[a-z][a-z0-9_.]{0,63})$/;
 const PERIODS = ["24h", "7d", "30d"];
 const PAGE_SIZE = 20;
 const TOP_LIMIT = 10;
@@ -47,8 +55,23 @@ function saveSetting(name, value) {
   }
 }
 
+// --- first look: a link with the key in its fragment (`/#key=...`, printed by `make run`) --
+// The fragment never reaches the server; the key is stored as the key dialog stores it and
+// removed from the address bar (and so from history and bookmarks) before anything loads.
+(function adoptKeyFromFragment() {
+  const params = new URLSearchParams(window.location.hash.slice(1));
+  const key = (params.get("key") || "").trim();
+  if (!params.has("key")) return;
+  if (key) saveSetting(STORAGE_KEY, key);
+  params.delete("key");
+  const rest = params.toString();
+  const url = window.location.pathname + window.location.search + (rest ? `#${rest}` : "");
+  window.history.replaceState(window.history.state, "", url);
+})();
+
 // --- state ---------------------------------------------------------------------------
 const storedPeriod = loadSetting(STORAGE_PERIOD);
+const storedGroupBy = loadSetting(STORAGE_GROUP_BY);
 const state = {
   period: PERIODS.includes(storedPeriod) ? storedPeriod : "7d",
   granularity: "day",
@@ -56,6 +79,11 @@ const state = {
   source: "",
   search: "",
   page: 1,
+  // the Group by choice, and the page-wide filters (chips): they survive reloads of the data
+  // (period changes included); the source one also sets the records table's source filter
+  groupBy: GROUP_BY_PATTERN.test(storedGroupBy ?? "") ? storedGroupBy : "source",
+  pageSource: "",
+  attributes: {}, // attribute key -> value, ANDed
 };
 state.granularity = defaultGranularity(state.period);
 
@@ -167,7 +195,8 @@ async function loadPanel(panelId, loader, render) {
   }
 }
 
-const windowParams = () => ({ period: state.period });
+/** The window and the page-wide filters, for every /v1/usage request of the page. */
+const windowParams = () => ({ period: state.period, ...filterParams(state.pageSource, state.attributes) });
 
 // --- summary cards -------------------------------------------------------------------
 function setCard(id, display, raw, title, sub = "", warn = false) {
@@ -344,21 +373,114 @@ const loadTimeseries = () =>
     renderTimeseries,
   );
 
-// --- cost by source ------------------------------------------------------------------
+// --- cost by source, model or attribute (the Group by selector) ----------------------
+// The donut and the table below it show /v1/usage/breakdown?by=<state.groupBy>. Clicking a
+// source or an attribute value filters the whole page (a chip); the API has no model filter,
+// so models, "(none)" (calls without the attribute) and "Other" are not clickable.
+const GROUP_COLORS = ["#2563eb", "#7c3aed", "#0d9488", "#ea580c", "#db2777", "#ca8a04", "#16a34a", "#0891b2"];
+const NONE_COLOR = "#98a2b3";
+const OTHER_COLOR = "#d0d5dd";
+const BREAKDOWN_LIMIT = 20;
+const EXPORT_BREAKDOWN_LIMIT = 1000; // the export lists every group up to the API's maximum
 let sourceChart = null;
+let shownGroups = []; // the donut's slices, in order
+let shownBy = "source"; // and what they group by
 
-function renderBySource(data) {
+function groupColor(group, index, by) {
+  if (group.kind === "other") return OTHER_COLOR;
+  if (group.key === null || group.key === undefined) return NONE_COLOR;
+  if (by === "source" && SOURCES[group.key]) return SOURCES[group.key].color;
+  return GROUP_COLORS[index % GROUP_COLORS.length];
+}
+
+/** The page filter a click on `group` sets, as [name, value]; null when it cannot filter. */
+function groupFilter(group, by) {
+  if (!group || group.kind === "other" || group.key === null || group.key === undefined) return null;
+  if (by === "source") return ["source", group.key];
+  if (by.startsWith("attr.")) return [by, group.key];
+  return null;
+}
+
+function notClickableReason(group, by) {
+  if (group.kind === "other") return `The groups beyond the first ${BREAKDOWN_LIMIT}, summed`;
+  if (group.key === null) return `Calls without the attribute ${groupByLabel(by)}`;
+  return "The usage API has no model filter";
+}
+
+const groupTokens = (g) =>
+  Number(g.input_tokens || 0) +
+  Number(g.output_tokens || 0) +
+  Number(g.cache_read_tokens || 0) +
+  Number(g.cache_write_tokens || 0);
+
+function groupName(group, by) {
+  if (group.kind === "other") return `Other (${formatInteger(group.groups)} more)`;
+  return groupLabel(by, group.key);
+}
+
+function breakdownRow(group, by, total) {
+  const tr = document.createElement("tr");
+  tr.dataset.kind = group.kind === "other" ? "other" : group.key === null ? "none" : "group";
+  if (group.key !== null && group.kind !== "other") tr.dataset.key = group.key;
+  const keyCell = cell("group-key");
+  const swatch = document.createElement("span");
+  swatch.className = "swatch";
+  swatch.style.background = group.color;
+  keyCell.append(swatch);
+  const filter = groupFilter(group, by);
+  const name = groupName(group, by);
+  if (filter) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "group-link";
+    button.textContent = name;
+    button.title = `Show only ${filterLabel(...filter)} on the whole page`;
+    button.addEventListener("click", () => setFilter(...filter));
+    keyCell.append(button);
+  } else {
+    const label = document.createElement("span");
+    label.className = "group-name";
+    label.textContent = name;
+    label.title = notClickableReason(group, by);
+    keyCell.append(label);
+  }
+  const tokens = cell("num tokens", formatTokens(groupTokens(group)));
+  tokens.title =
+    `${formatInteger(group.input_tokens)} input · ${formatInteger(group.output_tokens)} output · ` +
+    `${formatInteger(group.cache_write_tokens)} cache write · ` +
+    `${formatInteger(group.cache_read_tokens)} cache read`;
+  tr.append(
+    keyCell,
+    cell("num calls", formatInteger(group.calls)),
+    tokens,
+    cell("num cost", formatUsd(group.cost_usd), `$${group.cost_usd}`),
+    shareCell(group, total),
+  );
+  return tr;
+}
+
+function renderBreakdown(data) {
   const Chart = chartLibrary();
-  const bySource = new Map((data.sources || []).map((s) => [s.source, s]));
-  const rows = Object.keys(SOURCES).map((source) => ({
-    source,
-    cost: bySource.get(source)?.cost_usd ?? "0",
-    calls: Number(bySource.get(source)?.calls ?? 0),
-  }));
-  const total = rows.reduce((sum, r) => sum + Number(r.cost), 0);
-  const values = rows.map((r) => Number(r.cost));
-  const colors = rows.map((r) => SOURCES[r.source].color);
-  const labels = rows.map((r) => SOURCES[r.source].label);
+  const by = data.by || state.groupBy;
+  const total = Number(data.total_cost_usd || 0);
+  const rows = (data.groups || []).map((g) => ({ ...g, kind: "group" }));
+  if (data.other) rows.push({ ...data.other, kind: "other" });
+  let named = 0; // the palette goes to the named groups, in order
+  rows.forEach((g) => (g.color = groupColor(g, g.kind === "other" || g.key === null ? 0 : named++, by)));
+  // by source: always the three sources, in their order (a zero slice is simply not drawn)
+  const zero = { calls: 0, cost_usd: "0", input_tokens: 0, output_tokens: 0 };
+  const slices =
+    by === "source"
+      ? Object.keys(SOURCES).map(
+          (source) =>
+            rows.find((g) => g.key === source) ?? { ...zero, key: source, kind: "group", color: SOURCES[source].color },
+        )
+      : rows;
+  shownGroups = slices;
+  shownBy = by;
+  const labels = slices.map((g) => groupName(g, by));
+  const values = slices.map((g) => Number(g.cost_usd));
+  const colors = slices.map((g) => g.color);
   if (!sourceChart) {
     sourceChart = new Chart($("source-chart"), {
       type: "doughnut",
@@ -368,43 +490,297 @@ function renderBySource(data) {
         maintainAspectRatio: false,
         cutout: "62%",
         animation: { duration: reducedMotion() ? 0 : 250 },
+        onClick: (_event, elements) => {
+          const filter = groupFilter(shownGroups[elements[0]?.index], shownBy);
+          if (filter) setFilter(...filter);
+        },
+        onHover: (event, elements) => {
+          const target = event.native?.target;
+          if (target) target.style.cursor = groupFilter(shownGroups[elements[0]?.index], shownBy) ? "pointer" : "default";
+        },
         plugins: {
           legend: { display: false },
           tooltip: {
-            callbacks: { label: (ctx) => ` ${ctx.label}: ${formatUsd(rows[ctx.dataIndex]?.cost)}` },
+            callbacks: { label: (ctx) => ` ${ctx.label}: ${formatUsd(shownGroups[ctx.dataIndex]?.cost_usd)}` },
           },
         },
       },
     });
   } else {
+    sourceChart.data.labels = labels;
     sourceChart.data.datasets[0].data = values;
-    sourceChart.options.plugins.tooltip.callbacks.label = (ctx) =>
-      ` ${ctx.label}: ${formatUsd(rows[ctx.dataIndex]?.cost)}`;
+    sourceChart.data.datasets[0].backgroundColor = colors;
     sourceChart.update();
   }
+  const heading = `Cost by ${by === "source" || by === "model" ? by : groupByLabel(by)}`;
+  $("source-chart").setAttribute("aria-label", heading);
+  $("source-chart").dataset.by = by;
+  $("breakdown-key-head").textContent = groupByLabel(by);
+  // the legend of the three sources (by source only: otherwise the table is the legend)
   const legend = $("source-legend");
+  legend.hidden = by !== "source";
   legend.replaceChildren(
-    ...rows.map((r) => {
+    ...(by === "source" ? slices : []).map((g) => {
       const li = document.createElement("li");
-      li.dataset.source = r.source;
+      li.dataset.source = g.key;
       li.innerHTML =
         '<span class="swatch"></span><span class="label"></span>' +
         '<span class="amount"></span><span class="share"></span>';
-      li.querySelector(".swatch").classList.add(r.source);
-      li.querySelector(".label").textContent = `${SOURCES[r.source].label} · ${formatInteger(r.calls)} calls`;
-      li.querySelector(".amount").textContent = formatUsd(r.cost);
-      li.querySelector(".amount").title = `$${r.cost}`;
-      li.querySelector(".share").textContent = formatPercent(Number(r.cost), total);
+      li.querySelector(".swatch").classList.add(g.key);
+      li.querySelector(".label").textContent = `${SOURCES[g.key].label} · ${formatInteger(g.calls)} calls`;
+      li.querySelector(".amount").textContent = formatUsd(g.cost_usd);
+      li.querySelector(".amount").title = `$${g.cost_usd}`;
+      li.querySelector(".share").textContent = formatPercent(Number(g.cost_usd), total);
       return li;
     }),
   );
-  const calls = rows.reduce((sum, r) => sum + r.calls, 0);
-  if (calls === 0) return EMPTY_MESSAGE;
+  $("breakdown-body").replaceChildren(...rows.map((g) => breakdownRow(g, by, total)));
+  const clickable = by === "source" || by.startsWith("attr.");
+  $("breakdown-note").textContent = rows.length
+    ? clickable
+      ? "Click a group to show only its usage on the whole page."
+      : "Models cannot filter the page: the usage API has no model filter."
+    : "";
+  const calls = rows.reduce((sum, g) => sum + Number(g.calls || 0), 0);
+  if (calls === 0) return activeFilters().length ? "No calls match these filters in this period" : EMPTY_MESSAGE;
   return total > 0 ? "" : "No priced usage in this period";
 }
 
+const breakdownParams = (limit) => ({ ...windowParams(), by: state.groupBy, limit });
+
 const loadBySource = () =>
-  loadPanel("by-source", (signal) => api("v1/usage/by-source", windowParams(), signal), renderBySource);
+  loadPanel(
+    "by-source",
+    (signal) => api("v1/usage/breakdown", breakdownParams(BREAKDOWN_LIMIT), signal),
+    renderBreakdown,
+  );
+
+// --- Group by choices: source, model and the attribute keys of the window -------------
+let attributeKeys = [];
+let attributesSeq = 0;
+
+function option(value, label) {
+  const el = document.createElement("option");
+  el.value = value;
+  el.textContent = label;
+  return el;
+}
+
+function renderGroupOptions() {
+  const keys = attributeKeys.map((k) => ({ key: k.key, values: k.values }));
+  const wanted = state.groupBy.startsWith("attr.") ? state.groupBy.slice(5) : null;
+  if (wanted && !keys.some((k) => k.key === wanted)) keys.push({ key: wanted, values: null });
+  const children = [option("source", "Source"), option("model", "Model")];
+  if (keys.length) {
+    const group = document.createElement("optgroup");
+    group.label = "Attributes";
+    group.append(
+      ...keys.map((k) =>
+        option(
+          `attr.${k.key}`,
+          k.values === null
+            ? `${k.key} (none in this period)`
+            : `${k.key} (${formatInteger(k.values)} value${Number(k.values) === 1 ? "" : "s"})`,
+        ),
+      ),
+    );
+    children.push(group);
+  }
+  const select = $("group-by");
+  select.replaceChildren(...children);
+  select.value = state.groupBy;
+  select.dataset.keys = keys.map((k) => k.key).join(",");
+}
+
+/** The Group by choices for the window; a failure keeps source and model (and says why). */
+async function loadAttributes() {
+  const seq = ++attributesSeq;
+  try {
+    const data = await api("v1/usage/attributes", { period: state.period });
+    if (seq !== attributesSeq) return;
+    attributeKeys = data.keys || [];
+  } catch (error) {
+    if (seq !== attributesSeq) return;
+    if (!isAuthError(error)) console.error("attributes:", error);
+    attributeKeys = [];
+  }
+  renderGroupOptions();
+}
+
+// --- page filters: a source and attribute values, shown as removable chips ------------
+function activeFilters() {
+  const list = [];
+  if (state.pageSource) list.push(["source", state.pageSource]);
+  for (const [key, value] of Object.entries(state.attributes)) list.push([`attr.${key}`, value]);
+  return list;
+}
+
+function setFilter(name, value) {
+  if (name === "source") {
+    if (state.pageSource === value) return;
+    state.pageSource = value;
+  } else {
+    const key = name.slice(5);
+    if (state.attributes[key] === value) return;
+    state.attributes = { ...state.attributes, [key]: value };
+  }
+  filtersChanged();
+}
+
+function removeFilter(name) {
+  if (name === "source") state.pageSource = "";
+  else {
+    const { [name.slice(5)]: _removed, ...rest } = state.attributes;
+    state.attributes = rest;
+  }
+  filtersChanged();
+}
+
+function filtersChanged() {
+  state.page = 1;
+  loadAll();
+}
+
+function renderChips() {
+  const filters = activeFilters();
+  $("filter-bar").hidden = filters.length === 0;
+  $("clear-filters").hidden = filters.length < 2;
+  $("filter-chips").replaceChildren(
+    ...filters.map(([name, value]) => {
+      const li = document.createElement("li");
+      li.className = "chip";
+      li.dataset.filter = name;
+      li.dataset.value = value;
+      const text = document.createElement("span");
+      text.className = "chip-text";
+      text.textContent = filterLabel(name, value);
+      text.title = filterLabel(name, value);
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "chip-remove";
+      remove.textContent = "×";
+      remove.setAttribute("aria-label", `Remove the filter ${filterLabel(name, value)}`);
+      remove.addEventListener("click", () => removeFilter(name));
+      li.append(text, remove);
+      return li;
+    }),
+  );
+  // a page-wide source filter also sets (and locks) the records table's own source filter
+  const select = $("source-filter");
+  select.disabled = Boolean(state.pageSource);
+  select.value = state.pageSource || state.source;
+  select.title = state.pageSource ? "The whole page is filtered to this source (remove the chip above)" : "";
+}
+
+$("clear-filters").addEventListener("click", () => {
+  state.pageSource = "";
+  state.attributes = {};
+  filtersChanged();
+});
+
+// --- CSV export: fetch with the key (a link cannot send it), then save the Blob --------
+async function responseError(response) {
+  let detail = "";
+  try {
+    const body = await response.json();
+    if (typeof body.detail === "string") detail = body.detail;
+    else if (Array.isArray(body.detail)) detail = body.detail.map((d) => d.msg).join("; ");
+  } catch {
+    /* not JSON */
+  }
+  const prefix = `The export failed (HTTP ${response.status})`;
+  return new ApiError(detail ? `${prefix}: ${detail}` : `${prefix}.`, response.status);
+}
+
+function exportStatus(button, message) {
+  let status = button.parentElement.querySelector(`.export-error[data-for="${button.id}"]`);
+  if (!message) {
+    status?.remove();
+    return;
+  }
+  if (!status) {
+    status = document.createElement("span");
+    status.className = "export-error";
+    status.dataset.for = button.id;
+    status.setAttribute("role", "alert");
+    button.after(status);
+  }
+  status.textContent = message;
+}
+
+async function downloadCsv(button, path, params, fallbackName) {
+  if (button.getAttribute("aria-busy") === "true") return;
+  const key = loadSetting(STORAGE_KEY);
+  if (!key) {
+    askForKey();
+    return;
+  }
+  const url = new URL(path, document.baseURI);
+  for (const [name, value] of Object.entries(params)) {
+    if (value !== "" && value != null) url.searchParams.set(name, String(value));
+  }
+  const label = button.textContent;
+  button.setAttribute("aria-busy", "true");
+  button.disabled = true;
+  button.textContent = "Exporting…";
+  exportStatus(button, "");
+  try {
+    let response;
+    try {
+      response = await fetch(url, {
+        headers: { Authorization: `Bearer ${key}`, Accept: "text/csv" },
+        cache: "no-store",
+      });
+    } catch {
+      throw new ApiError("The usage API could not be reached. Check your connection.", 0);
+    }
+    if (!response.ok) throw await responseError(response);
+    const blob = await response.blob();
+    const name = filenameFromDisposition(response.headers.get("Content-Disposition"), fallbackName);
+    const href = URL.createObjectURL(blob);
+    const link = document.createElement("a");
+    link.href = href;
+    link.download = name;
+    link.hidden = true;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(href), 60_000);
+    button.dataset.downloaded = name;
+  } catch (error) {
+    console.error(`${button.id}:`, error);
+    if (isAuthError(error)) askForKey(`The API key was rejected (HTTP ${error.status}). Check it and enter it again.`);
+    exportStatus(button, error instanceof ApiError ? error.message : `The export failed: ${error.message}`);
+  } finally {
+    button.textContent = label;
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+  }
+}
+
+$("export-records").addEventListener("click", (event) =>
+  downloadCsv(
+    event.currentTarget,
+    "v1/usage/records.csv",
+    { ...windowParams(), source: state.pageSource || state.source, search: state.search },
+    "llm-usage-records.csv",
+  ),
+);
+
+$("export-breakdown").addEventListener("click", (event) =>
+  downloadCsv(
+    event.currentTarget,
+    "v1/usage/breakdown.csv",
+    breakdownParams(EXPORT_BREAKDOWN_LIMIT),
+    "llm-usage-breakdown.csv",
+  ),
+);
+
+$("group-by").addEventListener("change", (event) => {
+  state.groupBy = event.target.value;
+  saveSetting(STORAGE_GROUP_BY, state.groupBy);
+  loadBySource();
+});
 
 // --- cost by model -------------------------------------------------------------------
 function tierBadge(tier) {
@@ -642,6 +1018,10 @@ function budgetBar(budget) {
 
 function budgetScope(budget) {
   if (budget.scope === "tenant") return "Whole workspace";
+  if (budget.scope === "attribute") {
+    const of = budget.source ? ` (${SOURCES[budget.source]?.label ?? budget.source})` : "";
+    return `${budget.attr_key} = ${budget.attr_value}${of}`;
+  }
   if (budget.scope === "source") return `All of ${SOURCES[budget.source]?.label ?? budget.source}`;
   return `${SOURCES[budget.source]?.label ?? budget.source} ${budget.source_id}`;
 }
@@ -747,6 +1127,46 @@ function cell(className, text, title) {
   return td;
 }
 
+/**
+ * A call's attributes in its Name cell: a toggle ("3 attributes", the pairs as its tooltip)
+ * that opens the list of key = value; a value filters the whole page. Null without any.
+ */
+function attributesOf(record) {
+  const pairs = Object.entries(record.attributes || {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  if (!pairs.length) return null;
+  const toggle = document.createElement("button");
+  toggle.type = "button";
+  toggle.className = "attr-toggle";
+  toggle.textContent = `${pairs.length} attribute${pairs.length === 1 ? "" : "s"}`;
+  toggle.title = formatAttributes(record.attributes);
+  toggle.setAttribute("aria-expanded", "false");
+  const list = document.createElement("dl");
+  list.className = "attr-list";
+  list.id = `attributes-${record.event_id}`;
+  list.hidden = true;
+  toggle.setAttribute("aria-controls", list.id);
+  for (const [key, value] of pairs) {
+    const term = document.createElement("dt");
+    term.textContent = key;
+    const detail = document.createElement("dd");
+    const filter = document.createElement("button");
+    filter.type = "button";
+    filter.className = "attr-value";
+    filter.dataset.key = key;
+    filter.textContent = value;
+    filter.title = `Show only ${filterLabel(`attr.${key}`, value)} on the whole page`;
+    filter.addEventListener("click", () => setFilter(`attr.${key}`, value));
+    detail.append(filter);
+    list.append(term, detail);
+  }
+  toggle.addEventListener("click", () => {
+    const open = toggle.getAttribute("aria-expanded") !== "true";
+    toggle.setAttribute("aria-expanded", String(open));
+    list.hidden = !open;
+  });
+  return [toggle, list];
+}
+
 function renderRecords(data) {
   const items = data.items || [];
   const now = Date.now();
@@ -772,6 +1192,8 @@ function renderRecords(data) {
         model.append(" ", failed);
       }
       name.append(title, model);
+      const attributes = attributesOf(r);
+      if (attributes) name.append(...attributes);
       const when = new Date(r.occurred_at);
       const time = cell("time");
       const timeEl = document.createElement("time");
@@ -795,7 +1217,9 @@ function renderRecords(data) {
   );
   renderPager(Number(data.page || state.page), Number(data.total_pages || 0), Number(data.total || 0));
   if (items.length) return "";
-  return state.source || state.search ? "No calls match these filters in this period" : EMPTY_MESSAGE;
+  return state.source || state.search || activeFilters().length
+    ? "No calls match these filters in this period"
+    : EMPTY_MESSAGE;
 }
 
 function pageWindow(page, pages) {
@@ -855,7 +1279,7 @@ const loadRecords = () =>
         "v1/usage/records",
         {
           ...windowParams(),
-          source: state.source,
+          source: state.pageSource || state.source,
           search: state.search,
           page: state.page,
           page_size: PAGE_SIZE,
@@ -981,6 +1405,8 @@ function loadAll() {
     return;
   }
   budgetsRequest = null;
+  renderChips();
+  loadAttributes();
   loadSummary();
   loadTimeseries();
   loadBySource();

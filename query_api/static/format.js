@@ -153,3 +153,74 @@ export function formatRepricedNote(repricedAt, now, recentDays = 7) {
   if (!Number.isFinite(then) || Number(now) - then > recentDays * 86400000) return "";
   return `history repriced ${formatRelativeTime(then, now)}`;
 }
+
+const SOURCE_LABELS = { chat: "Chat", agent: "Agent", memory: "Memory" };
+
+/** The Group by choice as a heading: "source" -> "Source", "model" -> "Model", "attr.user" -> "user". */
+export function groupByLabel(by) {
+  const text = String(by ?? "");
+  if (text === "source") return "Source";
+  if (text === "model") return "Model";
+  return text.startsWith("attr.") ? text.slice(5) : text;
+}
+
+/**
+ * One breakdown group's name: a source's label ("agent" -> "Agent"), a model or an attribute
+ * value as is; the calls without the attribute (key null) read "(none)", an empty key "(empty)".
+ */
+export function groupLabel(by, key) {
+  if (key === null || key === undefined) return "(none)";
+  const text = String(key);
+  if (by === "source") return SOURCE_LABELS[text] ?? text;
+  return text === "" ? "(empty)" : text;
+}
+
+/** A filter chip's text: ("source", "agent") -> "Source: Agent", ("attr.user", "u-42") -> "user: u-42". */
+export function filterLabel(name, value) {
+  if (name === "source") return `Source: ${groupLabel("source", value)}`;
+  return `${groupByLabel(name)}: ${value}`;
+}
+
+/**
+ * The query parameters of the page-wide filters: a source ("" for none) and attribute values
+ * by key -> {source: "agent", "attr.user": "u-42", ...}; keys in the order given.
+ */
+export function filterParams(source, attributes) {
+  const params = {};
+  if (source) params.source = source;
+  for (const [key, value] of Object.entries(attributes || {})) params[`attr.${key}`] = value;
+  return params;
+}
+
+/**
+ * The file name a Content-Disposition header gives, else `fallback`: RFC 6266's
+ * `filename*=UTF-8''...` (percent-encoded) wins over `filename="..."`; any path is dropped.
+ */
+export function filenameFromDisposition(header, fallback = "download.csv") {
+  const text = String(header ?? "");
+  let name = "";
+  const extended = /filename\*\s*=\s*([^']*)'[^']*'([^;]+)/i.exec(text);
+  if (extended) {
+    try {
+      name = decodeURIComponent(extended[2].trim().replace(/^"|"$/g, ""));
+    } catch {
+      name = "";
+    }
+  }
+  if (!name) {
+    const quoted = /filename\s*=\s*"((?:[^"\\]|\\.)*)"/i.exec(text);
+    const bare = /filename\s*=\s*([^;"\s]+)/i.exec(text);
+    if (quoted) name = quoted[1].replace(/\\(.)/g, "$1");
+    else if (bare) name = bare[1];
+  }
+  name = name.split(/[\\/]/).pop().trim();
+  return name && name !== "." && name !== ".." ? name : fallback;
+}
+
+/** A call's attributes as one line, keys sorted: {user: "u-42", customer: "acme"} -> "customer=acme · user=u-42". */
+export function formatAttributes(attributes) {
+  return Object.keys(attributes || {})
+    .sort()
+    .map((key) => `${key}=${attributes[key]}`)
+    .join(" · ");
+}

@@ -4,6 +4,10 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
+  filenameFromDisposition,
+  filterLabel,
+  filterParams,
+  formatAttributes,
   formatDuration,
   formatInteger,
   formatPercent,
@@ -12,6 +16,8 @@ import {
   formatTokens,
   formatUnpricedNote,
   formatUsd,
+  groupByLabel,
+  groupLabel,
   tierLabel,
 } from "../../query_api/static/format.js";
 
@@ -125,4 +131,61 @@ test("the reprice note shows while the last reprice is recent", () => {
   assert.equal(formatRepricedNote("2026-12-01T09:00:00+00:00", now), "history repriced 3 hours ago");
   assert.equal(formatRepricedNote("2026-11-20T12:00:00+00:00", now), "");
   assert.equal(formatRepricedNote(null, now), "");
+});
+
+// --- attribution: Group by labels, filter chips and CSV file names -----------------------
+
+test("Group by choices read as headings", () => {
+  assert.equal(groupByLabel("source"), "Source");
+  assert.equal(groupByLabel("model"), "Model");
+  assert.equal(groupByLabel("attr.user"), "user");
+  assert.equal(groupByLabel("attr.prompt_version"), "prompt_version");
+});
+
+test("group names: source labels, values as is, (none) for calls without the attribute", () => {
+  assert.equal(groupLabel("source", "agent"), "Agent");
+  assert.equal(groupLabel("source", "chat"), "Chat");
+  assert.equal(groupLabel("model", "claude-sonnet-4-5"), "claude-sonnet-4-5");
+  assert.equal(groupLabel("attr.user", "u-42"), "u-42");
+  assert.equal(groupLabel("attr.user", null), "(none)");
+  assert.equal(groupLabel("attr.user", undefined), "(none)");
+  assert.equal(groupLabel("attr.user", ""), "(empty)");
+  assert.equal(groupLabel("attr.user", "<b>x</b>"), "<b>x</b>"); // text, never markup
+});
+
+test("filter chips and their query parameters", () => {
+  assert.equal(filterLabel("source", "memory"), "Source: Memory");
+  assert.equal(filterLabel("attr.customer", 'Globex, "Inc"'), 'customer: Globex, "Inc"');
+  assert.deepEqual(filterParams("", {}), {});
+  assert.deepEqual(filterParams("agent", { user: "u-1", customer: "acme" }), {
+    source: "agent",
+    "attr.user": "u-1",
+    "attr.customer": "acme",
+  });
+  assert.deepEqual(filterParams("", undefined), {});
+});
+
+test("a call's attributes as one line, keys sorted", () => {
+  assert.equal(formatAttributes({ user: "u-42", customer: "acme" }), "customer=acme · user=u-42");
+  assert.equal(formatAttributes({}), "");
+  assert.equal(formatAttributes(null), "");
+});
+
+test("the CSV's file name comes from Content-Disposition", () => {
+  const name = "llm-usage-records-20261201T000000Z-20261208T000000Z.csv";
+  assert.equal(filenameFromDisposition(`attachment; filename="${name}"`), name);
+  assert.equal(filenameFromDisposition(`attachment; filename=${name}`), name);
+  assert.equal(filenameFromDisposition('attachment; FILENAME="a b.csv"'), "a b.csv");
+  // RFC 6266: filename* (UTF-8, percent-encoded) wins over filename
+  assert.equal(
+    filenameFromDisposition("attachment; filename=\"plain.csv\"; filename*=UTF-8''k%C3%A4se%20report.csv"),
+    "käse report.csv",
+  );
+  assert.equal(filenameFromDisposition('attachment; filename="say \\"hi\\".csv"'), 'say "hi".csv');
+  // no name, or one that is a path: the fallback, or the last segment
+  assert.equal(filenameFromDisposition("attachment", "export.csv"), "export.csv");
+  assert.equal(filenameFromDisposition(null, "export.csv"), "export.csv");
+  assert.equal(filenameFromDisposition('attachment; filename="../../etc/passwd"'), "passwd");
+  assert.equal(filenameFromDisposition('attachment; filename=".."', "x.csv"), "x.csv");
+  assert.equal(filenameFromDisposition("attachment; filename*=UTF-8''%E0%A4%A", "x.csv"), "x.csv");
 });

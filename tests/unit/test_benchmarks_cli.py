@@ -13,7 +13,17 @@ import benchmarks.alerts
 import benchmarks.worker
 from llm_usage.cli import app
 
-COMMANDS = ("publish", "worker", "ingest", "api", "api-rollups", "http-ingest", "reprice", "alerts")
+COMMANDS = (
+    "publish",
+    "worker",
+    "ingest",
+    "api",
+    "api-rollups",
+    "http-ingest",
+    "reprice",
+    "alerts",
+    "export",
+)
 
 
 def test_every_benchmark_is_a_bench_command() -> None:
@@ -29,7 +39,7 @@ def test_options_reach_the_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(benchmarks.worker, "run", lambda **kw: calls.append(kw))
     monkeypatch.setattr(benchmarks.alerts, "run", lambda **kw: calls.append(kw))
     runner = CliRunner()
-    argv = ["bench", "worker", "--events", "400000", "--batch-max-events", "30000"]
+    argv = ["bench", "worker", "--events", "400000", "--batch-max-events", "30000", "--attributes"]
     assert runner.invoke(app, argv).exit_code == 0
     assert (
         runner.invoke(app, ["bench", "alerts", "--seeds", "1,2", "--calls", "10000"]).exit_code == 0
@@ -40,6 +50,7 @@ def test_options_reach_the_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
         "duplicates": 0,
         "batch_max_events": 30_000,
         "stall_s": 120.0,
+        "attributes": True,
     }
     assert calls == [worker_options, {"seeds": [1, 2], "calls": [10_000], "ends_hours_ago": [0]}]
 
