@@ -23,7 +23,8 @@ COLUMNS = (
     "cache_read_input_tokens", "cost_usd", "priced", "price_version", "duration_ms", "status",
     "request_id", "metadata", "schema_version", "kafka_topic", "kafka_partition", "kafka_offset",
     "service_tier", "speed", "inference_geo", "web_search_requests", "web_fetch_requests",
-    "thinking_tokens", "tool_cost_usd", "attributes",
+    "thinking_tokens", "tool_cost_usd", "attributes", "cache_read_savings_usd",
+    "cache_write_premium_usd",
 )  # fmt: skip
 # price_tier and token_cost_usd are not sent: ClickHouse computes them (migration 0011).
 
@@ -67,6 +68,6 @@ class Enricher:
                 e.schema_version, topic, partition, offset, e.service_tier or "standard",
                 e.speed or "standard", e.inference_geo or "", e.web_search_requests or 0,
                 e.web_fetch_requests or 0, e.thinking_tokens or 0, quote.tool_cost_usd,
-                e.attributes,
+                e.attributes, quote.cache_read_savings_usd, quote.cache_write_premium_usd,
             ))  # fmt: skip
         return rows

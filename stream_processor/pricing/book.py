@@ -22,6 +22,12 @@ What one call costs (Anthropic's billing rules, as the book encodes them per mod
 * the inference geo multiplier (US-only inference on recent models) multiplies every token
   price, in every tier;
 * server tools: the web-search fee per request, neither batch-discounted nor geo-multiplied.
+
+A quote also says what prompt caching changed for the call, at exactly the rates its cost
+used (same tier, geo and long-context prices): ``cache_read_savings_usd`` = cache-read
+tokens x (input price - cache-read price), and ``cache_write_premium_usd`` = 5-minute
+write tokens x (5m write price - input price) + 1-hour write tokens x (1h write price -
+input price).
 """
 
 from __future__ import annotations
@@ -127,6 +133,11 @@ class Quote(NamedTuple):  # a tuple: one is built per call on the worker's hot p
     tool_cost_usd: Decimal = _ZERO
     long_context: bool = False
     tier_unavailable: bool = False  # a batch or fast call of a model without such prices
+    # What prompt caching changed, at the call's own rates (tier, geo, long context):
+    # cache reads x (input - cache-read price), saved against sending the tokens uncached;
+    # cache writes x (write - input price), paid on top. 0 for an unpriced call.
+    cache_read_savings_usd: Decimal = _ZERO
+    cache_write_premium_usd: Decimal = _ZERO
 
 
 def price_tier(service_tier: str | None, speed: str | None) -> str:
@@ -398,9 +409,16 @@ class PriceBook:
         tool_cost = Decimal(tools).scaleb(-12) if tools else _ZERO
         cost = token_cost + tool_cost if tools else token_cost
         version = self._versions[entry]
-        return Quote(
-            model, cost, True, version, tier, token_cost, tool_cost, long_context, unavailable
+        saved = Decimal(cache_read * (p_in - p_read)).scaleb(-12) if cache_read else _ZERO
+        premium = (
+            Decimal(cache_write_5m * (p_5m - p_in) + cache_write_1h * (p_1h - p_in)).scaleb(-12)
+            if cache_write_5m or cache_write_1h
+            else _ZERO
         )
+        return Quote(
+            model, cost, True, version, tier, token_cost, tool_cost, long_context, unavailable,
+            saved, premium,
+        )  # fmt: skip
 
     def quote_event(self, model: str, event: CallEvent) -> Quote:
         """:meth:`quote` of a contract event, whose model resolved to ``model``."""

@@ -19,8 +19,11 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 # usage_events columns a reprice changes; reprice_values holds their new values. Its
-# MATERIALIZED columns (token_cost_usd = cost_usd - tool_cost_usd) follow from them.
-REPRICED = ("cost_usd", "tool_cost_usd", "priced", "price_version")
+# MATERIALIZED columns (token_cost_usd = cost_usd - tool_cost_usd) follow from them. The
+# prompt-cache figures (migration 0019) are repriced like the cost: a call whose savings
+# differ from its quote (0, stored before 0019) changes even when its cost does not.
+REPRICED = ("cost_usd", "tool_cost_usd", "priced", "price_version", "cache_read_savings_usd",
+            "cache_write_premium_usd")  # fmt: skip
 # A view is a cost rollup when its target has one of these.
 COST_COLUMNS = frozenset({"cost_usd", "token_cost_usd", "tool_cost_usd", "unpriced_calls"})
 # What the pricing needs of each stored call (and its current prices, to compare).
@@ -243,7 +246,8 @@ def join_ddl(database: str, run_id: str) -> list[str]:
     return [
         f"DROP TABLE IF EXISTS {table} SYNC",
         f"CREATE TABLE {table} (event_id UUID, cost_usd Decimal(38, 12),"
-        " tool_cost_usd Decimal(38, 12), priced Bool, price_version String)"
+        " tool_cost_usd Decimal(38, 12), priced Bool, price_version String,"
+        " cache_read_savings_usd Decimal(38, 12), cache_write_premium_usd Decimal(38, 12))"
         " ENGINE = Join(ANY, LEFT, event_id)",
         f"INSERT INTO {table} SELECT event_id, {', '.join(REPRICED)}"
         f" FROM {database}.reprice_values WHERE run_id = {{run:String}}",

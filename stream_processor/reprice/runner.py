@@ -3,8 +3,9 @@
 A run goes through steps, each recorded in ``reprice_runs`` only after it completed:
 
 1. ``staged``: every selected call is priced again; those whose price changes go to
-   ``reprice_values`` with their new prices (and the old cost). Nothing else is touched yet,
-   so a run killed here is re-staged from scratch.
+   ``reprice_values`` with their new prices (and the old cost). The prompt-cache figures
+   count as prices: calls stored before migration 0019 (savings 0) are filled this way.
+   Nothing else is touched yet, so a run killed here is re-staged from scratch.
 2. ``delta:<rollup>``: for each rollup, the delta rows (new minus old prices of the staged
    calls, see :mod:`stream_processor.reprice.queries`) are inserted under an
    ``insert_deduplication_token`` of the run and rollup: re-sent after a crash, ClickHouse
@@ -146,9 +147,10 @@ class Repricer:
             after = (last[1], last[2], last[0])  # tenant_id, occurred_at, event_id
 
     def _quote(self, row: Sequence[Any]) -> tuple[Any, ...] | None:
-        """New (cost, token cost, tool cost, priced, version) of a stored call, or None."""
+        """New (cost, tool cost, priced, version, cache-read savings, cache-write premium)
+        of a stored call (see ``REPRICED``), or None when all are as stored."""
         (_, _, occurred_at, model, inp, out, c5, c1h, read, tier, speed, geo, searches,
-         cost, _token_cost, tool_cost, priced, version) = row  # fmt: skip
+         cost, _token_cost, tool_cost, priced, version, saved, premium) = row  # fmt: skip
         if occurred_at.tzinfo is None:  # DateTime64(3, 'UTC') comes back naive
             occurred_at = occurred_at.replace(tzinfo=UTC)
         quote = self.book.quote(
@@ -156,8 +158,9 @@ class Repricer:
             service_tier=tier, speed=speed, inference_geo=geo or None,
             web_search_requests=searches,
         )  # fmt: skip
-        new = (quote.cost_usd, quote.tool_cost_usd, quote.priced, quote.version)
-        return None if new == (cost, tool_cost, bool(priced), version) else new
+        new = (quote.cost_usd, quote.tool_cost_usd, quote.priced, quote.version,
+               quote.cache_read_savings_usd, quote.cache_write_premium_usd)  # fmt: skip
+        return None if new == (cost, tool_cost, bool(priced), version, saved, premium) else new
 
     def count(self, selection: Selection) -> int:
         sql, params = count_sql(selection)

@@ -49,8 +49,12 @@ COLUMNS = [
     "event_id", "tenant_id", "occurred_at", "source", "source_id", "source_name", "model",
     "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
     "cost_usd", "priced", "duration_ms", "status", "kafka_topic", "kafka_partition",
-    "kafka_offset",
+    "kafka_offset", "cache_read_savings_usd", "cache_write_premium_usd",
 ]  # fmt: skip
+# Prompt-cache figures of the generated calls at Claude Sonnet 4.5's prices per token:
+# a read saves $3 - $0.30 per MTok, a 5-minute write costs $3.75 - $3 more.
+READ_SAVES = Decimal("0.0000027")
+WRITE_COSTS_MORE = Decimal("0.00000075")
 
 # (source, source_id, name): a few conversations and agents, one with a searchable word.
 ENTITIES = [
@@ -117,10 +121,12 @@ def _rows(now: datetime) -> tuple[list[list[object]], tuple[int, int, int]]:
                 + Decimal(output_tokens) * Decimal("0.000015")
                 + Decimal(rng.randint(0, 999)) / Decimal(10**12)
             )
+            writes, reads = rng.choice([0, 0, 1200]), rng.choice([0, 8000])
             rows.append([
                 uuid.uuid4(), TENANT, now - age, source, source_id, name, "claude-sonnet-4-5",
-                input_tokens, output_tokens, rng.choice([0, 0, 1200]), rng.choice([0, 8000]),
+                input_tokens, output_tokens, writes, reads,
                 cost, True, rng.randint(400, 45_000), "ok", "calls", 0, offset + i,
+                reads * READ_SAVES, writes * WRITE_COSTS_MORE,
             ])  # fmt: skip
         offset += count
     n24, n7, n30 = (s[0] for s in spans)

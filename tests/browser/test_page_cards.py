@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from tests.browser.conftest import (
@@ -60,6 +61,49 @@ def test_cards_show_the_numbers_the_api_returns(page: Any, api: Api) -> None:
 
     wait_ready(page)
     assert save_screenshot(page, "usage-page-24h.png").stat().st_size > 10_000
+
+
+def _expect_cache_savings(page: Any, summary: dict[str, Any]) -> None:
+    """The line under the Total Cost card: the summary's prompt-cache figures, formatted
+    like the card (hidden when both are 0)."""
+    line = page.locator("#card-total-cost .cache-savings")
+    saved, premium = summary["cache_read_savings_usd"], summary["cache_write_premium_usd"]
+    assert line.get_attribute("data-saved") == saved
+    assert line.get_attribute("data-premium") == premium
+    if Decimal(saved) == 0 and Decimal(premium) == 0:
+        assert line.is_hidden()
+        return
+    expected = f"Prompt cache saved {format_usd(saved)}"
+    if Decimal(premium) != 0:
+        expected += f" (writes cost {format_usd(premium)} more)"
+    assert line.is_visible()
+    assert line.inner_text() == expected
+    assert saved in (line.get_attribute("title") or ""), "the exact figure on hover"
+
+
+def test_the_total_cost_card_shows_what_prompt_caching_saved(page: Any, api: Api) -> None:
+    page.goto("/")
+    wait_ready(page, "cards")
+    summary = api.get("/v1/usage/summary", period="7d")
+    assert (
+        Decimal(summary["cache_read_savings_usd"]) > 0 < Decimal(summary["cache_write_premium_usd"])
+    ), "the generated calls read and write the cache"
+    _expect_cache_savings(page, summary)
+    save_screenshot(page, "usage-page-cache-savings.png", "#card-total-cost")
+
+    page.click("#period-switch [data-period='24h']")
+    wait_ready(page, "cards")
+    _expect_cache_savings(page, api.get("/v1/usage/summary", period="24h"))
+
+
+def test_the_cache_savings_line_is_hidden_without_savings(context: Any, api: Api) -> None:
+    context.add_init_script(f"localStorage.setItem('llmUsage.apiKey', '{EMPTY_KEY}')")
+    page = context.new_page()
+    page.goto("/")
+    page.wait_for_selector("#cards[data-state=empty]")
+    summary = api.get("/v1/usage/summary", key=EMPTY_KEY, period="7d")
+    assert summary["cache_read_savings_usd"] == summary["cache_write_premium_usd"]
+    _expect_cache_savings(page, summary)
 
 
 def test_api_key_is_asked_once_and_a_bad_key_can_be_replaced(context: Any, api: Api) -> None:

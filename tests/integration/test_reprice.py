@@ -5,7 +5,8 @@ a known one) is then added through the overrides file, and the reprice must make
 rows, both rollups, the API's compact rollups, the summary and the cost-by-model breakdown
 equal to the same calls priced with the new book from the start. Also after a SIGKILL in
 the middle of a run (at each step, and inside a statement) and while a worker keeps
-ingesting calls of that model.
+ingesting calls of that model. The prompt-cache figures (migration 0019) are repriced like
+the cost: calls stored with savings 0 (as before 0019) are filled, raw and every rollup.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ ROLLUPS = (
 )
 # Rollups by attribute key and value: a call counts once per attribute it carries.
 ATTRIBUTE_ROLLUPS = ("usage_attributes_15m", "usage_attributes_daily")
+# Rollups with the prompt-cache figures (migration 0019): every one per-model questions read.
+SAVINGS = ("cache_read_savings_usd", "cache_write_premium_usd")
+SAVINGS_ROLLUPS = tuple(t for t in ROLLUPS if t not in ("usage_api_15m", "usage_api_daily"))
 
 
 def make_events(count: int, now: datetime, seed: int) -> list[UsageEvent]:
@@ -82,6 +86,8 @@ def make_events(count: int, now: datetime, seed: int) -> list[UsageEvent]:
             occurred_at=now - timedelta(minutes=rng.randrange(3 * 24 * 60)),
             model=model, input_tokens=rng.randrange(50, 5000),
             output_tokens=rng.randrange(10, 800), cache_read_input_tokens=rng.randrange(0, 9000),
+            cache_creation_5m_input_tokens=rng.randrange(0, 3000),
+            cache_creation_1h_input_tokens=rng.choice([0, 0, rng.randrange(1, 2000)]),
             service_tier="batch" if rng.random() < 0.3 else None,
             web_search_requests=rng.randrange(3) if model == "claude-opus-5-5" else None,
             attributes=_attributes(rng),
@@ -124,21 +130,34 @@ def expected(events: list[UsageEvent], book: PriceBook) -> dict[str, Any]:
     """What every table and the API must say: the calls priced with ``book``."""
     per_model: dict[str, list[Any]] = defaultdict(lambda: [0, 0, Decimal(0)])
     per_attribute: dict[tuple[str, str, str], list[Any]] = defaultdict(lambda: [0, 0, Decimal(0)])
+    # prompt-cache figures per model and per attribute value and model: (saved, premium)
+    saved_model: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
+    saved_attribute: dict[tuple[str, str, str], list[Decimal]] = defaultdict(
+        lambda: [Decimal(0), Decimal(0)]
+    )
     per_event = {}
     for event in events:
         model = book.resolve(event.model)
         quote = book.quote_event(model, event)
-        per_event[str(event.event_id)] = (quote.cost_usd, quote.priced, quote.version)
+        figures = (quote.cache_read_savings_usd, quote.cache_write_premium_usd)
+        per_event[str(event.event_id)] = (quote.cost_usd, quote.priced, quote.version, *figures)
         items = [per_model[model]]
         items += [per_attribute[(k, v, model)] for k, v in event.attributes.items()]
         for item in items:
             item[0] += 1
             item[1] += 0 if quote.priced else 1
             item[2] += quote.cost_usd
+        sums = [saved_model[model]]
+        sums += [saved_attribute[(k, v, model)] for k, v in event.attributes.items()]
+        for pair in sums:
+            pair[0] += figures[0]
+            pair[1] += figures[1]
     return {
         "events": per_event,
         "models": {m: tuple(v) for m, v in per_model.items()},
         "attributes": {a: tuple(v) for a, v in per_attribute.items()},
+        "savings": {m: tuple(v) for m, v in saved_model.items()},
+        "attribute_savings": {a: tuple(v) for a, v in saved_attribute.items()},
     }
 
 
@@ -147,7 +166,7 @@ def stored(settings: Settings) -> dict[str, Any]:
     try:
         rows = client.query(
             "SELECT toString(event_id), cost_usd, priced, price_version, token_cost_usd"
-            " + tool_cost_usd FROM usage_events"
+            " + tool_cost_usd, cache_read_savings_usd, cache_write_premium_usd FROM usage_events"
         ).result_rows
         for r in rows:
             assert r[1] == r[4], "token + tool cost = cost on every row"
@@ -169,9 +188,23 @@ def stored(settings: Settings) -> dict[str, Any]:
                     f" sum(cost_usd) FROM {table} GROUP BY attr_key, attr_value, model"
                 ).result_rows
             }
+        savings = {}
+        for table in (*SAVINGS_ROLLUPS, *ATTRIBUTE_ROLLUPS):
+            keys = "attr_key, attr_value, model" if table in ATTRIBUTE_ROLLUPS else "model"
+            savings[table] = {
+                (tuple(str(k) for k in r[:-2]) if len(r) > 3 else str(r[0])): (r[-2], r[-1])
+                for r in client.query(
+                    f"SELECT {keys}, sum({SAVINGS[0]}), sum({SAVINGS[1]}) FROM {table}"
+                    f" GROUP BY {keys}"
+                ).result_rows
+            }
     finally:
         client.close()
-    return {"events": {r[0]: (r[1], r[2], r[3]) for r in rows}, "tables": tables}
+    return {
+        "events": {r[0]: (r[1], r[2], r[3], r[5], r[6]) for r in rows},
+        "tables": tables,
+        "savings": savings,
+    }
 
 
 def assert_exact(settings: Settings, want: dict[str, Any]) -> None:
@@ -187,6 +220,10 @@ def assert_exact(settings: Settings, want: dict[str, Any]) -> None:
             assert groups == want["attributes"], table
         else:
             assert groups == want["models"], table
+    for table, figures in got["savings"].items():
+        key = "attribute_savings" if table in ATTRIBUTE_ROLLUPS else "savings"
+        assert figures == want[key], f"{table}: cache savings"
+    saved = [sum((v[i] for v in want["savings"].values()), Decimal(0)) for i in (0, 1)]
     now = datetime.now(UTC)
     window = {"from": (now - timedelta(days=4)).isoformat(), "to": now.isoformat()}
     app = create_app(settings.model_copy(update={"api_keys": "k:acme"}))
@@ -197,10 +234,13 @@ def assert_exact(settings: Settings, want: dict[str, Any]) -> None:
         unpriced = {m: v[1] for m, v in want["models"].items() if v[1]}
         assert {u["model"]: u["calls"] for u in summary["unpriced_models"]} == unpriced
         assert summary["cost_incomplete"] is bool(unpriced)
+        assert [Decimal(summary[name]) for name in SAVINGS] == saved
         models = http.get("/v1/usage/by-model", params=window).json()["models"]
         got_models = {m["model"]: (m["calls"], m["unpriced_calls"], Decimal(m["cost_usd"]))
                       for m in models}  # fmt: skip
         assert got_models == want["models"]
+        got_savings = {m["model"]: tuple(Decimal(m[name]) for name in SAVINGS) for m in models}
+        assert got_savings == want["savings"]
 
 
 def repriced_at(settings: Settings) -> str | None:
@@ -269,6 +309,42 @@ def test_a_newly_priced_model_and_a_discount_reprice_history_exactly(
     finally:
         client.close()
     assert_exact(settings, expected(events, book))
+
+
+def test_a_reprice_fills_the_cache_savings_of_calls_stored_before_migration_0019(
+    migrated: Settings,
+) -> None:
+    """Calls stored with savings 0 (the columns' default for rows written before 0019, and
+    what the rollup rows written before it read) are filled by a reprice with the same book:
+    their cost does not change, their savings do, raw and every rollup, exactly."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    events = make_events(600, now, seed=5)
+    book = PriceBook.load()
+    rows = Enricher(book).rows(events, "calls", 0, 0)
+    width = len(SAVINGS)
+    old_rows = [(*row[:-width], Decimal(0), Decimal(0)) for row in rows]  # as before 0019
+    ClickHouseWriter(migrated).insert(old_rows, dedup_token("pre-0019", "calls", 0, 0, 0))
+    before = stored(migrated)
+    assert all(v[3:] == (0, 0) for v in before["events"].values())
+    assert all(
+        figures == (0, 0) for table in before["savings"].values() for figures in table.values()
+    )
+    want = expected(events, book)
+    with_savings = sum(1 for v in want["events"].values() if v[3] or v[4])
+    assert with_savings > 300, "most calls read or write the cache"
+    client = connect(migrated)
+    try:
+        repricer = Repricer(client, migrated.clickhouse_database, book)
+        dry = repricer.dry_run(Selection())
+        assert sum(m.changed for m in dry.values()) == with_savings
+        assert all(m.old_cost == m.new_cost for m in dry.values()), "costs stay as they were"
+        result = repricer.run(Selection())
+        assert result.changed == with_savings and result.old_cost == result.new_cost
+        assert_exact(migrated, want)
+        assert repricer.run(Selection()).changed == 0, "a second run changes nothing"
+    finally:
+        client.close()
+    assert_exact(migrated, want)
 
 
 def _kill_at(settings: Settings, overrides: Path, step: str | None) -> int:
