@@ -16,7 +16,9 @@ Per tick:
    conversation and tenant (:mod:`spikes`), and per value of each watched attribute key
    (``alert_spike_attribute_keys``: each user, each customer) that reached the spike floor
    in one of those hours. A tenant's spike is not raised on its own when one of its agents,
-   conversations or values is anomalous in the same hour: that alert names it.
+   conversations or values is anomalous in the same hour: that alert names it. A value's
+   is not when one of its own agents or conversations (whose calls in that hour carry the
+   value), or a value of an earlier key sharing its calls (its user, for a customer), is.
 2. Every budget's spend in its current period is compared with its thresholds.
 3. New alerts go to ClickHouse (``alerts``), then to the ``llm-usage.alerts`` topic (key:
    alert id; consumers drop repeats), then to each webhook of the tenant (at least once).
@@ -187,19 +189,28 @@ class Evaluator:
         ):
             values[(key, value)][hour] = HourUsage(cost, calls)
         # A spike of a sum (a user, a customer, the tenant) that something finer explains
-        # (is anomalous in one of its hours) is that one's alert, not a second one: an agent
-        # or conversation explains a value's spike and the tenant's, a value of an earlier
-        # watched key (user before customer) a later key's, any value the tenant's. So a
-        # value alerts for what no entity shows: a user's spend spread over new chats.
-        explainers = [usage for key, usage in series.items() if key != TENANT]
+        # (is anomalous in one of its hours) is that one's alert, not a second one. For a
+        # value, only what is part of it explains: an agent or conversation whose calls in
+        # that hour carry the value, a value of an earlier watched key (user before
+        # customer) whose calls in that hour are some of its calls. Anything anomalous
+        # explains the tenant's. So a value alerts for what no entity of its own shows (a
+        # user's spend spread over new chats), whatever other users do in that hour.
+        entities = {key: usage for key, usage in series.items() if key != TENANT}
+        verdicts: dict[tuple[str, Hashable, datetime], bool] = {}
+        earlier: dict[tuple[str, str], dict[datetime, HourUsage]] = {}
         found_values: dict[tuple[str, str], list[Spike]] = {}
         for attr_key in self.attribute_keys:
             of_key = {kv: usage for kv, usage in values.items() if kv[0] == attr_key}
             for kv, usage in of_key.items():
                 got = spikes(judged, usage, self.rule, complete_before=complete_before)
-                if got and (kept := self._unexplained(got, explainers, complete_before)):
+                if got and (
+                    kept := self._unexplained_value(
+                        tenant, kv, got, entities, earlier, complete_before, verdicts
+                    )
+                ):
                     found_values[kv] = kept
-            explainers += of_key.values()
+            earlier |= of_key
+        explainers = [*entities.values(), *earlier.values()]
         tenant_spikes = found.pop(TENANT, [])
         if kept := self._unexplained(tenant_spikes, explainers, complete_before):
             found[TENANT] = kept
@@ -232,6 +243,65 @@ class Evaluator:
             for hour in hours
             if judge(hour, usage, self.rule).anomalous
         }
+        return [s for s in found if not explained & set(_spike_hours([s], complete_before))]
+
+    def _anomalous(
+        self,
+        hour: datetime,
+        candidates: dict[SubjectT, dict[datetime, HourUsage]],
+        kind: str,
+        verdicts: dict[tuple[str, Hashable, datetime], bool],
+    ) -> set[SubjectT]:
+        """The subjects of ``candidates`` anomalous in ``hour`` (verdicts kept in
+        ``verdicts`` under ``kind``: several values spiking in one hour judge them once)."""
+        out = set()
+        for subject, usage in candidates.items():
+            key = (kind, subject, hour)
+            if key not in verdicts:
+                verdicts[key] = judge(hour, usage, self.rule).anomalous
+            if verdicts[key]:
+                out.add(subject)
+        return out
+
+    def _unexplained_value(
+        self,
+        tenant: str,
+        kv: tuple[str, str],
+        found: list[Spike],
+        entities: dict[tuple[str, str], dict[datetime, HourUsage]],
+        earlier: dict[tuple[str, str], dict[datetime, HourUsage]],
+        complete_before: datetime,
+        verdicts: dict[tuple[str, Hashable, datetime], bool],
+    ) -> list[Spike]:
+        """The spikes of value ``kv`` in none of whose hours something of its own is
+        anomalous: an entity whose calls in that hour carry the value, or a value of an
+        earlier key (``earlier``) whose calls in that hour carry it too.
+
+        Which ones are its own is read only for the hours where a candidate is anomalous,
+        and only for this value (one that spiked): a few queries per spike, not per user.
+        """
+        key, value = kv
+        hours = sorted(set(_spike_hours(found, complete_before)))
+        explained: set[datetime] = set()
+        suspects = {h: self._anomalous(h, entities, "entity", verdicts) for h in hours}
+        if asked := [h for h in hours if suspects[h]]:
+            explained |= {
+                hour
+                for hour, source, source_id in self.store.entities_with(tenant, key, value, asked)
+                if (source, source_id) in suspects[hour]
+            }
+        overlapping = {
+            h: self._anomalous(h, earlier, "value", verdicts) for h in hours if h not in explained
+        }
+        if asked := [h for h, got in overlapping.items() if got]:
+            others = sorted({k for h in asked for k, _ in overlapping[h]})
+            explained |= {
+                hour
+                for hour, other, other_value in self.store.values_with(
+                    tenant, key, value, others, asked
+                )
+                if (other, other_value) in overlapping[hour]
+            }
         return [s for s in found if not explained & set(_spike_hours([s], complete_before))]
 
     def _alert_ids(

@@ -434,6 +434,64 @@ class AlertStore:
         )
         return [(str(r[0]), str(r[1]), _utc(r[2]), Decimal(r[3]), int(r[4])) for r in rows]
 
+    def entities_with(
+        self, tenant_id: str, key: str, value: str, hours: list[datetime]
+    ) -> set[tuple[datetime, str, str]]:
+        """(hour, source, source_id) of the entities whose calls in one of ``hours`` carry
+        ``key`` = ``value``: what may explain that value's spike in that hour.
+
+        Asked only for a value that spiked, over its spike's hours, from the raw calls (no
+        rollup keeps entity and attribute together): the tenant's sort key and the bloom
+        filter on the attribute values keep the read to those hours and that value.
+        """
+        if not hours:
+            return set()
+        rows = self.db.rows(
+            "SELECT DISTINCT toStartOfHour(toDateTime(occurred_at, 'UTC')) AS hour,"
+            " toString(source), source_id FROM usage_events"
+            " WHERE tenant_id = {tenant:String}"
+            f" AND occurred_at >= {{first:{TS}}} AND occurred_at < {{last:{TS}}}"
+            " AND hour IN {hours:Array(DateTime('UTC'))}"
+            " AND attributes[{key:String}] = {value:String}",
+            {
+                "tenant": tenant_id,
+                "first": min(hours),
+                "last": max(hours) + HOUR,
+                "hours": sorted(hours),
+                "key": key,
+                "value": value,
+            },
+        )
+        return {(_utc(r[0]), str(r[1]), str(r[2])) for r in rows}
+
+    def values_with(
+        self, tenant_id: str, key: str, value: str, others: list[str], hours: list[datetime]
+    ) -> set[tuple[datetime, str, str]]:
+        """(hour, other key, its value) of the values of the keys ``others`` that calls in
+        one of ``hours`` carry together with ``key`` = ``value`` (the same calls): which
+        users' spend is in a customer's hour. Bounded like :meth:`entities_with`."""
+        if not hours or not others:
+            return set()
+        rows = self.db.rows(
+            "SELECT DISTINCT toStartOfHour(toDateTime(occurred_at, 'UTC')) AS hour,"
+            " other, attributes[other] AS other_value FROM usage_events"
+            " ARRAY JOIN {others:Array(String)} AS other"
+            " WHERE tenant_id = {tenant:String}"
+            f" AND occurred_at >= {{first:{TS}}} AND occurred_at < {{last:{TS}}}"
+            " AND hour IN {hours:Array(DateTime('UTC'))}"
+            " AND attributes[{key:String}] = {value:String} AND other_value != ''",
+            {
+                "tenant": tenant_id,
+                "others": others,
+                "first": min(hours),
+                "last": max(hours) + HOUR,
+                "hours": sorted(hours),
+                "key": key,
+                "value": value,
+            },
+        )
+        return {(_utc(r[0]), str(r[1]), str(r[2])) for r in rows}
+
     def names(self, tenant_id: str, entities: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """Latest names of (source, source_id) pairs."""
         if not entities:

@@ -36,7 +36,7 @@ from tests.integration.alerting import (
     demo_end,
     expensive_call,
     fast_settings,
-    raw_count,
+    stored_calls,
     with_attributes,
     write_attributed,
 )
@@ -76,7 +76,7 @@ def attributed(
         generate(SimulationConfig(calls=2000, days=0, tenants=2))
     )
     calls = asyncio.run(_publish(settings, items))
-    wait_for(lambda: raw_count(settings) >= calls, 120, "rows", detail=worker.tail)
+    wait_for(lambda: stored_calls(settings) >= calls, 120, "rows", detail=worker.tail)
     yield settings, worker
 
 
@@ -200,9 +200,9 @@ def test_a_user_budget_raises_one_alert_per_threshold_and_none_for_other_users(
         for tenant, user in (("tenant-1", other), ("tenant-2", top))
         for n in range(needed)
     ]
-    before = raw_count(settings)
+    before = stored_calls(settings)
     asyncio.run(_publish(settings, list(more)))
-    wait_for(lambda: raw_count(settings) >= before + len(more), 60, "rows", detail=worker.tail)
+    wait_for(lambda: stored_calls(settings) >= before + len(more), 60, "rows", detail=worker.tail)
     assert [a for a in _tick(settings) if a.kind == "budget_threshold"] == []
     again = api.get(f"/v1/budgets/{mine['budget_id']}", headers=A).json()
     assert Decimal(again["spend"]["cost_usd"]) == top_cost
@@ -212,9 +212,9 @@ def test_a_user_budget_raises_one_alert_per_threshold_and_none_for_other_users(
         )
         for n in range(needed)
     ]
-    before = raw_count(settings)
+    before = stored_calls(settings)
     asyncio.run(_publish(settings, list(own)))
-    wait_for(lambda: raw_count(settings) >= before + len(own), 60, "rows", detail=worker.tail)
+    wait_for(lambda: stored_calls(settings) >= before + len(own), 60, "rows", detail=worker.tail)
     raised = [a for a in _tick(settings) if a.kind == "budget_threshold"]
     assert [(a.budget_id, a.threshold_pct) for a in raised] == [(mine["budget_id"], 100)]
     spent = api.get(f"/v1/budgets/{mine['budget_id']}", headers=A).json()
@@ -282,9 +282,34 @@ def test_a_user_whose_spend_jumps_raises_one_spike_alert_and_nobody_else_any(
         raised = evaluator.tick()
         again = evaluator.tick()
         published_alerts = evaluator.store.unpublished(since)
+        # what may explain a value's spike is read from the raw calls: its own entities,
+        # and the earlier keys' values sharing its calls, in the hour asked
+        own = evaluator.store.entities_with("tenant-2", "user", jumper, [jump_hour])
+        shared = evaluator.store.values_with(
+            "tenant-2", "customer", attributes["customer"], ["user", "feature"], [jump_hour]
+        )
     finally:
         evaluator.close()
         client.close()
+    in_hour = [
+        c
+        for c in calls + jump
+        if c.tenant_id == "tenant-2" and jump_hour <= c.occurred_at < jump_hour + timedelta(hours=1)
+    ]
+    assert own == {
+        (jump_hour, c.source.value, c.source_id)
+        for c in in_hour
+        if c.attributes.get("user") == jumper
+    }
+    assert {("chat", f"conv-jump-{n}") for n in range(12)} <= {(s, i) for _, s, i in own}
+    assert shared == {
+        (jump_hour, k, c.attributes[k])
+        for c in in_hour
+        if c.attributes.get("customer") == attributes["customer"]
+        for k in ("user", "feature")
+        if k in c.attributes
+    }
+    assert (jump_hour, "user", jumper) in shared
     started = [a for a in raised if a.kind == "spike_started"]
     start, stop = agent_spike.spike
     agent = agent_spike.call

@@ -113,17 +113,21 @@ def test_the_api_takes_an_attribute_scope_alone_or_within_a_source() -> None:
 
 # --- spikes -------------------------------------------------------------------------------
 Rows = list[tuple[str, str, datetime, Decimal, int]]
+Calls = list[tuple[datetime, str, str, dict[str, str]]]  # hour, source, source_id, attributes
 
 
 class MemoryStore:
     """What the evaluator reads and writes, from lists: entity rows (source, source_id,
-    hour, cost, calls) and attribute rows (key, value, hour, cost, calls) of one tenant."""
+    hour, cost, calls) and attribute rows (key, value, hour, cost, calls) of one tenant,
+    and which entity's calls carry which attributes in which hour."""
 
-    def __init__(self, entities: Rows, attributes: Rows) -> None:
+    def __init__(self, entities: Rows, attributes: Rows, calls: Calls | None = None) -> None:
         self.entities = entities
         self.attributes = attributes
+        self.calls = calls or []
         self.stored: dict[str, Alert] = {}
         self.asked_values: list[tuple[str, str]] = []
+        self.asked_members: list[tuple[str, str, str, tuple[datetime, ...]]] = []
 
     def changed_hours(self, since: datetime) -> list[tuple[str, datetime, datetime]]:
         hours = sorted({r[2] for r in self.entities})
@@ -149,6 +153,24 @@ class MemoryStore:
         self.asked_values = sorted(wanted)
         return [r for r in self.attributes if (r[0], r[1]) in wanted and start <= r[2] < end]
 
+    def entities_with(
+        self, tenant: str, key: str, value: str, hours: list[datetime]
+    ) -> set[tuple[datetime, str, str]]:
+        self.asked_members.append(("entities", key, value, tuple(hours)))
+        return {(h, s, sid) for h, s, sid, a in self.calls if h in hours and a.get(key) == value}
+
+    def values_with(
+        self, tenant: str, key: str, value: str, others: list[str], hours: list[datetime]
+    ) -> set[tuple[datetime, str, str]]:
+        self.asked_members.append(("values", key, value, tuple(hours)))
+        return {
+            (h, k, a[k])
+            for h, _, _, a in self.calls
+            if h in hours and a.get(key) == value
+            for k in others
+            if k in a
+        }
+
     def event_watermark(self, tenant: str) -> datetime:
         return NOW
 
@@ -167,11 +189,12 @@ class MemoryStore:
 
 def _week(
     per_hour: Callable[[datetime], list[tuple[str, str, str, Decimal, int]]],
-) -> tuple[Rows, Rows]:
+) -> tuple[Rows, Rows, Calls]:
     """Eight days and a half of hours; ``per_hour`` gives each hour's calls as (conversation,
-    user, customer, cost, calls); returns the entity and attribute rows."""
+    user, customer, cost, calls); returns the entity and attribute rows and the calls."""
     entities: dict[tuple[str, str, datetime], tuple[Decimal, int]] = {}
     attributes: dict[tuple[str, str, datetime], tuple[Decimal, int]] = {}
+    carried: Calls = []
 
     def add(into: dict[Any, tuple[Decimal, int]], key: Any, cost: Decimal, calls: int) -> None:
         old = into.get(key, (Decimal(0), 0))
@@ -183,10 +206,12 @@ def _week(
             add(entities, ("chat", conversation, hour), cost, calls)
             add(attributes, ("user", user, hour), cost, calls)
             add(attributes, ("customer", customer, hour), cost, calls)
+            carried.append((hour, "chat", conversation, {"user": user, "customer": customer}))
         hour += HOUR
     return (
         [(a, b, h, c, n) for (a, b, h), (c, n) in entities.items()],
         [(a, b, h, c, n) for (a, b, h), (c, n) in attributes.items()],
+        carried,
     )
 
 
@@ -278,3 +303,54 @@ def test_a_customer_spike_its_user_explains_is_the_users_alert_earlier_keys_firs
     assert started(alert_spike_attribute_keys="customer,user") == [("customer", "c1")]
     # unwatched, nobody alerts: the tenant's hour ($106 against $46) is not three times normal
     assert started(alert_spike_attribute_keys="") == []
+
+
+def test_an_anomaly_elsewhere_in_the_tenant_does_not_hide_a_users_spike() -> None:
+    """The reviewer's hour: u0's own conversation jumps from $1 to $12 and, separately, u3
+    opens 12 new conversations at $1 each. conv-u0 explains u0's spike (its calls carry
+    u0), not u3's: u3's spend is spread over new chats that only u3's series shows."""
+
+    def calls(hour: datetime) -> list[tuple[str, str, str, Decimal, int]]:
+        if hour != SPIKE:
+            return _steady(hour)
+        jumped = [c if c[1] != "u0" else (c[0], "u0", c[2], Decimal(12), 40) for c in _steady(hour)]
+        return jumped + [(f"new-{n}", "u3", "c1", Decimal("1"), 3) for n in range(12)]
+
+    store = MemoryStore(*_week(calls))
+    raised = _evaluator(store).tick()
+    started = [a for a in raised if a.kind == "spike_started"]
+    assert sorted((a.scope, a.source_id, a.attr_key, a.attr_value) for a in started) == [
+        ("attribute", "", "user", "u3"),
+        ("entity", "conv-u0", "", ""),
+    ], [a.message for a in started]
+    u3 = next(a for a in started if a.scope == "attribute")
+    assert u3.window_start == SPIKE and u3.observed_cost_usd == Decimal(13)
+    # membership was read for the values that spiked only, and only for the spike's hour
+    assert {(what, k, v) for what, k, v, _ in store.asked_members} <= {
+        ("entities", "user", "u0"),
+        ("entities", "user", "u3"),
+        ("entities", "customer", "c0"),
+        ("entities", "customer", "c1"),
+        ("values", "customer", "c0"),
+        ("values", "customer", "c1"),
+    }
+    assert all(hours == (SPIKE,) for *_, hours in store.asked_members)
+
+
+def test_a_customer_spike_another_customers_user_is_anomalous_in_still_alerts() -> None:
+    """In one hour u0 (a user of c0) jumps, and c1 gains twelve new users: u0 is a value
+    of an earlier key anomalous then, but none of its calls are c1's, so c1 alerts."""
+
+    def calls(hour: datetime) -> list[tuple[str, str, str, Decimal, int]]:
+        if hour != SPIKE:
+            return _steady(hour)
+        u0 = [(f"u0-new-{n}", "u0", "c0", Decimal("1"), 3) for n in range(12)]
+        c1 = [(f"x-new-{n}", f"x{n}", "c1", Decimal(10), 3) for n in range(12)]
+        return _steady(hour) + u0 + c1
+
+    raised = _evaluator(MemoryStore(*_week(calls))).tick()
+    started = [a for a in raised if a.kind == "spike_started"]
+    assert sorted((a.scope, a.attr_key, a.attr_value) for a in started) == [
+        ("attribute", "customer", "c1"),
+        ("attribute", "user", "u0"),
+    ], [a.message for a in started]
