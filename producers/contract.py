@@ -42,9 +42,13 @@ MAX_METADATA_BYTES = 16 * 1024
 EARLIEST_OCCURRED_AT = datetime(2023, 1, 1, tzinfo=UTC)
 # Attributes: who or what a call is for (end user, customer, feature, ...), to group by.
 ATTRIBUTE_KEY = re.compile(r"[a-z][a-z0-9_.]{0,63}")  # matched whole (fullmatch)
+# The rule as messages write it (the one place its text is derived).
+ATTRIBUTE_KEY_RULE = f"^{ATTRIBUTE_KEY.pattern}$"
 MAX_ATTRIBUTES = 16
 MAX_ATTRIBUTE_VALUE = 256
-# Keys with a documented meaning; any other key matching ATTRIBUTE_KEY is welcome too.
+# Keys with a documented meaning; any other key matching ATTRIBUTE_KEY is welcome too. The
+# docs that list them (WIRE_FORMAT.md, README, producers.instrument) and the OTLP mapping's
+# default names are held to this tuple by tests/unit/test_producers_contract.py.
 WELL_KNOWN_ATTRIBUTES = ("user", "customer", "feature", "environment", "prompt_version", "session")
 MAX_CLOCK_SKEW = timedelta(hours=1)
 
@@ -155,7 +159,7 @@ def check_attributes(attributes: dict[str, str]) -> None:
         raise ValueError(f"has {len(attributes)} pairs, at most {MAX_ATTRIBUTES} are allowed")
     for key, value in attributes.items():
         if not ATTRIBUTE_KEY.fullmatch(key):
-            raise ValueError(f"key {key!r} must match ^[a-z][a-z0-9_.]{{0,63}}$")
+            raise ValueError(f"key {key!r} must match {ATTRIBUTE_KEY_RULE}")
         if not 1 <= len(value) <= MAX_ATTRIBUTE_VALUE:
             raise ValueError(f"value of {key!r} must be 1 to {MAX_ATTRIBUTE_VALUE} characters")
 
@@ -270,9 +274,16 @@ class UsageEvent(BaseModel):
     @field_validator("attributes", mode="before")
     @classmethod
     def _string_attributes(cls, value: Any) -> Any:
-        """One clear reason naming the key instead of pydantic's per-type one."""
+        """One clear reason naming the key instead of pydantic's per-type one.
+
+        Keys are checked here, as sent, before the model strips white space from strings:
+        ``" user"`` or ``"user\\n"`` is no ``user`` (and two keys can never collide once
+        stripped). Values are stripped like every string of the contract, then checked.
+        """
         if isinstance(value, dict):
             for key, item in value.items():
+                if not isinstance(key, str) or not ATTRIBUTE_KEY.fullmatch(key):
+                    raise ValueError(f"key {key!r} must match {ATTRIBUTE_KEY_RULE}")
                 if not isinstance(item, str):
                     kind = type(item).__name__
                     raise ValueError(f"value of {key!r} must be a string, not {kind}")

@@ -30,8 +30,9 @@ defaults overlaid with :func:`usage_context`, a context variable, so one shared 
 serves many conversations and concurrent asyncio tasks keep their own tags. Publishing
 never raises into the caller: a usage event that cannot be built or queued is logged.
 
-Attributes (what a call is for, to group costs by: ``user``, ``customer``, ``feature``,
-``environment``, ``prompt_version``, ``session`` or any key of the contract's rules) come
+Attributes (what a call is for, to group costs by: the well-known keys
+(:data:`~producers.contract.WELL_KNOWN_ATTRIBUTES`) ``user``, ``customer``, ``feature``,
+``environment``, ``prompt_version``, ``session``, or any key of the contract's rules) come
 from three places, merged key by key, the nearer one winning:
 
 1. per call, ``llm_usage_attributes={"user": "u-42"}`` on ``messages.create``,
@@ -46,10 +47,14 @@ from three places, merged key by key, the nearer one winning:
 3. ``instrument(client, ..., attributes={...})`` for every call of the client.
 
 A Message Batches result's ``batch_attribution`` tags may carry attributes too; they win
-over all three. Attributes given to ``instrument()`` or a context are checked at once
-(ValueError naming the key); a bad per-call one is dropped with a warning, the call itself
-goes ahead. Together at most :data:`~producers.contract.MAX_ATTRIBUTES` are published:
-the per-call ones first, a warning names any left out.
+over all three. Attributes given to ``instrument()`` are checked at once, at start-up
+(ValueError naming the key). Those of a block or a call sit in the application's request
+path and never raise: an integer value (not a bool) is taken as its digits
+(``user=request.user.id``), any other pair the event contract would refuse (an empty or too
+long value, a key off its rule) is left out with a warning naming the key and why, and the
+call goes ahead. Together at most :data:`~producers.contract.MAX_ATTRIBUTES` are published:
+the per-call ones first, then the blocks' and the client's from the innermost out; a
+warning names any left out.
 """
 
 from __future__ import annotations
@@ -127,7 +132,11 @@ class UsageTags:
     attributes: Mapping[str, str] = field(default_factory=dict)
 
     def overlay(self, other: UsageTags) -> UsageTags:
-        """``other``'s set fields win; metadata and attributes are merged (``other``'s win)."""
+        """``other``'s set fields win; metadata and attributes are merged (``other``'s win).
+
+        Merged attributes are in the order they were set, outermost first: ``other``'s come
+        last, a key it sets again included (so the innermost are the last ones).
+        """
         changes: dict[str, Any] = {
             k: getattr(other, k)
             for k in ("tenant_id", "source", "source_id", "source_name")
@@ -136,13 +145,16 @@ class UsageTags:
         if other.metadata:
             changes["metadata"] = {**self.metadata, **other.metadata}
         if other.attributes:
-            changes["attributes"] = {**self.attributes, **other.attributes}
+            outer = {k: v for k, v in self.attributes.items() if k not in other.attributes}
+            changes["attributes"] = {**outer, **other.attributes}
         return replace(self, **changes)
 
 
 def checked_attributes(attributes: Mapping[str, Any] | None, where: str) -> dict[str, str]:
-    """``attributes`` as the event contract will take them (surrounding blanks stripped, as
-    it does); ValueError naming ``where`` and the key when the contract would refuse them."""
+    """``attributes`` as the event contract will take them (values stripped of surrounding
+    blanks, as it strips them; keys must match its rule as given); ValueError naming
+    ``where`` and the key when the contract would refuse them. The strict check, for
+    ``instrument()`` at start-up; the request path uses :func:`_lenient_attributes`."""
     if attributes is None:
         return {}
     if not isinstance(attributes, Mapping):
@@ -154,7 +166,7 @@ def checked_attributes(attributes: Mapping[str, Any] | None, where: str) -> dict
         if not isinstance(value, str):
             kind = type(value).__name__
             raise ValueError(f"{where}: value of attribute {key!r} must be a string, not {kind}")
-        checked[key.strip()] = value.strip()
+        checked[key] = value.strip()
     try:
         check_attributes(checked)
     except ValueError as exc:
@@ -162,22 +174,34 @@ def checked_attributes(attributes: Mapping[str, Any] | None, where: str) -> dict
     return checked
 
 
-def _lenient_attributes(attributes: Any, where: str) -> dict[str, str]:
-    """The valid pairs of ``attributes`` (at most MAX_ATTRIBUTES); the others are logged."""
+def _lenient_attributes(attributes: Any, where: str, *, after: str = "") -> dict[str, str]:
+    """The valid pairs of ``attributes`` (at most MAX_ATTRIBUTES, the first given); never
+    raises. An integer (not a bool) is taken as its digits (``request.user.id``); any other
+    bad pair is left out with one warning naming the key and why (``after`` ends it)."""
+    if attributes is None:
+        return {}
     if not isinstance(attributes, Mapping):
-        log.warning("%s: attributes must be a mapping, ignored: %r", where, attributes)
+        log.warning("%s: attributes must be a mapping, ignored: %r%s", where, attributes, after)
         return {}
     usable: dict[str, str] = {}
     for key, value in attributes.items():
+        if type(value) is not bool and isinstance(value, int):
+            # its digits; "" (refused, naming the key) past what str() may convert or 256 fit
+            value = str(value) if value.bit_length() <= 1024 else ""
         try:
             usable.update(checked_attributes({key: value}, where))
         except ValueError as exc:
-            log.warning("%s; that attribute is left out, the call goes ahead", exc)
+            log.warning("%s; that attribute is left out%s", exc, after)
     if len(usable) > MAX_ATTRIBUTES:
         dropped = list(usable)[MAX_ATTRIBUTES:]
-        log.warning("%s: more than %d attributes, left out: %s", where, MAX_ATTRIBUTES, dropped)
+        log.warning(
+            "%s: more than %d attributes, left out: %s%s", where, MAX_ATTRIBUTES, dropped, after
+        )
         usable = dict(list(usable.items())[:MAX_ATTRIBUTES])
     return usable
+
+
+_GOES_AHEAD = ", the call goes ahead"
 
 
 _context: ContextVar[UsageTags | None] = ContextVar("llm_usage_tags", default=None)
@@ -197,21 +221,32 @@ def usage_context(
     source_id: str | None = None,
     source_name: str | None = None,
     metadata: Mapping[str, MetadataValue] | None = None,
-    attributes: Mapping[str, str] | None = None,
+    attributes: Mapping[str, str | int] | None = None,
 ) -> Iterator[UsageTags]:
     """Tag every instrumented call made inside the block (thread- and task-local).
 
-    ``attributes`` are merged into the enclosing blocks' (these win); ValueError at once if
-    a key or value breaks the contract's rules, or the merged set has too many keys.
+    ``attributes`` are merged into the enclosing blocks' (these win). They never raise (the
+    block sits in the application's request path): an integer value (not a bool) is taken
+    as its digits, any other pair the event contract would refuse is left out with a
+    warning naming the key and why, and over :data:`~producers.contract.MAX_ATTRIBUTES`
+    together the innermost are kept (this block's, then the nearest enclosing ones').
     """
-    checked = checked_attributes(attributes, "usage_context")
+    checked = _lenient_attributes(attributes, "usage_context", after=", the block goes ahead")
     tags = UsageTags(tenant_id, source, source_id, source_name, dict(metadata or {}), checked)
     merged = current_tags().overlay(tags)
     if len(merged.attributes) > MAX_ATTRIBUTES:
-        raise ValueError(
-            f"usage_context: {len(merged.attributes)} attributes with the enclosing blocks', "
-            f"at most {MAX_ATTRIBUTES} are allowed"
+        # in the order they were set, outermost first: keep the last (innermost) ones
+        names = list(merged.attributes)
+        dropped = names[: len(names) - MAX_ATTRIBUTES]
+        kept = {k: merged.attributes[k] for k in names[-MAX_ATTRIBUTES:]}
+        log.warning(
+            "usage_context: %d attributes with the enclosing blocks', at most %d are kept "
+            "(the innermost); left out: %s",
+            len(names),
+            MAX_ATTRIBUTES,
+            dropped,
         )
+        merged = replace(merged, attributes=kept)
     token = _context.set(merged)
     try:
         yield merged
@@ -221,18 +256,30 @@ def usage_context(
 
 @contextlib.contextmanager
 def usage_attributes(
-    attributes: Mapping[str, str] | None = None, /, **more: str
+    attributes: Mapping[str, str | int] | None = None, /, **more: str | int
 ) -> Iterator[Mapping[str, str]]:
     """Attributes for every instrumented call made inside the block, e.g.
-    ``with usage_attributes(user="u-42", feature="search"):`` (keys with dots, such as
-    ``"team.id"``, in a mapping: ``usage_attributes({"team.id": "t7"})``).
+    ``with usage_attributes(user=request.user.id, feature="search"):`` (keys with dots, such
+    as ``"team.id"``, in a mapping: ``usage_attributes({"team.id": "t7"})``). The keys with
+    a documented meaning are :data:`~producers.contract.WELL_KNOWN_ATTRIBUTES` (``user``,
+    ``customer``, ``feature``, ``environment``, ``prompt_version``, ``session``); any other
+    key of the contract's rules is welcome too.
 
     Nested blocks merge, the inner value of a key winning; a call's own
     ``llm_usage_attributes`` win over both. Works for sync, async and streaming calls (a
-    context variable: concurrent tasks keep their own). ValueError at once for a key or
-    value the event contract would refuse. Yields the blocks' merged attributes.
+    context variable: concurrent tasks keep their own). Never raises, like
+    :func:`usage_context`: an integer value becomes its digits (``42`` -> ``"42"``), a pair
+    the event contract would refuse (an empty or 257-character value, a key such as
+    ``"User"``) is left out with a warning naming the key, and over 16 together the
+    innermost are kept. Yields the blocks' merged attributes.
     """
-    with usage_context(attributes={**(attributes or {}), **more}) as tags:
+    given: dict[str, Any] = {}
+    if isinstance(attributes, Mapping):
+        given.update(attributes)
+    elif attributes is not None:
+        log.warning("usage_attributes: attributes must be a mapping, ignored: %r", attributes)
+    given.update(more)
+    with usage_context(attributes=given) as tags:
         yield tags.attributes
 
 
@@ -342,12 +389,13 @@ class _Call:
         return max(0, round((time.monotonic() - self.started) * 1000))
 
     def _attributes(self) -> dict[str, str]:
-        """The call's own attributes over the tags'; the call's first when over the limit."""
+        """The call's own attributes over the tags'; when over the limit, the call's first,
+        then the tags' from the innermost out (they are in the order they were set)."""
         merged = {**self.tags.attributes, **self.call_attributes}
         if len(merged) <= MAX_ATTRIBUTES:
             return merged
         kept = dict(self.call_attributes)
-        for key, value in self.tags.attributes.items():
+        for key, value in reversed(list(self.tags.attributes.items())):
             if len(kept) < MAX_ATTRIBUTES and key not in kept:
                 kept[key] = value
         log.warning(
@@ -699,7 +747,7 @@ def _taking_call_attributes(method: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
         given = kwargs.pop(CALL_ATTRIBUTES_ARG, None)
         if given is not None:
-            usable = _lenient_attributes(given, CALL_ATTRIBUTES_ARG)
+            usable = _lenient_attributes(given, CALL_ATTRIBUTES_ARG, after=_GOES_AHEAD)
             if usable:
                 headers = dict(kwargs.get("extra_headers") or {})
                 headers[_ATTRIBUTES_HEADER] = json.dumps(usable)
@@ -730,7 +778,7 @@ def _results_attributes(kwargs: dict[str, Any]) -> dict[str, str]:
     """``batches.results()``'s per-call attributes, popped (the SDK's method has no such
     argument)."""
     given = kwargs.pop(CALL_ATTRIBUTES_ARG, None)
-    return {} if given is None else _lenient_attributes(given, CALL_ATTRIBUTES_ARG)
+    return _lenient_attributes(given, CALL_ATTRIBUTES_ARG, after=_GOES_AHEAD)
 
 
 # --- sync client -------------------------------------------------------------------------
@@ -1077,8 +1125,9 @@ def instrument(
 
     ``attributes`` (``{"environment": "production"}``, say) go on every call of the client;
     :func:`usage_attributes` blocks and a call's ``llm_usage_attributes`` add to them and win
-    over them (see the module's documentation). ValueError at once for a key or value the
-    event contract would refuse.
+    over them (see the module's documentation). Checked strictly, unlike those of a block or
+    a call: ``instrument()`` runs once at start-up, so a key or value the event contract
+    would refuse (a value that is not a string included) raises ValueError at once.
     """
     if getattr(client, _MARK, False):
         raise ValueError("this client is already instrumented")

@@ -222,7 +222,8 @@ def _complete(call: WireCall, latest: datetime) -> None:
                 raise ValueError("white space at an end: the contract strips it")
     attributes = call.attributes
     if attributes:
-        check_attributes(attributes)  # a key with white space breaks its pattern already
+        # a key with white space at an end breaks its pattern: both paths reject it as sent
+        check_attributes(attributes)
         for value in attributes.values():
             if value.strip() is not value:
                 raise ValueError("white space at an end: the contract strips it")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +14,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from producers.contract import (
+    ATTRIBUTE_KEY,
+    ATTRIBUTE_KEY_RULE,
     MAX_METADATA_BYTES,
     ContractError,
     EntityRenamed,
@@ -267,3 +270,70 @@ def test_metadata_just_over_the_limit_is_still_rejected_when_the_bound_is_not_me
     assert parse_call(raw(metadata=fits)).metadata == fits
     with pytest.raises(ContractError, match=r"metadata: .*larger than"):
         parse_call(raw(metadata={"k": "x" * (MAX_METADATA_BYTES - 7)}))
+
+
+def test_every_message_writes_the_attribute_key_rule_derived_from_the_one_pattern() -> None:
+    from llm_usage.settings import Settings
+    from query_api.attributes import AttributeParamError, parse_filters
+    from query_api.ingest.genai import SpanMapping
+
+    assert ATTRIBUTE_KEY_RULE == "^[a-z][a-z0-9_.]{0,63}$"
+    assert f"^{ATTRIBUTE_KEY.pattern}$" == ATTRIBUTE_KEY_RULE
+    message = re.escape(f"key 'User' must match {ATTRIBUTE_KEY_RULE}")
+    with pytest.raises(ValidationError, match=message):
+        UsageEvent.model_validate(raw(attributes={"User": "x"}))
+    with pytest.raises(AttributeParamError, match=re.escape(f"must match {ATTRIBUTE_KEY_RULE}")):
+        parse_filters([("attr.User", "x")])
+    with pytest.raises(ValueError, match=message):
+        SpanMapping(attributes={"User": ["x"]})
+    with pytest.raises(ValidationError, match=re.escape(f"({ATTRIBUTE_KEY_RULE})")):
+        Settings(alert_spike_attribute_keys="End-User")
+
+
+@pytest.mark.parametrize("key", [" user", "user ", "user\n", "\tuser", "\u00a0user", "User"])
+def test_an_attribute_key_must_match_the_rule_as_sent_nothing_is_stripped(key: str) -> None:
+    expected = f"attributes: Value error, key {key!r} must match {ATTRIBUTE_KEY_RULE}"
+    assert reason(attributes={key: "a"}) == expected
+
+
+def test_attribute_keys_never_collide_and_values_are_stripped() -> None:
+    # once stripped, " k0" would be k0: a value would be lost silently; it is rejected instead
+    colliding = {**{f"k{i}": "v" for i in range(15)}, " k0": "w"}
+    assert reason(attributes=colliding) == (
+        f"attributes: Value error, key ' k0' must match {ATTRIBUTE_KEY_RULE}"
+    )
+    # values are stripped like every string of the contract, then measured
+    assert parse_call(raw(attributes={"user": " u-1\n", "team.id": "t 7"})).attributes == {
+        "user": "u-1",
+        "team.id": "t 7",
+    }
+    assert reason(attributes={"user": " \t "}) == (
+        "attributes: Value error, value of 'user' must be 1 to 256 characters"
+    )
+    assert parse_call(raw(attributes={"user": " " + "x" * 256 + " "})).attributes["user"] == (
+        "x" * 256
+    )
+
+
+def test_the_well_known_attribute_keys_are_the_ones_every_doc_lists() -> None:
+    from pathlib import Path
+
+    from producers import instrument as instrumentation
+    from producers.contract import WELL_KNOWN_ATTRIBUTES
+    from query_api.ingest.genai import DEFAULT_ATTRIBUTE_NAMES
+
+    root = Path(__file__).resolve().parents[2]
+    wire = (root / "producers" / "WIRE_FORMAT.md").read_text()
+    table = wire[wire.index("| key | meaning |") :].split("\n\n", 1)[0]
+    assert tuple(re.findall(r"^\| `([a-z0-9_.]+)` \|", table, re.M)) == WELL_KNOWN_ATTRIBUTES
+    readme = (root / "README.md").read_text()
+    sentence = readme[readme.index("**Attributes** say what a call is for") :]
+    sentence = sentence[: sentence.index("or any key")]
+    assert tuple(re.findall(r"`([a-z0-9_.]+)`", sentence)) == WELL_KNOWN_ATTRIBUTES
+    for doc in (instrumentation.__doc__, instrumentation.usage_attributes.__doc__):
+        assert doc is not None and "WELL_KNOWN_ATTRIBUTES" in doc
+        listed = doc[doc.index("WELL_KNOWN_ATTRIBUTES") :]
+        listed = re.split(r"\bany\s", listed, maxsplit=1)[0]  # "or any key", "; any other"
+        assert tuple(re.findall(r"``([a-z0-9_.]+)``", listed)) == WELL_KNOWN_ATTRIBUTES
+    assert set(DEFAULT_ATTRIBUTE_NAMES) <= set(WELL_KNOWN_ATTRIBUTES)  # OTLP's own names
+    assert all(ATTRIBUTE_KEY.fullmatch(key) for key in WELL_KNOWN_ATTRIBUTES)

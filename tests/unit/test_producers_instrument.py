@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -931,38 +932,114 @@ def test_async_and_streaming_calls_see_their_own_blocks_and_arguments() -> None:
     assert all(e.attributes["environment"] == "production" for e in events)
 
 
-def test_bad_attributes_fail_at_instrument_and_block_entry_never_at_call_time(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_bad_attributes_fail_at_instrument_only_at_start_up() -> None:
     with pytest.raises(ValueError, match=r"instrument: attributes: key 'User' must match"):
         instrument(sync_client(), Sink(), tenant_id="acme", attributes={"User": "x"})
     with pytest.raises(ValueError, match=r"value of attribute 'user' must be a string, not int"):
         instrument(sync_client(), Sink(), attributes={"user": 42})  # type: ignore[dict-item]
-    too_long = pytest.raises(ValueError, match=r"value of 'user' must be 1 to 256 characters")
-    with too_long, usage_attributes(user="x" * 257):
-        pass
-    blank = pytest.raises(ValueError, match=r"value of 'user' must be 1 to 256 characters")
-    with blank, usage_attributes(user="   "):  # blank once stripped, as the contract strips
-        pass
-    many, more = {f"k{i}": "v" for i in range(10)}, {f"j{i}": "v" for i in range(7)}
-    with (
-        usage_attributes(many),
-        pytest.raises(ValueError, match="at most 16"),
-        usage_context(attributes=more),
-    ):
-        pass
-    # at call time a bad pair is left out with a warning; the call and its usage go ahead
+    too_long = r"value of 'user' must be 1 to 256 characters"
+    with pytest.raises(ValueError, match=too_long):
+        instrument(sync_client(), Sink(), attributes={"user": "x" * 257})
+    with pytest.raises(ValueError, match=too_long):
+        instrument(sync_client(), Sink(), attributes={"user": "   "})  # blank once stripped
+    with pytest.raises(ValueError, match="at most 16"):
+        instrument(sync_client(), Sink(), attributes={f"k{i}": "v" for i in range(17)})
+    # a key must match the rule as given: nothing is stripped from it (the contract's rule)
+    for key in (" user", "user ", "user\n", "\tuser"):
+        with pytest.raises(ValueError, match=rf"key {re.escape(repr(key))} must match"):
+            instrument(sync_client(), Sink(), attributes={key: "x"})
+    # a value is stripped, as the contract strips it
+    sink = Sink()
+    client = instrument(
+        sync_client(), sink, tenant_id="a", source="chat", attributes={"user": " u "}
+    )
+    client.messages.create(**ASK)
+    assert sink.events[0].attributes == {"user": "u"}
+
+
+def test_bad_attributes_of_a_block_or_a_call_never_break_the_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     sink = Sink()
     client = instrument(sync_client(), sink, tenant_id="acme", source="chat", source_id="c")
     with caplog.at_level(logging.WARNING, logger="producers.instrument"):
-        message = client.messages.create(**ASK, **at({"user": "u-1", "Bad Key": "x", "feature": 7}))
-        client.messages.create(**ASK, **at("user=u-1"))
+        # request.user.id: an integer is its digits; a bool is no id
+        with usage_attributes(user=42, feature=" search ", flag=True, big=10**5000) as inside:
+            assert inside == {"user": "42", "feature": "search"}
+            message = client.messages.create(**ASK)
+        with usage_attributes(user="", customer="x" * 300, plan=" ", **{"User": "x"}) as inside:
+            assert inside == {}
+            client.messages.create(**ASK)
+        with usage_attributes({" user": "a", "user\n": "b", 7: "c"}) as inside:  # type: ignore[dict-item]
+            assert inside == {}
+        with usage_attributes("user=u-1") as inside:  # type: ignore[arg-type]
+            assert inside == {}
+        with usage_context(attributes={"user": 7, "team.id": None}) as tags:  # type: ignore[dict-item]
+            assert tags.attributes == {"user": "7"}
     assert message.usage.output_tokens == 503
     first, second = sink.events
-    assert first.attributes == {"user": "u-1"} and second.attributes == {}
-    assert "key 'Bad Key' must match" in caplog.text
-    assert "value of attribute 'feature' must be a string, not int" in caplog.text
+    assert first.attributes == {"user": "42", "feature": "search"} and second.attributes == {}
+    log = caplog.text
+    assert "usage_context: value of attribute 'flag' must be a string, not bool" in log
+    assert "value of 'user' must be 1 to 256 characters; that attribute is left out" in log
+    assert "value of 'customer' must be 1 to 256 characters" in log
+    assert "value of 'plan' must be 1 to 256 characters" in log
+    assert "value of 'big' must be 1 to 256 characters" in log  # no str() of 5,000 digits
+    assert "key 'User' must match" in log and "key ' user' must match" in log
+    assert "key 'user\\n' must match" in log and "attribute key 7 must be a string" in log
+    assert "attributes must be a mapping, ignored: 'user=u-1'" in log
+    assert "value of attribute 'team.id' must be a string, not NoneType" in log
+    assert "the block goes ahead" in log
+
+    # per call alike: a bad pair is left out with a warning; the call and its usage go ahead
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="producers.instrument"):
+        client.messages.create(
+            **ASK, **at({"user": 42, "Bad Key": "x", "feature": 7.5, " session": "s", "ok": True})
+        )
+        client.messages.create(**ASK, **at("user=u-1"))
+    third, fourth = sink.events[2:]
+    assert third.attributes == {"user": "42"} and fourth.attributes == {}
+    assert "key 'Bad Key' must match" in caplog.text and "key ' session' must match" in caplog.text
+    assert "value of attribute 'feature' must be a string, not float" in caplog.text
+    assert "value of attribute 'ok' must be a string, not bool" in caplog.text
     assert "attributes must be a mapping" in caplog.text
+    assert "that attribute is left out, the call goes ahead" in caplog.text
+
+
+def test_too_many_attributes_in_blocks_keep_the_innermost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = Sink()
+    client = instrument(
+        sync_client(),
+        sink,
+        tenant_id="acme",
+        source="chat",
+        attributes={f"client{i}": "v" for i in range(10)},
+    )
+    outer = {f"outer{i}": "v" for i in range(10)}
+    inner = {f"inner{i}": "v" for i in range(10)}
+    with caplog.at_level(logging.WARNING, logger="producers.instrument"):
+        with usage_attributes(outer):
+            with usage_attributes({**inner, "outer9": "again"}) as merged:
+                # this block's 11, then the nearest of the enclosing ones; never a ValueError
+                assert len(merged) == 16
+                assert {**inner, "outer9": "again"}.items() <= merged.items()
+                assert [k for k in merged if k.startswith("outer")] == [
+                    f"outer{i}" for i in range(4, 10)
+                ]
+                client.messages.create(**ASK)
+            client.messages.create(**ASK)
+        with usage_attributes({f"k{i}": "v" for i in range(20)}) as alone:
+            assert list(alone) == [f"k{i}" for i in range(16)]  # the first 16 given
+    assert "at most 16 are kept (the innermost); left out: ['outer0', 'outer1'" in caplog.text
+    assert "more than 16 attributes, left out: ['k16', 'k17', 'k18', 'k19']" in caplog.text
+    nested, outer_only = (e.attributes for e in sink.events)
+    assert nested == merged  # the blocks' 16 win over the client's
+    # the blocks' 10 and the client's innermost (last set) 6
+    assert outer_only == {**outer, **{f"client{i}": "v" for i in range(4, 10)}}
+    assert "at most 16 are published" in caplog.text
 
 
 def test_more_than_16_attributes_together_keep_the_calls_own(
