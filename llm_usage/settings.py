@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from producers.contract import ATTRIBUTE_KEY
+from producers.contract import ATTRIBUTE_KEY, ATTRIBUTE_KEY_RULE
 
 
 class Settings(BaseSettings):
@@ -270,7 +270,7 @@ class Settings(BaseSettings):
     def _attribute_keys(cls, value: str) -> str:
         for key in filter(None, (k.strip() for k in value.split(","))):
             if not ATTRIBUTE_KEY.fullmatch(key):
-                raise ValueError(f"{key!r} is no attribute key (^[a-z][a-z0-9_.]{{0,63}}$)")
+                raise ValueError(f"{key!r} is no attribute key ({ATTRIBUTE_KEY_RULE})")
         return value
 
     @property

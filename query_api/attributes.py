@@ -7,10 +7,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal
 
-from producers.contract import ATTRIBUTE_KEY, MAX_ATTRIBUTE_VALUE, MAX_ATTRIBUTES
+from producers.contract import (
+    ATTRIBUTE_KEY,
+    ATTRIBUTE_KEY_RULE,
+    MAX_ATTRIBUTE_VALUE,
+    MAX_ATTRIBUTES,
+)
 
 PREFIX = "attr."
-KEY_RULE = "^[a-z][a-z0-9_.]{0,63}$"
+KEY_RULE = ATTRIBUTE_KEY_RULE  # the contract's, as messages write it
 # How the OpenAPI document describes the filter: FastAPI cannot declare dynamic names.
 FILTER_PARAMETER = {
     "name": "attr.<key>",

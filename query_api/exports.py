@@ -26,6 +26,7 @@ import csv
 import io
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -163,8 +164,11 @@ def breakdown_csv(
     """``/v1/usage/breakdown`` (same parameters: by, limit, window, filters) as CSV.
 
     One row per listed group (kind ``group``; the calls without the attribute are kind
-    ``none`` with an empty key), then the groups past ``limit`` summed (kind ``other``,
-    ``groups`` = how many). Small (at most ``limit`` + 2 rows): rendered in one piece.
+    ``none`` with an empty key, listed whenever there are any: never counted against
+    ``limit`` nor summed into ``other``), then the groups past ``limit`` summed (kind
+    ``other``, ``groups`` = how many). ``share`` is the JSON's number as a plain decimal
+    (``0.00001``, never ``1e-05``). Small (at most ``limit`` + 2 rows): rendered in one
+    piece.
     """
     return Response(
         breakdown_csv_text(body),
@@ -179,6 +183,12 @@ def breakdown_csv(
 def neutralised(text: str) -> str:
     """``text`` as a spreadsheet shows it as text: a leading ``'`` before a formula start."""
     return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def plain(share: float) -> str:
+    """``share`` as the JSON has it (the shortest text that reads back as the same float),
+    written as a plain decimal: ``1e-05`` -> ``0.00001``, never in exponent notation."""
+    return format(Decimal(repr(share)), "f")
 
 
 def breakdown_rows(body: Breakdown) -> list[list[str]]:
@@ -197,7 +207,7 @@ def breakdown_rows(body: Breakdown) -> list[list[str]]:
             str(group.cache_write_tokens),
             str(group.cache_read_tokens),
             group.cost_usd,
-            repr(group.share),
+            plain(group.share),
         ]
 
     for group in body.groups:

@@ -114,9 +114,12 @@ METRICS = (
     "cache_read_input_tokens",
     "cost_usd",
 )
-# What the per-model rollups (and usage_hourly / usage_daily) hold on top of METRICS.
-MODEL_METRICS = (*METRICS, "web_search_requests", "tool_cost_usd")
-MONEY = frozenset({"cost_usd", "tool_cost_usd"})
+# What the per-model rollups (and usage_hourly / usage_daily, usage_entities_15m and the
+# attribute rollups: every table a per-model question can read) hold on top of METRICS.
+# The prompt-cache figures (migration 0019) are per-call sums like the cost.
+SAVINGS = ("cache_read_savings_usd", "cache_write_premium_usd")
+MODEL_METRICS = (*METRICS, "web_search_requests", "tool_cost_usd", *SAVINGS)
+MONEY = frozenset({"cost_usd", "tool_cost_usd", *SAVINGS})
 _RAW_METRICS = {
     "calls": "count()",
     "unpriced_calls": "countIf(NOT priced)",
@@ -176,7 +179,8 @@ def _zero() -> Decimal:
 class Totals:
     """Summed metrics of a set of calls; money stays a Decimal end to end.
 
-    ``web_search_requests`` and ``tool_cost_usd`` are only filled by per-model queries.
+    ``web_search_requests``, ``tool_cost_usd`` and the prompt-cache figures are only
+    filled by per-model queries (:data:`MODEL_METRICS`).
     """
 
     calls: int = 0
@@ -188,6 +192,8 @@ class Totals:
     cost_usd: Decimal = field(default_factory=_zero)
     web_search_requests: int = 0
     tool_cost_usd: Decimal = field(default_factory=_zero)
+    cache_read_savings_usd: Decimal = field(default_factory=_zero)
+    cache_write_premium_usd: Decimal = field(default_factory=_zero)
 
     @classmethod
     def from_row(cls, values: Sequence[Any], metrics: Sequence[str] = METRICS) -> Totals:
@@ -415,8 +421,12 @@ def _aggregate_sql(
     metrics: Sequence[str],
     raw_grain: int,
     params: _Params,
+    constants: Sequence[str] = (),
 ) -> str:
-    """UNION ALL of one part per table; each part grouped by ``keys`` (``t`` = grain start)."""
+    """UNION ALL of one part per table; each part grouped by ``keys`` (``t`` = grain start).
+
+    ``constants`` (SQL literals such as ``1 AS whole``) come first in every part's columns.
+    """
     resolution = params.bind(raw_grain, "Int64")
     grouped = _grouped_attribute(keys)
     names = [_outer_key(key)[1] if key.startswith(_ATTR_GROUP) else key for key in keys]
@@ -426,7 +436,7 @@ def _aggregate_sql(
         where = [*_filter_conditions(filters, params, table)]
         where.append("(" + " OR ".join(_span_condition(table, s, params) for s in spans) + ")")
         source = table.name if table else "usage_events"
-        columns = []
+        columns = list(constants)
         for key in keys:
             if key == "t":
                 columns.append(_time_key(table, resolution))
@@ -449,6 +459,39 @@ def _aggregate_sql(
             f" FROM {source} WHERE {' AND '.join(where)}{group}"
         )
     return " UNION ALL ".join(parts)
+
+
+def _breakdown_sql(
+    ranges: Sequence[Range],
+    filters: Filters,
+    key: str,
+    *,
+    groups: Mapping[int, Table],
+    whole: Mapping[int, Table],
+    metrics: Sequence[str],
+    params: _Params,
+) -> str:
+    """One statement for a breakdown by attribute ``key``: rows (whole, attr_value, metrics).
+
+    ``whole = 0``: one row per value of ``key``, from ``groups`` (the attribute rollups, or
+    usage_events); ``whole = 1``: one row with every call of the window (``attr_value``
+    ''), from ``whole`` (the tables :meth:`UsageRepository.totals` reads). Both are parts of
+    one UNION ALL summed by one outer query, so they come from the same read of the tables,
+    not from two queries between which an insert may land; the calls without the key are
+    the whole minus the groups.
+    """
+    by_value = _aggregate_sql(
+        ranges, filters, [attr_group(key)], tiers=groups, metrics=metrics, raw_grain=QUARTER,
+        params=params, constants=("0 AS whole",),
+    )  # fmt: skip
+    total = _aggregate_sql(
+        ranges, filters, [], tiers=whole, metrics=metrics, raw_grain=QUARTER, params=params,
+        constants=("1 AS whole", "'' AS no_value"),  # (attr_value: an attr filter's column)
+    )  # fmt: skip
+    return (
+        f"SELECT whole, attr_value, {_outer_metrics(metrics)}"
+        f" FROM ({by_value} UNION ALL {total}) GROUP BY whole, attr_value"
+    )
 
 
 def _outer_metrics(metrics: Sequence[str]) -> str:
@@ -497,6 +540,11 @@ def _tiers_for(
         one = len(filters.attributes) == 1 and not filters.per_entity and tiers is not DETAILED
         return ATTRIBUTES if one else RAW_ONLY
     return DETAILED if filters.per_entity else tiers
+
+
+def _finest(tiers: Mapping[int, Table]) -> Mapping[int, Table]:
+    """Only the finest grain of ``tiers`` (RAW_ONLY if none): for a window's recent part."""
+    return {min(tiers): tiers[min(tiers)]} if tiers else RAW_ONLY
 
 
 def _merge(parts: Sequence[Sequence[Sequence[Any]]], width: int) -> list[Sequence[Any]]:
@@ -871,28 +919,76 @@ class UsageRepository:
         """Every group of ``by`` (attribute ``key`` for ``attr``), most cost first, then
         most calls, then key.
 
-        By an attribute, the calls without it are one group (key None): the window's
-        total minus the groups, since a call without attributes has no rollup row.
+        By an attribute, the calls without it are one group (key None, listed when it has
+        calls): see :meth:`_attribute_groups`.
         """
-        total = None
-        if by == "source":
-            keys, tiers = ["source"], COMPACT
-        elif by == "model":
-            keys, tiers = ["model"], MODELS
-        else:
+        if by == "attr":
             if key is None:
                 raise ValueError("a breakdown by attribute needs its key")
-            keys, tiers = [attr_group(key)], ATTRIBUTES
-            total = self._methods.submit(self.totals, window, filters)
-        rows = self._grouped(window, filters, keys, tiers=tiers)
-        groups = [Group(str(row[0]), Totals.from_row(row[1:])) for row in rows]
-        if total is not None:
-            rest = total.result()
-            for group in groups:
-                rest.subtract(group.totals)
-            if rest.calls > 0:  # (a call landing between the two reads could tip it below)
-                groups.append(Group(None, rest))
+            groups = self._attribute_groups(window, filters, key)
+        else:
+            keys, tiers = (["source"], COMPACT) if by == "source" else (["model"], MODELS)
+            rows = self._grouped(window, filters, keys, tiers=tiers)
+            groups = [Group(str(row[0]), Totals.from_row(row[1:])) for row in rows]
         groups.sort(key=lambda g: by_cost(g.totals, g.key is None, g.key or ""))
+        return groups
+
+    def _attribute_groups(self, window: Window, filters: Filters, key: str) -> list[Group]:
+        """The values of attribute ``key`` and, as key None, the calls without it.
+
+        A call without attributes has no rollup row, so "without" is the window's whole
+        minus its values' groups, both read by one statement (:func:`_breakdown_sql`), so
+        from one snapshot of the tables: an insert landing while the request runs is in both
+        or in neither. (Only the instant at which one insert's views commit, one after the
+        other, could still split it: the gap the cache's settle delay covers.) Settled
+        hours come from the cache as in :meth:`_grouped` (one statement for them, kept
+        together; one for the recent part): each part's "without" is exact, so their sum is.
+        """
+        keys = [attr_group(key)]
+        by_value = _tiers_for(filters, keys, ATTRIBUTES)
+        whole = _tiers_for(filters, [], COMPACT)
+        span = [(window.start_ms, window.end_ms)]
+
+        def read(
+            ranges: Sequence[Range], groups: Mapping[int, Table], total: Mapping[int, Table]
+        ) -> list[Sequence[Any]]:
+            params = _Params()
+            sql = _breakdown_sql(
+                ranges, filters, key, groups=groups, whole=total, metrics=METRICS, params=params
+            )
+            return list(self._db.rows(sql, params.values))
+
+        settled, recent = self._split(window, filters, span)
+        if not settled:
+            rows = read(span, by_value, whole)
+        else:
+            version = self._pool.submit(self._shared_version, filters, settled)
+            live = (  # the recent part from the finest grain only, as in _live
+                self._pool.submit(read, recent, _finest(by_value), _finest(whole))
+                if recent
+                else None
+            )
+
+            def read_settled() -> tuple[list[Sequence[Any]], int]:
+                found = read(settled, by_value, whole)
+                return found, len(found)
+
+            shape = _shape(filters, ["whole", *keys], by_value, METRICS)
+            cache_key = ("breakdown", *shape, tuple(t.name for t in whole.values()), tuple(settled))
+            cached = self._cached(cache_key, version.result(), read_settled)
+            rows = _merge([cached, live.result() if live else []], 2)
+        groups: list[Group] = []
+        rest = Totals()
+        for row in rows:
+            totals = Totals.from_row(row[2:])
+            if int(row[0]):
+                rest.add(totals)
+            else:
+                groups.append(Group(str(row[1]), totals))
+        for group in groups:
+            rest.subtract(group.totals)
+        if rest.calls > 0:
+            groups.append(Group(None, rest))
         return groups
 
     def attributes(self, window: Window, filters: Filters, top: int) -> list[AttributeUsage]:

@@ -79,6 +79,19 @@ def count_fields(totals: Totals) -> dict[str, Any]:
     }
 
 
+# The prompt-cache figures: exact per call, at each call's own rates (see the README).
+SAVINGS_DESCRIPTION = (
+    "what cache reads saved: cache-read tokens x (input price - cache-read price) at each"
+    " call's own rates (tier, geo, long context); calls stored before migration 0019 count"
+    " 0 until a reprice run"
+)
+PREMIUM_DESCRIPTION = (
+    "what cache writes cost on top: 5m writes x (5m write price - input price) + 1h writes"
+    " x (1h write price - input price) at each call's own rates; calls stored before"
+    " migration 0019 count 0 until a reprice run"
+)
+
+
 class UnpricedModel(_Body):
     model: str = Field(description="model name as normalised by the stream processor")
     calls: int = Field(description="calls of this model in the window that had no price")
@@ -97,6 +110,12 @@ class Summary(WindowBody, TokenCounts):
     repriced_at: str | None = Field(
         None, description="when `llm-usage reprice` last changed calls of this window, if ever"
     )
+    cache_read_savings_usd: str = Field(
+        description=SAVINGS_DESCRIPTION, examples=["1.234500000000"]
+    )
+    cache_write_premium_usd: str = Field(
+        description=PREMIUM_DESCRIPTION, examples=["0.120000000000"]
+    )
 
     @classmethod
     def build(cls, window: Window, summary: SummaryTotals) -> Summary:
@@ -110,6 +129,8 @@ class Summary(WindowBody, TokenCounts):
             unpriced_models=[UnpricedModel(model=m, calls=n) for m, n in summary.unpriced_models],
             cost_incomplete=totals.unpriced_calls > 0,
             repriced_at=iso(summary.repriced_at) if summary.repriced_at else None,
+            cache_read_savings_usd=money(totals.cache_read_savings_usd),
+            cache_write_premium_usd=money(totals.cache_write_premium_usd),
         )
 
 
@@ -169,6 +190,8 @@ class ModelCosts(TokenCounts):
     unpriced_calls: int = Field(description="calls without a price (their cost counted 0)")
     priced: bool = Field(description="false when some calls had no price: cost is a lower bound")
     total_tokens: int = Field(description="input + output + cache writes + cache reads")
+    cache_read_savings_usd: str = Field(description=SAVINGS_DESCRIPTION)
+    cache_write_premium_usd: str = Field(description=PREMIUM_DESCRIPTION)
 
     @staticmethod
     def fields_of(model: str, totals: Totals) -> dict[str, Any]:
@@ -181,6 +204,8 @@ class ModelCosts(TokenCounts):
             "unpriced_calls": totals.unpriced_calls,
             "priced": totals.unpriced_calls == 0,
             "total_tokens": totals.total_tokens,
+            "cache_read_savings_usd": money(totals.cache_read_savings_usd),
+            "cache_write_premium_usd": money(totals.cache_write_premium_usd),
             **count_fields(totals),
         }
 
@@ -293,7 +318,10 @@ class BreakdownGroup(_Body):
     cache_read_tokens: int
     cache_write_tokens: int
     cost_usd: str
-    share: float = Field(description="the group's cost / the window's cost (0 if that is 0)")
+    share: float = Field(
+        description="the group's cost / the window's cost (0 if that is 0), a binary float;"
+        " breakdown.csv writes the same number as a plain decimal (no exponent)"
+    )
 
     @classmethod
     def of(cls, key: str | None, totals: Totals, total_cost: Decimal) -> BreakdownGroup:
@@ -319,7 +347,9 @@ class Breakdown(WindowBody):
     limit: int
     total_cost_usd: str = Field(description="every group, other included")
     groups: list[BreakdownGroup] = Field(
-        description="the `limit` groups with most cost, then most calls, then key"
+        description="the `limit` groups with most cost, then most calls, then key; by an"
+        " attribute, also the calls without it (key null) whenever there are any: that group"
+        " never counts against `limit` nor goes into `other`"
     )
     other: BreakdownOther | None = Field(
         description="the remaining groups summed (key null), or null when none remain"
@@ -327,22 +357,27 @@ class Breakdown(WindowBody):
 
     @classmethod
     def build(cls, window: Window, by: str, limit: int, groups: list[Group]) -> Breakdown:
+        """``groups`` in order (see :meth:`UsageRepository.breakdown`): the first ``limit``
+        with a key and the one without (key None) listed where it sorts, the rest summed."""
         total = Totals()
         for group in groups:
             total.add(group.totals)
+        valued = [g for g in groups if g.key is not None]
+        kept = {id(g) for g in valued[:limit]}
+        listed = [g for g in groups if g.key is None or id(g) in kept]
         rest = Totals()
-        for group in groups[limit:]:
+        for group in valued[limit:]:
             rest.add(group.totals)
         other = None
-        if len(groups) > limit:
+        if len(valued) > limit:
             summed = BreakdownGroup.of(None, rest, total.cost_usd).model_dump()
-            other = BreakdownOther(**summed, groups=len(groups) - limit)
+            other = BreakdownOther(**summed, groups=len(valued) - limit)
         return cls(
             **window_fields(window),
             by=by,
             limit=limit,
             total_cost_usd=money(total.cost_usd),
-            groups=[BreakdownGroup.of(g.key, g.totals, total.cost_usd) for g in groups[:limit]],
+            groups=[BreakdownGroup.of(g.key, g.totals, total.cost_usd) for g in listed],
             other=other,
         )
 

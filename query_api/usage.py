@@ -196,7 +196,14 @@ def breakdown(
         int, Query(ge=1, le=1000, description="groups listed; the rest in other")
     ] = 20,
 ) -> Breakdown:
-    """Cost by source, model or the values of one attribute key, most cost first."""
+    """Cost by source, model or the values of one attribute key, most cost first.
+
+    ``limit`` groups are listed and the rest summed into ``other``. By ``attr.<key>``, the
+    calls without that key are one more group, ``key: null``, listed (where its cost sorts
+    it) whenever there are any: it never counts against ``limit`` nor goes into ``other``,
+    so the unattributed amount is always visible. ``share`` is the group's cost / the
+    window's cost, a float (breakdown.csv writes it as a plain decimal).
+    """
     try:
         kind, key = parse_by(by)
     except AttributeParamError as exc:

@@ -68,9 +68,9 @@ span or resource attribute named ``llm_usage.attr.<key>`` gives the event's attr
 ``<key>``; :attr:`SpanMapping.attributes` adds OpenTelemetry's own names for the well-known
 keys (the table above), tried after ``llm_usage.attr.<key>``. As everywhere, the span wins
 over its resource. A value must be a string (an integer is taken as its decimal digits, as
-for ids); a key that breaks the contract's rules (``^[a-z][a-z0-9_.]{0,63}$``), a value that
-is not a string or longer than 256 characters, or more than 16 attributes on one call
-rejects the span, with the reason naming the attribute.
+for ids); a key that breaks the contract's rules (``producers.contract.ATTRIBUTE_KEY_RULE``),
+a value that is not a string or longer than 256 characters, or more than 16 attributes on one
+call rejects the span, with the reason naming the attribute.
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from producers.contract import (
     ATTRIBUTE_KEY,
+    ATTRIBUTE_KEY_RULE,
     MAX_ATTRIBUTE_VALUE,
     MAX_ATTRIBUTES,
     SCHEMA_VERSION,
@@ -307,7 +308,7 @@ def _attribute_names(value: Any) -> dict[str, tuple[str, ...]]:
     names: dict[str, tuple[str, ...]] = {}
     for key, given in value.items():
         if not isinstance(key, str) or not ATTRIBUTE_KEY.fullmatch(key):
-            raise ValueError(f"attributes: key {key!r} must match ^[a-z][a-z0-9_.]{{0,63}}$")
+            raise ValueError(f"attributes: key {key!r} must match {ATTRIBUTE_KEY_RULE}")
         if not (isinstance(given, list | tuple) and all(isinstance(n, str) and n for n in given)):
             raise ValueError(f"attributes: {key!r} must map to a list of attribute names")
         if given:
@@ -518,7 +519,7 @@ def _event_attributes(attributes: _Attributes, mapping: SpanMapping) -> dict[str
             continue
         name = hit[0]
         if not ATTRIBUTE_KEY.fullmatch(key):
-            raise _Rejected(f"{name}: attribute key {key!r} must match ^[a-z][a-z0-9_.]{{0,63}}$")
+            raise _Rejected(f"{name}: attribute key {key!r} must match {ATTRIBUTE_KEY_RULE}")
         value = attributes.text((name,))
         if value is None:
             continue

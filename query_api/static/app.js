@@ -14,6 +14,7 @@ import {
   formatTokens,
   formatUnpricedNote,
   formatRepricedNote,
+  formatCacheSavings,
   formatUsd,
   groupByLabel,
   groupLabel,
@@ -230,6 +231,16 @@ function renderSummary(s) {
   repriced.textContent = formatRepricedNote(s.repriced_at, Date.now());
   repriced.title = s.repriced_at ? `llm-usage reprice changed these calls at ${s.repriced_at}` : "";
   repriced.hidden = !repriced.textContent;
+  // what prompt caching saved (reads) and cost on top (writes), exact in the tooltip
+  const savings = $("cache-savings");
+  savings.textContent = formatCacheSavings(s.cache_read_savings_usd, s.cache_write_premium_usd);
+  savings.dataset.saved = s.cache_read_savings_usd ?? "";
+  savings.dataset.premium = s.cache_write_premium_usd ?? "";
+  savings.title = savings.textContent
+    ? `Cache reads saved $${s.cache_read_savings_usd} against the input price; ` +
+      `cache writes cost $${s.cache_write_premium_usd} more than it (exactly)`
+    : "";
+  savings.hidden = !savings.textContent;
   const cacheRead = Number(s.cache_read_input_tokens || 0);
   const cacheWrite = Number(s.cache_creation_input_tokens || 0);
   setCard(

@@ -154,6 +154,23 @@ export function formatRepricedNote(repricedAt, now, recentDays = 7) {
   return `history repriced ${formatRelativeTime(then, now)}`;
 }
 
+const ZERO_AMOUNT = /^-?0*(\.0*)?$/;
+
+/**
+ * The line under the Total Cost card from the summary's exact prompt-cache figures:
+ * ("12.5", "1.25") -> "Prompt cache saved $12.50 (writes cost $1.25 more)"; without write
+ * premium the parenthesis is left out; both zero (or missing): "" (the line is hidden).
+ */
+export function formatCacheSavings(saved, premium) {
+  const s = String(saved ?? "").trim() || "0";
+  const p = String(premium ?? "").trim() || "0";
+  const savedZero = ZERO_AMOUNT.test(s);
+  const premiumZero = ZERO_AMOUNT.test(p);
+  if (savedZero && premiumZero) return "";
+  const line = `Prompt cache saved ${formatUsd(savedZero ? "0" : s)}`;
+  return premiumZero ? line : `${line} (writes cost ${formatUsd(p)} more)`;
+}
+
 const SOURCE_LABELS = { chat: "Chat", agent: "Agent", memory: "Memory" };
 
 /** The Group by choice as a heading: "source" -> "Source", "model" -> "Model", "attr.user" -> "user". */

@@ -8,6 +8,7 @@ import {
   filterLabel,
   filterParams,
   formatAttributes,
+  formatCacheSavings,
   formatDuration,
   formatInteger,
   formatPercent,
@@ -188,4 +189,15 @@ test("the CSV's file name comes from Content-Disposition", () => {
   assert.equal(filenameFromDisposition('attachment; filename="../../etc/passwd"'), "passwd");
   assert.equal(filenameFromDisposition('attachment; filename=".."', "x.csv"), "x.csv");
   assert.equal(filenameFromDisposition("attachment; filename*=UTF-8''%E0%A4%A", "x.csv"), "x.csv");
+});
+
+test("formatCacheSavings: the line under the Total Cost card, hidden (\"\") when both are 0", () => {
+  assert.equal(
+    formatCacheSavings("12.500000000000", "1.250000000000"),
+    "Prompt cache saved $12.50 (writes cost $1.25 more)",
+  );
+  assert.equal(formatCacheSavings("0.001234000000", "0.000000000000"), "Prompt cache saved $0.0012");
+  assert.equal(formatCacheSavings("0.000000000000", "3.5"), "Prompt cache saved $0.00 (writes cost $3.50 more)");
+  assert.equal(formatCacheSavings("0.000000000000", "0.000000000000"), "");
+  assert.equal(formatCacheSavings(undefined, null), "");
 });

@@ -28,7 +28,7 @@ from stream_processor.alerts.evaluator import Alerter, Evaluator
 from stream_processor.alerts.store import Alert
 from stream_processor.harness import WorkerProcess
 from tests.conftest import wait_for
-from tests.integration.alerting import fast_settings, raw_count
+from tests.integration.alerting import fast_settings, stored_calls
 
 A = {"Authorization": "Bearer key-a"}  # tenant-1, every scope (LLM_USAGE_API_KEYS)
 B = {"Authorization": "Bearer key-b"}  # tenant-2
@@ -44,7 +44,9 @@ def loaded(
     worker = worker_factory(settings)
     worker.wait_assigned(timeout=90)
     manifest = asyncio.run(publish(settings, SimulationConfig(calls=2000, days=0, tenants=2)))
-    wait_for(lambda: raw_count(settings) >= manifest.total.calls, 120, "rows", detail=worker.tail)
+    wait_for(
+        lambda: stored_calls(settings) >= manifest.total.calls, 120, "rows", detail=worker.tail
+    )
     yield settings
 
 

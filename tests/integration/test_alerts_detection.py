@@ -28,7 +28,7 @@ from stream_processor.alerts.store import Alert
 from stream_processor.harness import WorkerProcess
 from stream_processor.pricing import PriceBook
 from tests.conftest import wait_for
-from tests.integration.alerting import demo_end, expensive_call, fast_settings, raw_count
+from tests.integration.alerting import demo_end, expensive_call, fast_settings, stored_calls
 
 DEMO_CALLS = 30_000  # what `llm-usage run` backfills
 
@@ -58,7 +58,7 @@ def test_demo_week_raises_one_spike_alert_for_the_injected_agent_and_no_false_on
     try:
         manifest = asyncio.run(publish(settings, cfg))
         wait_for(
-            lambda: raw_count(settings) >= manifest.total.calls,
+            lambda: stored_calls(settings) >= manifest.total.calls,
             180,
             "the demo in ClickHouse",
             detail=worker.tail,

@@ -37,7 +37,7 @@ from query_api.app import create_app
 from stream_processor.alerts.webhooks import SIGNATURE_HEADER, verify
 from stream_processor.harness import WorkerProcess
 from tests.conftest import wait_for
-from tests.integration.alerting import expensive_call, fast_settings, raw_count
+from tests.integration.alerting import expensive_call, fast_settings, stored_calls
 from tests.integration.test_processor_e2e import read_topic
 
 KEY = {"Authorization": "Bearer key-live"}
@@ -155,7 +155,10 @@ def test_live_spike_alerts_within_two_minutes_once_despite_a_worker_sigkill(
     )
     manifest = asyncio.run(publish(settings, history))
     wait_for(
-        lambda: raw_count(settings) >= manifest.total.calls, 120, "the history", detail=worker.tail
+        lambda: stored_calls(settings) >= manifest.total.calls,
+        120,
+        "the history",
+        detail=worker.tail,
     )
 
     api = TestClient(create_app(settings))

@@ -121,6 +121,15 @@ class AttrOracle(BruteForce):
         rows = [tuple(r) for r in self.client.query(sql, parameters=params).result_rows]
         return sorted(rows, key=lambda r: (-r[6], -r[1], r[0] is None, r[0] or ""))
 
+    def without(self, q: Query, key: str) -> tuple[Any, ...]:
+        """(calls, input, output, cache read, cache write, cost) of the calls without ``key``."""
+        where, params = self._where(q)
+        sql = (
+            f"SELECT {self._GROUP_SUMS} FROM usage_events"
+            f" WHERE {where} AND NOT mapContains(attributes, {{nk:String}})"
+        )
+        return tuple(self.client.query(sql, parameters={**params, "nk": key}).result_rows[0])
+
     def attribute_values(self, q: Query) -> dict[str, list[tuple[str, int, Decimal]]]:
         """Per key, every (value, calls, cost) in the window."""
         where, params = self._where(q)
@@ -208,14 +217,18 @@ def _check_breakdown(
     total = sum((r[6] for r in want), Decimal(0))
     assert body["by"] == by and body["limit"] == limit
     assert Decimal(body["total_cost_usd"]) == total
+    # the first `limit` groups with a key, and the one without (key null) wherever it sorts:
+    # it never counts against limit nor goes into other
+    valued = [r for r in want if r[0] is not None]
+    listed = [r for r in want if r[0] is None or r in valued[:limit]]
     got = [_group(g) for g in body["groups"]]
-    assert got == [_want(r) for r in want[:limit]], by
-    for group, row in zip(body["groups"], want, strict=False):
+    assert got == [_want(r) for r in listed], by
+    for group, row in zip(body["groups"], listed, strict=True):
         assert group["share"] == pytest.approx(float(row[6] / total) if total else 0.0)
-    if len(want) <= limit:
+    if len(valued) <= limit:
         assert body["other"] is None
     else:
-        rest = want[limit:]
+        rest = valued[limit:]
         other = body["other"]
         assert other["key"] is None and other["groups"] == len(rest)
         sums = tuple(sum(r[i] for r in rest) for i in range(1, 7))
@@ -342,6 +355,47 @@ def test_whole_data_breakdowns_and_defaults(env: Env) -> None:
     assert as_b["calls"] == sum(1 for r in b_rows if r[-1].get("user") == "user-0")
     empty = _get(env, "/v1/usage/breakdown", {**everything, "by": "attr.color"})
     assert empty["groups"][0]["key"] is None and empty["groups"][0]["share"] == 1.0
+
+
+def test_the_null_group_is_the_calls_without_the_key_and_always_listed(env: Env) -> None:
+    """The key-null group equals brute force (``NOT mapContains``) with a source filter, a
+    name search and attr filters, however many groups ``limit`` cuts: it is listed whenever
+    it has calls, never in ``other``, and ``other.groups`` counts values only."""
+    oracle = _oracle(env)
+    everything = (ms(START) - 1, ms(END) + 1)
+    rng = random.Random(2626)
+    spans = [everything]
+    for _ in range(3):
+        a = rng.randrange(ms(START), ms(END))
+        spans.append((a, a + rng.randrange(3_600_000, 9 * 86_400_000)))
+    past_limit = 0
+    for (start, end), source, search, attrs in [
+        (span, source, search, attrs)
+        for span in spans
+        for source, search in ((None, None), ("chat", None), (None, "alpha"), ("agent", "a"))
+        for attrs in ({}, {"customer": "acme"}, {"environment": "production"})
+    ]:
+        wparams = {"from": iso_ms(start), "to": iso_ms(end)}
+        q = _query(start, end, {"source": source, "search": search}, attrs)
+        flt = {k: v for k, v in _with_attrs({"source": source, "search": search}, attrs).items()
+               if v is not None}  # fmt: skip
+        for key in ("user", "customer", "feature", "environment"):
+            body = _get(env, "/v1/usage/breakdown", {**wparams, **flt, "by": f"attr.{key}",
+                                                     "limit": 1})  # fmt: skip
+            nulls = [g for g in body["groups"] if g["key"] is None]
+            calls, *sums, cost = oracle.without(q, key)
+            if not calls:
+                assert nulls == [], (key, q)
+            else:
+                assert [_group(g)[1:] for g in nulls] == [
+                    (calls, *map(int, sums), Decimal(cost))
+                ], (key, q)
+                past_limit += body["groups"].index(nulls[0]) >= 1
+            valued = [g for g in body["groups"] if g["key"] is not None]
+            assert len(valued) <= 1
+            values = len({r[0] for r in oracle.breakdown(q, f"attr.{key}") if r[0] is not None})
+            assert (body["other"]["groups"] if body["other"] else 0) == values - len(valued)
+    assert past_limit > 10, "the null group often sorts past the limit: the case is exercised"
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ the summary and the cost-by-model breakdown must come out exactly.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -25,6 +24,7 @@ from producers.contract import UsageEvent
 from query_api.app import create_app
 from stream_processor.harness import WorkerProcess
 from tests.conftest import wait_for
+from tests.integration.alerting import stored_calls
 from tests.integration.test_processor_e2e import publish, worker_settings
 
 pytestmark = pytest.mark.integration
@@ -120,9 +120,8 @@ def test_every_billing_dimension_end_to_end(
 
     client = connect(settings)
     try:
-        wait_for(lambda: int(client.command("SELECT count() FROM usage_events")) >= len(events),
-                 90, "all rows")  # fmt: skip
-        time.sleep(0.5)
+        # every rollup too: a view's rows commit after the raw table's
+        wait_for(lambda: stored_calls(settings) >= len(events), 90, "all rows, rollups included")
         rows = client.query(
             "SELECT toString(event_id), cost_usd, token_cost_usd, tool_cost_usd, price_tier,"
             " priced, schema_version, service_tier, speed, inference_geo, web_search_requests,"
@@ -175,6 +174,10 @@ def test_every_billing_dimension_end_to_end(
         assert D(str(body["total_cost_usd"])) == total
         assert body["cost_incomplete"] is True
         assert body["unpriced_models"] == [{"model": UNKNOWN, "calls": UNPRICED}]
+        # prompt caching, by hand: the Haiku 5.5 batch reads save 20k x ($0.05 - $0.005);
+        # the Opus 4.7 writes cost 1k x ($6.25 - $5) + 1k x ($10 - $5) on top ($5 input)
+        assert D(body["cache_read_savings_usd"]) == COPIES * D("0.0009")
+        assert D(body["cache_write_premium_usd"]) == COPIES * D("0.00625")
         by_model = http.get("/v1/usage/by-model", params=window)
         assert by_model.status_code == 200, by_model.text
         got = {

@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 
 from query_api.attributes import AttributeParamError, parse_by, parse_filters
+from query_api.cache import SettledCache
 from query_api.repository import (
     ATTRIBUTES,
     COMPACT,
@@ -19,7 +20,9 @@ from query_api.repository import (
     Filters,
     Group,
     Totals,
+    UsageRepository,
     _aggregate_sql,
+    _breakdown_sql,
     _filter_conditions,
     _Params,
     _shape,
@@ -200,6 +203,7 @@ def test_breakdown_keeps_limit_groups_and_sums_the_rest_into_other() -> None:
     assert [(g["key"], g["calls"], g["cost_usd"], g["share"]) for g in body["groups"]] == [
         ("a", 3, "0.500000000000", 0.5),
         (None, 5, "0.250000000000", 0.25),
+        ("b", 1, "0.125000000000", 0.125),  # the null group does not count against limit
     ]
     assert body["groups"][0]["input_tokens"] == 30
     assert set(body["groups"][0]) == {"key", "calls", "input_tokens", "output_tokens",
@@ -207,9 +211,124 @@ def test_breakdown_keeps_limit_groups_and_sums_the_rest_into_other() -> None:
                                       "share"}  # fmt: skip
     other = body["other"]
     assert (other["key"], other["groups"], other["calls"], other["cost_usd"], other["share"]) == (
-        None, 2, 3, "0.250000000000", 0.25
+        None, 1, 2, "0.125000000000", 0.125
     )  # fmt: skip
     whole = Breakdown.build(window, "source", 20, groups).model_dump(by_alias=True)
     assert whole["other"] is None and len(whole["groups"]) == 4
     free = Breakdown.build(window, "model", 20, [Group("m", _totals(4, "0"))])
     assert free.groups[0].share == 0.0 and free.total_cost_usd == "0.000000000000"
+
+
+def test_the_null_group_is_always_listed_never_cut_at_limit_nor_summed_into_other() -> None:
+    window = Window(START, END)
+    groups = [
+        Group("a", _totals(3, "0.5")),
+        Group("b", _totals(2, "0.25")),
+        Group("c", _totals(2, "0.125")),
+        Group(None, _totals(7, "0.0625")),  # sorts last: cheapest
+        Group("d", _totals(1, "0.0625")),
+    ]
+    for limit in (1, 2, 3, 4, 1000):
+        body = Breakdown.build(window, "attr.user", limit, groups)
+        listed = [g.key for g in body.groups]
+        valued = ["a", "b", "c", "d"][:limit]
+        assert listed == [k for k in ["a", "b", "c", None, "d"] if k is None or k in valued]
+        assert listed.count(None) == 1, limit
+        if limit >= 4:
+            assert body.other is None
+        else:
+            assert body.other is not None and body.other.groups == 4 - limit  # values only
+            assert body.other.calls == sum(g.totals.calls for g in groups[limit:] if g.key)
+        calls = sum(g.calls for g in body.groups) + (body.other.calls if body.other else 0)
+        assert calls == 15
+    alone = Breakdown.build(window, "attr.user", 1, [Group(None, _totals(2, "1"))])
+    assert [g.key for g in alone.groups] == [None] and alone.other is None
+
+
+def test_a_breakdown_by_attribute_reads_its_groups_and_the_whole_in_one_statement() -> None:
+    """The values' groups and the window's whole (whose difference is the null group) are
+    parts of one UNION ALL, so one read: never two queries between which an insert lands."""
+    params = _Params()
+    filters = Filters("t", source="chat", attributes=(("user", TRICKY),))
+    keys = [attr_group("user")]
+    sql = _breakdown_sql(
+        RANGES, filters, "user", groups=_tiers_for(filters, keys, ATTRIBUTES),
+        whole=_tiers_for(filters, [], COMPACT), metrics=METRICS, params=params,
+    )  # fmt: skip
+    assert sql.startswith("SELECT whole, attr_value, sum(x_calls) AS calls")
+    assert sql.endswith(" GROUP BY whole, attr_value")
+    assert sql.count("SELECT whole") == 1  # one outer query over every part
+    assert sql.count("0 AS whole, attr_value") == 2 and sql.count("0 AS whole, attributes[") == 1
+    assert sql.count("1 AS whole, '' AS no_value") == 3  # daily, 15m and raw edges
+    assert TRICKY not in sql and "'user'" not in sql and "'chat'" not in sql
+    (key,) = _bound(sql, params, "user")
+    (value,) = _bound(sql, params, TRICKY)
+    assert sql.count(f"attr_key = {key} AND attr_value = {value}") == 4  # both halves
+    plain = _Params()
+    no_filter = _breakdown_sql(
+        RANGES, Filters("t"), "user", groups=ATTRIBUTES, whole=COMPACT, metrics=METRICS,
+        params=plain,
+    )  # fmt: skip
+    assert _tables(no_filter) == {"usage_attributes_daily", "usage_attributes_15m",
+                                  "usage_api_daily", "usage_api_15m", "usage_api_models_1m",
+                                  "usage_events"}  # fmt: skip
+    assert no_filter.count("SELECT whole") == 1
+
+
+class _RecordingDB:
+    """A ClickHouse stand-in: records every statement, answers with canned rows."""
+
+    def __init__(self, rows: list[tuple[object, ...]]) -> None:
+        self.answer = rows
+        self.sql: list[str] = []
+
+    def rows(self, sql: str, params: dict[str, object]) -> list[tuple[object, ...]]:
+        self.sql.append(sql)
+        return self.answer
+
+
+def test_the_null_group_is_the_whole_minus_the_groups_of_the_same_statement() -> None:
+    zeros = [0] * (len(METRICS) - 2)
+    db = _RecordingDB([
+        (0, "u-1", 3, *zeros, Decimal("0.3")),
+        (0, "u-2", 1, *zeros, Decimal("0.1")),
+        (1, "", 10, *zeros, Decimal("1.0")),
+    ])  # fmt: skip
+    repo = UsageRepository(db)  # type: ignore[arg-type]
+    try:
+        groups = repo.breakdown(Window(START, END), Filters("t"), "attr", "user")
+    finally:
+        repo.close()
+    assert len(db.sql) == 1 and "1 AS whole" in db.sql[0]  # one statement, nothing else
+    assert [(g.key, g.totals.calls, g.totals.cost_usd) for g in groups] == [
+        (None, 6, Decimal("0.6")),
+        ("u-1", 3, Decimal("0.3")),
+        ("u-2", 1, Decimal("0.1")),
+    ]
+
+
+def test_settled_hours_of_a_breakdown_are_cached_apart_from_the_plain_queries() -> None:
+    zeros = [0] * (len(METRICS) - 2)
+
+    class Settled(_RecordingDB):
+        def rows(self, sql: str, params: dict[str, object]) -> list[tuple[object, ...]]:
+            if "ingest_activity" in sql:  # the version: old, settled writes
+                return [(7, 3, 0, 10**13)]
+            return super().rows(sql, params)
+
+    db = Settled([(0, "u-1", 3, *zeros, Decimal("0.3")), (1, "", 4, *zeros, Decimal("0.4"))])
+    cache = SettledCache(10_000)
+    now = (END + 3 * HOUR) / 1000
+    repo = UsageRepository(db, cache=cache, clock=lambda: now)  # type: ignore[arg-type]
+    try:
+        first = repo.breakdown(Window(START, END), Filters("t"), "attr", "user")
+        statements = len(db.sql)
+        again = repo.breakdown(Window(START, END), Filters("t"), "attr", "user")
+        assert len(db.sql) == statements + 1  # only the recent part is read again
+        assert all("1 AS whole" in sql for sql in db.sql)
+        repo._grouped(Window(START, END), Filters("t"), [attr_group("user")], tiers=ATTRIBUTES)
+    finally:
+        repo.close()
+    assert first == again
+    kinds = sorted(str(key[0]) for key in cache._entries)  # type: ignore[index]
+    assert kinds == ["breakdown", "grouped"], "the plain query does not reuse the entry"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -65,7 +66,7 @@ def test_breakdown_rows_list_groups_the_null_group_and_other_exactly() -> None:
         Group('o"Brien, Jr.', _totals(1, "0.1")),
         Group("u-2", _totals(2, "0.000000000001")),
     ]
-    body = Breakdown.build(window, "attr.user", 3, groups)
+    body = Breakdown.build(window, "attr.user", 2, groups)  # (the null group is not counted)
     rows = breakdown_rows(body)
     assert rows[0] == list(BREAKDOWN_CSV_COLUMNS)
     assert [r[:5] for r in rows[1:]] == [
@@ -85,6 +86,32 @@ def test_breakdown_rows_list_groups_the_null_group_and_other_exactly() -> None:
     assert text.endswith("\r\n") and text.count("\r\n") == 5
     assert list(csv.reader(io.StringIO(text))) == rows  # quotes and commas survive
     assert breakdown_rows(Breakdown.build(window, "model", 20, [])) == [list(BREAKDOWN_CSV_COLUMNS)]
+
+
+def test_breakdown_csv_writes_the_null_group_past_limit_and_shares_as_plain_decimals() -> None:
+    window = Window(0, 86_400_000)
+    groups = [
+        Group("big", _totals(3, "99999")),
+        Group("tiny", _totals(1, "1")),
+        Group(None, _totals(9, "0.5")),  # past limit 1 by cost: still its own row
+    ]
+    body = Breakdown.build(window, "attr.user", 1, groups)
+    rows = [dict(zip(BREAKDOWN_CSV_COLUMNS, r, strict=True)) for r in breakdown_rows(body)[1:]]
+    assert [(r["kind"], r["key"], r["groups"], r["calls"]) for r in rows] == [
+        ("group", "big", "1", "3"),
+        ("none", "", "1", "9"),
+        ("other", "", "1", "1"),
+    ]
+    shares = [r["share"] for r in rows]
+    listed = [*body.groups, body.other]
+    assert "e-" in repr(listed[1].share) and "e-" in repr(listed[2].share)  # (were 5e-06 ...)
+    assert all(re.fullmatch(r"0\.\d+", share) for share in shares), shares
+    assert shares[1].startswith("0.00000499997")
+    assert [float(share) for share in shares] == [g.share for g in listed if g]  # the JSON's
+    assert (
+        breakdown_rows(Breakdown.build(window, "model", 1, [Group("m", _totals(1, "0"))]))[1][-1]
+        == "0.0"
+    )
 
 
 class FakeResponse:
