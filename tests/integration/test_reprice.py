@@ -241,6 +241,31 @@ def assert_exact(settings: Settings, want: dict[str, Any]) -> None:
         assert got_models == want["models"]
         got_savings = {m["model"]: tuple(Decimal(m[name]) for name in SAVINGS) for m in models}
         assert got_savings == want["savings"]
+        for key in ("user", "customer"):
+            _assert_breakdown(http, window, key, want, everything)
+
+
+def _assert_breakdown(
+    http: TestClient,
+    window: dict[str, str],
+    key: str,
+    want: dict[str, Any],
+    everything: tuple[int, int, Decimal],
+) -> None:
+    """The API's breakdown by ``key``: each value's calls and cost, the calls without it."""
+    per_value: dict[str, list[Any]] = defaultdict(lambda: [0, Decimal(0)])
+    for (k, value, _), (calls, _, cost) in want["attributes"].items():
+        if k == key:
+            per_value[value][0] += calls
+            per_value[value][1] += cost
+    params = {**window, "by": f"attr.{key}", "limit": 1000}
+    body = http.get("/v1/usage/breakdown", params=params).json()
+    got = {g["key"]: (g["calls"], Decimal(g["cost_usd"])) for g in body["groups"]}
+    missing = (
+        everything[0] - sum(v[0] for v in per_value.values()),
+        everything[2] - sum((v[1] for v in per_value.values()), Decimal(0)),
+    )
+    assert got == {**{v: tuple(t) for v, t in per_value.items()}, None: missing}, key
 
 
 def repriced_at(settings: Settings) -> str | None:
