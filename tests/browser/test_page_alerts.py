@@ -12,12 +12,15 @@ import pytest
 
 from llm_usage.clickhouse import connect
 from query_api.keys import ClientRows
-from stream_processor.alerts.budgets import Budget, Period
+from stream_processor.alerts.budgets import Budget, Period, period_window
 from stream_processor.alerts.store import Alert, AlertStore
 from tests.browser.conftest import TENANT, Api, save_screenshot, wait_ready
 
 NOW = datetime.now(UTC)
 SPIKE_HOUR = (NOW - timedelta(hours=5)).replace(minute=0, second=0, microsecond=0)
+# A day budget's alert of three days ago: in the default 7-day window whatever the date
+# (a month's alert, whose window starts on the 1st, left it from the 8th of a month on).
+BUDGET_DAY = period_window(Period.DAY, "UTC", NOW - timedelta(days=3))
 
 
 def _budget(budget_id: str, name: str, source: str, source_id: str, limit: str) -> Budget:
@@ -78,11 +81,12 @@ def alerting(api: Api) -> Iterator[Api]:
             _alert(
                 "a-budget",
                 "budget_threshold",
-                NOW.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
+                BUDGET_DAY[0],
                 "budget 'Digest cap': 100% reached",
+                window_end=BUDGET_DAY[1],  # a budget alert's window is its period
                 budget_id="b-digest",
                 threshold_pct=100,
-                raised_at=NOW - timedelta(hours=1),
+                raised_at=BUDGET_DAY[0] + timedelta(hours=20),
             ),
         ]
     )
@@ -112,8 +116,8 @@ def test_budgets_panel_top_bars_alert_list_and_chart_markers(page: Any, alerting
     assert page.locator("#alert-list li[data-kind=spike_started]").inner_text().startswith("Spike")
 
     # the default 7d chart (daily) marks the days of both alerts; 24h opens hourly and
-    # marks the bar of the spike's hour in the viewer's zone (the month's budget alert is
-    # older than the window)
+    # marks the bar of the spike's hour in the viewer's zone (the budget alert of three
+    # days ago is older than the window)
     assert len((page.get_attribute("#cost-chart", "data-alert-buckets") or "").split(",")) == 2
     save_screenshot(page, "alerts-and-budgets.png")
     page.click("#period-switch [data-period='24h']")
