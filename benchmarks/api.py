@@ -141,6 +141,9 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
     ("breakdown attr.user", "/v1/usage/breakdown", {"by": "attr.user"}),
     ("breakdown model", "/v1/usage/breakdown", {"by": "model"}),
     ("summary attr.customer", "/v1/usage/summary", {"attr.customer": "customer-7"}),
+    # the page's "click a customer, then group by user": two keys, so usage_events answers
+    ("breakdown attr.user of one customer", "/v1/usage/breakdown",
+     {"by": "attr.user", "attr.customer": "customer-7"}),
     ("attributes", "/v1/usage/attributes", {}),
 ]  # fmt: skip
 

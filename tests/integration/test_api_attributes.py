@@ -437,7 +437,6 @@ def test_sixteen_filters_are_allowed_and_the_openapi_documents_them(env: Env) ->
         assert "attr.<key>" in names, path
 
 
-@pytest.mark.sharded
 def test_published_calls_end_to_end(
     migrated: Settings, worker_factory: Callable[[Settings], WorkerProcess]
 ) -> None:
