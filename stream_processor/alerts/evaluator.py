@@ -167,6 +167,25 @@ class Evaluator:
         last = min(max(changed) + self.rule.baseline, _hour(self.now()))
         start = min(changed) - self.rule.baseline - timedelta(days=1)
         end = max(max(changed), last) + timedelta(days=1)
+        # The attribute rollups are read *before* the entity series: an insert fills its
+        # views one after the other, the attribute rollups (migration 0017) after
+        # usage_hourly, so calls seen here are in the entity series read next. Read the
+        # other way round, a value's spike landing between the two reads had no agent to
+        # explain it (a false customer alert while a backfill arrived).
+        hour, candidate_hours = min(changed), set(changed)
+        while hour <= last:
+            candidate_hours.add(hour)
+            hour += HOUR
+        values: dict[tuple[str, str], dict[datetime, HourUsage]] = defaultdict(dict)
+        for key, value, at, cost, calls in self.store.attribute_hourly(
+            tenant,
+            list(self.attribute_keys),
+            start,
+            end,
+            sorted(candidate_hours),
+            self.rule.min_cost_usd,
+        ):
+            values[(key, value)][at] = HourUsage(cost, calls)
         series: dict[tuple[str, str], dict[datetime, HourUsage]] = defaultdict(dict)
         for source, source_id, hour, cost, calls in self.store.hourly(tenant, start, end):
             series[(source, source_id)][hour] = HourUsage(cost, calls)
@@ -182,12 +201,8 @@ class Evaluator:
             if (got := spikes(judged, usage, self.rule, complete_before=complete_before))
         }
         # Each value of the watched attribute keys (user, customer, ...) against its own
-        # normal: only the values that reached the spike floor in a judged hour are read.
-        values: dict[tuple[str, str], dict[datetime, HourUsage]] = defaultdict(dict)
-        for key, value, hour, cost, calls in self.store.attribute_hourly(
-            tenant, list(self.attribute_keys), start, end, sorted(judged), self.rule.min_cost_usd
-        ):
-            values[(key, value)][hour] = HourUsage(cost, calls)
+        # normal (``values``, read above): only values that reached the spike floor in an
+        # hour that may be judged.
         # A spike of a sum (a user, a customer, the tenant) that something finer explains
         # (is anomalous in one of its hours) is that one's alert, not a second one. For a
         # value, only what is part of it explains: an agent or conversation whose calls in
@@ -283,13 +298,17 @@ class Evaluator:
         key, value = kv
         hours = sorted(set(_spike_hours(found, complete_before)))
         explained: set[datetime] = set()
-        suspects = {h: self._anomalous(h, entities, "entity", verdicts) for h in hours}
-        if asked := [h for h in hours if suspects[h]]:
-            explained |= {
-                hour
-                for hour, source, source_id in self.store.entities_with(tenant, key, value, asked)
-                if (source, source_id) in suspects[hour]
-            }
+        # Its own entities are judged with their hour read from usage_events, which an
+        # insert commits before any rollup: the value's rollup (read earlier) can hold
+        # calls that the entity series, read from another rollup, does not show yet.
+        if own := self.store.entities_with(tenant, key, value, hours):
+            raw = self.store.entity_hours(tenant, sorted(own))
+            for hour, source, source_id in own:
+                usage = dict(entities.get((source, source_id), {}))
+                if (seen := raw.get((hour, source, source_id))) is not None:
+                    usage[hour] = seen
+                if judge(hour, usage, self.rule).anomalous:
+                    explained.add(hour)
         overlapping = {
             h: self._anomalous(h, earlier, "value", verdicts) for h in hours if h not in explained
         }

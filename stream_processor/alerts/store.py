@@ -12,6 +12,7 @@ from typing import Any
 
 from query_api.keys import Rows
 from stream_processor.alerts.budgets import Budget, Period
+from stream_processor.alerts.spikes import HourUsage
 
 TS = "DateTime64(3, 'UTC')"
 TOPIC_TARGET = "kafka"  # alert_deliveries.webhook_id of the alerts topic
@@ -463,6 +464,36 @@ class AlertStore:
             },
         )
         return {(_utc(r[0]), str(r[1]), str(r[2])) for r in rows}
+
+    def entity_hours(
+        self, tenant_id: str, entities: list[tuple[datetime, str, str]]
+    ) -> dict[tuple[datetime, str, str], HourUsage]:
+        """Cost and calls of each (hour, source, source_id), from ``usage_events``: the
+        table an insert commits first, so never behind a rollup read before it."""
+        if not entities:
+            return {}
+        hours = sorted({h for h, _, _ in entities})
+        rows = self.db.rows(
+            "SELECT toStartOfHour(toDateTime(occurred_at, 'UTC')) AS hour, toString(source),"
+            " source_id, sum(cost_usd), count() FROM usage_events"
+            " WHERE tenant_id = {tenant:String}"
+            f" AND occurred_at >= {{first:{TS}}} AND occurred_at < {{last:{TS}}}"
+            " AND hour IN {hours:Array(DateTime('UTC'))}"
+            " AND source_id IN {ids:Array(String)}"
+            " GROUP BY hour, source, source_id",
+            {
+                "tenant": tenant_id,
+                "first": hours[0],
+                "last": hours[-1] + HOUR,
+                "hours": hours,
+                "ids": sorted({i for _, _, i in entities}),
+            },
+        )
+        wanted = set(entities)
+        found = {
+            (_utc(r[0]), str(r[1]), str(r[2])): HourUsage(Decimal(r[3]), int(r[4])) for r in rows
+        }
+        return {k: v for k, v in found.items() if k in wanted}
 
     def values_with(
         self, tenant_id: str, key: str, value: str, others: list[str], hours: list[datetime]

@@ -18,7 +18,7 @@ from query_api.db import ClickHouse
 from query_api.repository import Filters
 from stream_processor.alerts.budgets import Budget, Period, budget_filters
 from stream_processor.alerts.evaluator import Evaluator, attribute_spike_id, spike_id
-from stream_processor.alerts.spikes import HOUR
+from stream_processor.alerts.spikes import HOUR, HourUsage
 from stream_processor.alerts.store import Alert
 
 T0 = datetime(2026, 11, 20, tzinfo=UTC)
@@ -158,6 +158,16 @@ class MemoryStore:
     ) -> set[tuple[datetime, str, str]]:
         self.asked_members.append(("entities", key, value, tuple(hours)))
         return {(h, s, sid) for h, s, sid, a in self.calls if h in hours and a.get(key) == value}
+
+    def entity_hours(
+        self, tenant: str, entities: list[tuple[datetime, str, str]]
+    ) -> dict[tuple[datetime, str, str], HourUsage]:
+        wanted = set(entities)
+        return {
+            (h, s, i): HourUsage(Decimal(cost), int(calls))
+            for s, i, h, cost, calls in self.entities
+            if (h, s, i) in wanted
+        }
 
     def values_with(
         self, tenant: str, key: str, value: str, others: list[str], hours: list[datetime]
