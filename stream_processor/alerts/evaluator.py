@@ -167,11 +167,10 @@ class Evaluator:
         last = min(max(changed) + self.rule.baseline, _hour(self.now()))
         start = min(changed) - self.rule.baseline - timedelta(days=1)
         end = max(max(changed), last) + timedelta(days=1)
-        # The attribute rollups are read *before* the entity series: an insert fills its
-        # views one after the other, the attribute rollups (migration 0017) after
-        # usage_hourly, so calls seen here are in the entity series read next. Read the
-        # other way round, a value's spike landing between the two reads had no agent to
-        # explain it (a false customer alert while a backfill arrived).
+        # The attribute rollups are read before the entity series, over every hour that
+        # may be judged. The order alone does not make a value's explanation consistent
+        # (an insert fills its views one after the other, in an order not relied on here):
+        # ``_unexplained_value`` reads the value's own entities from usage_events for that.
         hour, candidate_hours = min(changed), set(changed)
         while hour <= last:
             candidate_hours.add(hour)
